@@ -1,0 +1,7 @@
+"""`python -m pipeline`: the same as the `beam-gradients` console script."""
+
+import sys
+
+from pipeline.run import main
+
+sys.exit(main())

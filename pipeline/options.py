@@ -1,0 +1,170 @@
+"""Every option of the job, defined once: Beam PipelineOptions, fed from flags and YAML files.
+
+A YAML file given with `--config` holds the same names as the flags; a flag on
+the command line overrides the file. Beam's own options (`runner`,
+`direct_num_workers`, `project`, ...) may stand in the file too.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Sequence
+
+import yaml
+from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
+
+from transforms.gradients import EMITS, KERAS_LOSSES, TARGETS, UNCONNECTED_MODES, GradientSpec
+
+DEFAULT_BATCH_SIZE = 256
+
+
+class OptionsError(ValueError):
+    """An option that cannot work; raised before any data is read."""
+
+
+class GradientOptions(PipelineOptions):
+    """The job's own options. Their names are the public interface."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        add = parser.add_argument
+        add("--input", help="Parquet file or glob to read (local path or gs://...).")
+        add("--output", help="Output prefix: shards are <output>-SSSSS-of-NNNNN.parquet.")
+        add("--model", help="Keras model: .keras, .h5 or SavedModel directory; local path or fsspec URL.")
+        add(
+            "--feature_columns",
+            help="Column(s) feeding the model: one tensor or list column, or several scalar columns "
+            "stacked in order (comma-separated).",
+        )
+        add("--keep_columns", help="Key columns copied unchanged to every output row (comma-separated).")
+        add("--input_map", help="name=column,... maps model inputs to columns; join scalar columns with +.")
+        add("--target", default="sum", choices=TARGETS, help="What to differentiate: sum, per_output or loss.")
+        add("--label_column", help="Column holding each row's label, for --loss.")
+        add("--loss", help=f"Per-example loss: {', '.join(KERAS_LOSSES)} or module.path:function.")
+        add("--clip_norm", type=float, help="Rescale each example's own gradient to this L2 norm at most.")
+        add("--batch_size", type=int, default=DEFAULT_BATCH_SIZE, help="Rows per model call (the last is padded).")
+        add("--emit", help=f"Extra per-row columns, comma-separated: {', '.join(EMITS)}.")
+        add(
+            "--unconnected",
+            default="zeros",
+            choices=UNCONNECTED_MODES,
+            help="An input the target does not depend on: write zeros (and count it) or fail.",
+        )
+        add("--trust_model_code", action="store_true", help="Load models that carry code (Lambda layers).")
+        add("--jit_compile", action="store_true", help="Compile the gradient function with XLA.")
+        add("--read_batch_rows", type=int, help="Rows per Parquet record batch read (default: about 32 MiB).")
+        add("--rejected", help="Prefix of the rejected-rows output (default: <output>-rejected).")
+        add("--config", help="YAML file of options; flags on the command line override it.")
+        add("--debug", action="store_true", help="Show tracebacks on errors.")
+        add("--demo", action="store_true", help="Make a demo model and data under ./demo and run on them.")
+
+
+def split_list(value: str | None) -> list[str]:
+    return [v.strip() for v in (value or "").split(",") if v.strip()]
+
+
+def parse_map(value: str | None) -> dict[str, str]:
+    mapping = {}
+    for item in split_list(value):
+        name, sep, column = item.partition("=")
+        if not sep or not name.strip() or not column.strip():
+            raise OptionsError(f"--input_map takes name=column pairs, not {item!r}")
+        mapping[name.strip()] = column.strip()
+    return mapping
+
+
+def _all_options_parser() -> argparse.ArgumentParser:
+    """Every option Beam knows, ours included: what PipelineOptions itself parses with."""
+    parser = _BeamArgumentParser(allow_abbrev=False)
+    for cls in {str(c): c for c in PipelineOptions.__subclasses__()}.values():
+        cls._add_argparse_args(parser)
+    return parser
+
+
+def _config_args(path: str, parser: argparse.ArgumentParser) -> list[str]:
+    """A YAML mapping of option names -> values, as flags."""
+    try:
+        with open(path) as fh:
+            config = yaml.safe_load(fh) or {}
+    except OSError as err:
+        raise OptionsError(f"--config {path}: cannot read it ({err.strerror})") from err
+    except yaml.YAMLError as err:
+        raise OptionsError(f"--config {path}: not valid YAML ({err})") from err
+    if not isinstance(config, dict):
+        raise OptionsError(f"--config {path}: expected a mapping of option names to values")
+    actions = {s: a for a in parser._actions for s in a.option_strings}
+    args = []
+    for key, value in config.items():
+        flag = f"--{key}"
+        action = actions.get(flag)
+        if action is None:
+            raise OptionsError(f"--config {path}: unknown option {key!r}")
+        if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+            if bool(value) == isinstance(action, argparse._StoreTrueAction):
+                args.append(flag)
+        elif isinstance(action, argparse._AppendAction):
+            args += [f"{flag}={v}" for v in (value if isinstance(value, list) else [value])]
+        elif isinstance(value, dict):
+            args.append(f"{flag}={','.join(f'{k}={v}' for k, v in value.items())}")
+        elif isinstance(value, list):
+            args.append(f"{flag}={','.join(str(v) for v in value)}")
+        elif value is not None:
+            args.append(f"{flag}={value}")
+    return args
+
+
+def _config_path(argv: Sequence[str]) -> str | None:
+    for i, arg in enumerate(argv):
+        if arg == "--config" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--config="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def help_text() -> str:
+    parser = argparse.ArgumentParser(
+        prog="beam-gradients",
+        description="Per-example gradients of a Keras model over Parquet, as a Beam batch job.",
+        epilog="Any Beam pipeline option is accepted too: --runner, --direct_num_workers, "
+        "--direct_running_mode, --project, --region, --temp_location, ...",
+    )
+    GradientOptions._add_argparse_args(parser)
+    return parser.format_help()
+
+
+def parse(argv: Sequence[str]) -> PipelineOptions:
+    """Flags (after those of any --config file) -> PipelineOptions; unknown flags are errors."""
+    argv = list(argv)
+    parser = _all_options_parser()
+    config = _config_path(argv)
+    if config:
+        argv = _config_args(config, parser) + argv
+    try:
+        known, unknown = parser.parse_known_args(argv)
+    except SystemExit as exit_:  # argparse has already printed which value was wrong
+        raise OptionsError("invalid option value (see above)") from exit_
+    if unknown:
+        raise OptionsError(f"unknown option {' '.join(unknown)}; see --help")
+    return PipelineOptions(argv)
+
+
+def spec_from(job: GradientOptions) -> GradientSpec:
+    return GradientSpec(
+        target=job.target,
+        loss=job.loss,
+        clip_norm=job.clip_norm,
+        unconnected=job.unconnected,
+        emit=tuple(split_list(job.emit)),
+        jit_compile=job.jit_compile,
+    )
+
+
+def check_required(job: GradientOptions) -> None:
+    missing = [name for name in ("input", "output", "model") if not getattr(job, name)]
+    if missing:
+        raise OptionsError(f"missing {', '.join('--' + m for m in missing)}; see --help (or try --demo)")
+    if job.batch_size is None or job.batch_size < 1:
+        raise OptionsError(f"--batch_size must be 1 or more, not {job.batch_size}")
+    if job.read_batch_rows is not None and job.read_batch_rows < 1:
+        raise OptionsError(f"--read_batch_rows must be 1 or more, not {job.read_batch_rows}")

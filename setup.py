@@ -1,0 +1,38 @@
+"""Installs the `pipeline` and `transforms` packages with pinned dependencies.
+
+The same file is Dataflow's `--setup_file`: workers install this package from it.
+"""
+
+import os
+
+from setuptools import find_packages, setup
+
+# The worker image for GPUs installs TensorFlow with CUDA itself and sets this to
+# "tensorflow"; everywhere else the CPU wheel is enough (and a tenth of the size).
+TENSORFLOW = os.environ.get("BEAM_GRADIENTS_TENSORFLOW", "tensorflow-cpu")
+TENSORFLOW_VERSION = "2.21.0"
+
+setup(
+    name="beam-gradients",
+    version="0.1.0",
+    description="Per-example gradients of Keras models over Parquet datasets of any size, on Apache Beam.",
+    packages=find_packages(include=["pipeline", "pipeline.*", "transforms", "transforms.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        f"{TENSORFLOW}=={TENSORFLOW_VERSION}",
+        "keras==3.15.1",
+        "apache-beam[gcp]==2.77.0",
+        "pyarrow==25.0.1",
+        "gcsfs==2026.10.1",
+        "fsspec==2026.9.0",
+        "numpy==2.4.6",
+        "pyyaml==6.0.3",
+    ],
+    extras_require={
+        "tests": [
+            "pytest==9.0.3",
+            "pytest-timeout==2.4.0",
+        ],
+    },
+    entry_points={"console_scripts": ["beam-gradients=pipeline.run:main"]},
+)

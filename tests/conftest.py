@@ -1,0 +1,78 @@
+"""Shared helpers: real Parquet files, real saved Keras models, the real job, eager references."""
+
+from __future__ import annotations
+
+import glob
+import os
+
+import keras
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import tensorflow as tf
+
+from pipeline.run import run
+from transforms.tensors import to_tensor_array
+
+
+def write_parquet(path, columns: dict, row_group_size=None) -> str:
+    """One real Parquet file from numpy arrays (2-D and more become fixed_shape_tensor)."""
+    arrays = {}
+    for name, values in columns.items():
+        if isinstance(values, pa.Array):
+            arrays[name] = values
+        elif isinstance(values, np.ndarray) and values.ndim > 1:
+            arrays[name] = to_tensor_array(values)
+        else:
+            arrays[name] = pa.array(values)
+    os.makedirs(os.path.dirname(str(path)), exist_ok=True)
+    pq.write_table(pa.table(arrays), str(path), row_group_size=row_group_size)
+    return str(path)
+
+
+def save(model, folder, name="model.keras") -> str:
+    path = os.path.join(str(folder), name)
+    model.save(path)
+    return path
+
+
+def run_job(*args, runner="DirectRunner"):
+    """Run the job in-process on a real Beam runner; the summary."""
+    return run([f"--runner={runner}", *[str(a) for a in args]])
+
+
+def read_output(prefix) -> pa.Table:
+    """Every output shard of a job, as one table."""
+    files = sorted(glob.glob(f"{prefix}-?????-of-?????.parquet"))
+    assert files, f"no output shards under {prefix}"
+    return pa.concat_tables([pq.read_table(f) for f in files])
+
+
+def by_key(table: pa.Table, key="id") -> pa.Table:
+    return table.sort_by(key)
+
+
+def tensor_column(table: pa.Table, name) -> np.ndarray:
+    return table.column(name).combine_chunks().to_numpy_ndarray()
+
+
+def eager_gradients(model, x: np.ndarray, target=lambda outputs: outputs) -> np.ndarray:
+    """The reference: one GradientTape per example, on a batch of one."""
+    rows = []
+    for row in x:
+        xi = tf.constant(row[None])
+        with tf.GradientTape() as tape:
+            tape.watch(xi)
+            y = target(model(xi, training=False))
+        rows.append(tape.gradient(y, xi).numpy()[0])
+    return np.stack(rows)
+
+
+def assert_close(actual, expected, rtol=1e-5, atol=1e-6):
+    np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    keras.utils.set_random_seed(1234)

@@ -1,0 +1,272 @@
+"""The DoFn: rebatch Arrow record batches, pad, call the engine, emit results and rejected rows.
+
+Record batches arrive in whatever sizes the files hold. Their good rows are
+copied once into per-input numpy buffers of exactly `batch_size` rows; a full
+buffer goes to the engine. The last short batch of a bundle is padded with
+zeros so the compiled function never retraces, and the padding is cut off
+before any row is written. Bad rows never cost their batch: they leave for the
+rejected-rows output with their reason, and their neighbours go on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Sequence
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+from apache_beam.metrics import Metrics
+from apache_beam.transforms.window import GlobalWindows
+
+from transforms import METRICS, __version__
+from transforms.gradients import GradientEngine, GradientSpec, ModelFunction
+from transforms.model import Loaded, ProcessModel, redact
+from transforms.parquet import OutputLayout, rejected_schema, rejected_table
+from transforms.tensors import Feed, Reasons, check_columns, decode, merge_reasons, plan_feed, plan_input_feeds
+
+REJECTED = "rejected"
+RESULTS = "results"
+# Output tables are gathered up to about this size before they go to the sink,
+# so output row groups are not one model batch each.
+OUTPUT_ROWS = 65536
+OUTPUT_BYTES = 64 << 20
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineRecipe:
+    """How to build the gradient engine on a worker: once per process, shared by its threads."""
+
+    model: ProcessModel
+    spec: GradientSpec
+    batch_size: int
+
+    def build(self, model: ModelFunction, device: str) -> GradientEngine:
+        return GradientEngine(model, self.spec, self.batch_size, device).trace()
+
+    def acquire(self) -> Loaded[GradientEngine]:
+        tag = f"{self.model.path}|{self.model.trust_model_code}|{self.spec.to_json()}|{self.batch_size}"
+        return self.model.acquire(self.build, tag=tag)
+
+
+@dataclasses.dataclass
+class JobPlan:
+    """Everything a worker needs, decided once before any data is read. Picklable."""
+
+    engine: EngineRecipe
+    feeds: list[Feed]
+    label: Feed | None
+    key_columns: list[str]
+    layout: OutputLayout
+    rejected_schema: pa.Schema
+
+    @property
+    def batch_size(self) -> int:
+        return self.engine.batch_size
+
+    @property
+    def spec(self) -> GradientSpec:
+        return self.engine.spec
+
+    @property
+    def read_columns(self) -> list[str]:
+        columns = [c for f in self.feeds for c in f.columns] + list(self.key_columns)
+        if self.label is not None:
+            columns += list(self.label.columns)
+        return list(dict.fromkeys(columns))
+
+    @classmethod
+    def build(
+        cls,
+        schema: pa.Schema,
+        source: str,
+        model: ProcessModel,
+        spec: GradientSpec,
+        batch_size: int,
+        feature_columns: Sequence[str] = (),
+        input_map: dict[str, str] | None = None,
+        label_column: str | None = None,
+        key_columns: Sequence[str] = (),
+    ) -> tuple["JobPlan", Loaded[GradientEngine]]:
+        """Check options against the input schema and the model; return the plan and the loaded engine.
+
+        The caller keeps the loaded engine alive while the job runs, so an
+        in-process runner reuses it instead of loading the model again.
+        """
+        check_columns(schema, key_columns, "key", source)
+        if spec.loss and not label_column:
+            raise ValueError("--loss needs --label_column: the column holding each row's label")
+        if label_column:
+            check_columns(schema, [label_column], "label", source)
+        recipe = EngineRecipe(model, spec, batch_size)
+        loaded = recipe.acquire()  # loads the model and traces: the spec is checked against it here
+        engine: GradientEngine = loaded.value
+        inputs = [(t.name, t.shape, t.dtype.as_numpy_dtype) for t in engine.model.inputs]
+        feeds = plan_input_feeds(schema, inputs, feature_columns, input_map or {}, source)
+        label = None
+        if engine.label is not None:
+            label = plan_feed(schema, "label", [label_column], engine.label.shape, np.float32, source)
+        predictions = [(t.name, t.shape) for t in engine.model.outputs] if "predictions" in spec.emit else []
+        metadata = {
+            "beam_gradients.version": __version__,
+            "beam_gradients.model_path": redact(model.path),
+            "beam_gradients.model_sha256": loaded.sha256,
+            "beam_gradients.spec": spec.to_json(),
+            "beam_gradients.batch_size": str(batch_size),
+        }
+        key_fields = [schema.field(c) for c in key_columns]
+        layout = OutputLayout(
+            key_fields,
+            engine.gradient_keys,
+            feeds,
+            predictions=predictions,
+            loss="loss" in spec.emit,
+            norms="norm" in spec.emit,
+            metadata=metadata,
+        )
+        plan = cls(recipe, feeds, label, list(key_columns), layout, rejected_schema(key_fields))
+        return plan, loaded
+
+
+class _GradientsFn(beam.DoFn):
+    """(source file, record batch) -> output tables, and rejected-row tables tagged REJECTED."""
+
+    def __init__(self, plan: JobPlan):
+        self._plan = plan
+        self._rows_out = Metrics.counter(METRICS, "rows_out")
+        self._rows_rejected = Metrics.counter(METRICS, "rows_rejected")
+        self._batches = Metrics.counter(METRICS, "batches")
+        self._padded = Metrics.counter(METRICS, "padded_rows")
+        self._none_gradients = Metrics.counter(METRICS, "none_gradients")
+        self._model_loads = Metrics.counter(METRICS, "model_loads")
+        self._bundles = Metrics.counter(METRICS, "bundles")
+        self._load_pid = Metrics.distribution(METRICS, "model_load_pid")
+
+    def setup(self):
+        plan = self._plan
+        self._loaded = plan.engine.acquire()
+        self._engine: GradientEngine = self._loaded.value
+        size = plan.batch_size
+        self._inputs = [np.zeros((size, *f.shape), f.dtype) for f in plan.feeds]
+        self._label = np.zeros((size, *plan.label.shape), np.float32) if plan.label is not None else None
+
+    def start_bundle(self):
+        if self._loaded.take_new_load():
+            self._model_loads.inc()
+            self._load_pid.update(os.getpid())
+        self._bundles.inc()
+        self._filled = 0
+        self._keys: list[pa.Table] = []
+        self._sources: list[tuple[str, int]] = []
+        self._out: list[pa.Table] = []
+
+    def process(self, element):
+        source, batch = element
+        plan = self._plan
+        decoded = [decode(f, batch) for f in plan.feeds]
+        label = decode(plan.label, batch) if plan.label is not None else None
+        reasons = merge_reasons(decoded + ([label] if label is not None else []))
+        keys = pa.Table.from_batches([batch.select(plan.key_columns)]) if plan.key_columns else _rows_only(batch)
+        values = [d.values for d in decoded]
+        label_values = label.values if label is not None else None
+        bad = reasons.bad
+        if bad.any():
+            bad_rows, good_rows = np.flatnonzero(bad), np.flatnonzero(~bad)
+            yield from self._reject(keys.take(bad_rows), reasons, bad, source)
+            values = [v[good_rows] for v in values]
+            label_values = label_values[good_rows] if label_values is not None else None
+            keys = keys.take(good_rows)
+        yield from self._fill(values, label_values, keys, source)
+
+    def finish_bundle(self):
+        outputs = list(self._run()) if self._filled else []
+        outputs += list(self._flush(force=True))
+        for output in outputs:
+            if isinstance(output, beam.pvalue.TaggedOutput):
+                yield beam.pvalue.TaggedOutput(output.tag, GlobalWindows.windowed_value(output.value))
+            else:
+                yield GlobalWindows.windowed_value(output)
+
+    def _fill(self, values, label_values, keys: pa.Table, source: str):
+        """Copy rows into the batch buffers; run the engine each time they are full."""
+        size, start, rows = self._plan.batch_size, 0, keys.num_rows
+        while start < rows:
+            take = min(size - self._filled, rows - start)
+            stop, end = self._filled + take, start + take
+            for buffer, v in zip(self._inputs, values):
+                buffer[self._filled:stop] = v[start:end]
+            if self._label is not None:
+                self._label[self._filled:stop] = label_values[start:end]
+            self._keys.append(keys.slice(start, take))
+            self._sources.append((source, take))
+            self._filled, start = stop, end
+            if self._filled == size:
+                yield from self._run()
+
+    def _run(self):
+        """One engine call on the buffers; padding rows are zeroed and never emitted."""
+        plan, rows = self._plan, self._filled
+        padding = plan.batch_size - rows
+        if padding:
+            for buffer in self._inputs:
+                buffer[rows:] = 0
+            if self._label is not None:
+                self._label[rows:] = 0
+            self._padded.inc(padding)
+        result = self._engine(self._inputs, self._label)
+        self._batches.inc()
+        self._none_gradients.inc(rows * len(self._engine.unconnected))
+        keys = pa.concat_tables(self._keys)
+        table = plan.layout.table(keys, result, rows)
+        non_finite = ~_finite_rows(result, rows)
+        if non_finite.any():
+            sources = np.repeat([s for s, _ in self._sources], [n for _, n in self._sources])
+            reasons = Reasons(rows)
+            what = "loss or gradient" if plan.spec.loss else "gradient"
+            reasons.add(non_finite, "compute", f"the {what} is NaN or infinite for this row")
+            for source in np.unique(sources[non_finite]):
+                mask = non_finite & (sources == source)
+                yield from self._reject(keys.filter(pa.array(mask)), reasons, mask, str(source))
+            table = table.filter(pa.array(~non_finite))
+        self._filled, self._keys, self._sources = 0, [], []
+        self._rows_out.inc(table.num_rows)
+        self._out.append(table)
+        yield from self._flush(force=False)
+
+    def _flush(self, force: bool):
+        rows = sum(t.num_rows for t in self._out)
+        if self._out and (force or rows >= OUTPUT_ROWS or sum(t.nbytes for t in self._out) >= OUTPUT_BYTES):
+            yield pa.concat_tables(self._out)
+            self._out = []
+
+    def _reject(self, keys: pa.Table, reasons: Reasons, mask: np.ndarray, source: str):
+        self._rows_rejected.inc(keys.num_rows)
+        table = rejected_table(self._plan.rejected_schema, keys, reasons.stage[mask], reasons.text[mask], source)
+        yield beam.pvalue.TaggedOutput(REJECTED, table)
+
+
+def _rows_only(batch) -> pa.Table:
+    """Without --keep_columns: a placeholder column, since Arrow loses the row count of a table with none."""
+    return pa.table({"__rows": pa.nulls(batch.num_rows)})
+
+
+def _finite_rows(result: dict, rows: int) -> np.ndarray:
+    """Per row: every gradient (and the loss, if computed) is finite."""
+    finite = np.ones(rows, bool)
+    for g in result["gradients"]:
+        finite &= np.isfinite(g[:rows].reshape(rows, -1)).all(axis=1)
+    if "loss" in result:
+        finite &= np.isfinite(result["loss"][:rows])
+    return finite
+
+
+class ComputeGradients(beam.PTransform):
+    """(source file, record batch) -> tagged outputs RESULTS and REJECTED, both pyarrow Tables."""
+
+    def __init__(self, plan: JobPlan):
+        super().__init__()
+        self._plan = plan
+
+    def expand(self, batches):
+        return batches | beam.ParDo(_GradientsFn(self._plan)).with_outputs(REJECTED, main=RESULTS)

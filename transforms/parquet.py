@@ -1,0 +1,240 @@
+"""Arrow-batched Parquet read and write, and the output schema.
+
+Why not `ReadFromParquet`: one Python dict per row costs several times the
+model's own compute. Rows stay in Arrow record batches here, bounded in rows
+(a file written as one huge row group is streamed, never loaded whole), and the
+unit of parallelism is the row group, so one large file still spreads over workers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.io.parquetio import WriteToParquetBatched
+
+from transforms import METRICS
+from transforms.tensors import SCALARS, Feed, tensor_type, to_tensor_array
+
+# A record batch read from Parquet aims at this many bytes (decoded), within row bounds.
+READ_BATCH_BYTES = 32 << 20
+READ_BATCH_ROWS = (1024, 65536)
+SHARD_TEMPLATE = "-SSSSS-of-NNNNN"
+SUFFIX = ".parquet"
+
+
+class InputError(ValueError):
+    """Input files that cannot be read; the message names the file."""
+
+
+def match_files(pattern: str) -> list[str]:
+    """Every file `pattern` matches (local or remote, Beam's filesystems), sorted."""
+    try:
+        result = FileSystems.match([pattern])[0]
+    except Exception as err:  # BeamIOError and friends: the filesystem says why
+        raise InputError(f"--input {pattern!r}: cannot list files ({err})") from err
+    paths = sorted(m.path for m in result.metadata_list)
+    if not paths:
+        raise InputError(f"--input {pattern!r} matches no file")
+    return paths
+
+
+def open_parquet(path: str) -> pq.ParquetFile:
+    """A Parquet file opened for streaming reads: column chunks are read in buffered pieces."""
+    source = path if "://" not in path else FileSystems.open(path)
+    try:
+        return pq.ParquetFile(source, buffer_size=1 << 20, pre_buffer=False)
+    except (pa.ArrowInvalid, pa.ArrowException, OSError) as err:
+        raise InputError(f"{path} is not a readable Parquet file ({err})") from err
+
+
+def read_schema(path: str) -> pa.Schema:
+    return open_parquet(path).schema_arrow
+
+
+def read_batch_rows(meta: pq.RowGroupMetaData) -> int:
+    """Rows per record batch for a row group: about READ_BATCH_BYTES decoded."""
+    per_row = max(1, meta.total_byte_size // max(1, meta.num_rows))
+    low, high = READ_BATCH_ROWS
+    return int(min(high, max(low, READ_BATCH_BYTES // per_row)))
+
+
+class _RowGroups(beam.DoFn):
+    """file -> (file, row group index) for each non-empty row group."""
+
+    def process(self, path):
+        meta = open_parquet(path).metadata
+        for index in range(meta.num_row_groups):
+            if meta.row_group(index).num_rows:
+                yield path, index
+
+
+class _ReadRowGroup(beam.DoFn):
+    """(file, row group) -> (file, record batch) of the needed columns, bounded in rows."""
+
+    def __init__(self, columns: Sequence[str], rows: int | None):
+        self._columns = list(columns)
+        self._rows = rows
+        self._rows_in = beam.metrics.Metrics.counter(METRICS, "rows_in")
+
+    def process(self, element):
+        path, index = element
+        parquet = open_parquet(path)
+        rows = self._rows or read_batch_rows(parquet.metadata.row_group(index))
+        try:
+            for batch in parquet.iter_batches(batch_size=rows, row_groups=[index], columns=self._columns):
+                self._rows_in.inc(batch.num_rows)
+                yield path, batch
+        except (pa.ArrowException, OSError) as err:
+            raise InputError(f"{path}: row group {index} cannot be read ({err})") from err
+
+
+class ReadParquetBatches(beam.PTransform):
+    """PBegin -> (source file, pyarrow.RecordBatch), spread over workers by row group."""
+
+    def __init__(self, files: Sequence[str], columns: Sequence[str], rows: int | None = None):
+        super().__init__()
+        self._files = list(files)
+        self._columns = list(columns)
+        self._rows = rows
+
+    def expand(self, pbegin):
+        return (
+            pbegin
+            | "Files" >> beam.Create(self._files)
+            | "RowGroups" >> beam.ParDo(_RowGroups())
+            | "Spread" >> beam.Reshuffle()
+            | "Read" >> beam.ParDo(_ReadRowGroup(self._columns, self._rows))
+        )
+
+
+def write_parquet(prefix: str, schema: pa.Schema) -> beam.PTransform:
+    """Sharded `<prefix>-SSSSS-of-NNNNN.parquet` through Beam's file sink (temp files, then rename)."""
+    return WriteToParquetBatched(
+        prefix, schema=schema, codec="snappy", file_name_suffix=SUFFIX, shard_name_template=SHARD_TEMPLATE
+    )
+
+
+def output_files(prefix: str) -> list[str]:
+    """The shards a finished job wrote under `prefix`."""
+    pattern = prefix + SHARD_TEMPLATE.replace("S", "?").replace("N", "?") + SUFFIX
+    try:
+        return sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list)
+    except Exception:
+        return []
+
+
+# ---------------------------------------------------------------- the output schema
+
+
+@dataclasses.dataclass(frozen=True)
+class _Column:
+    name: str
+    type: pa.DataType
+    source: str  # key | gradient | prediction | loss | norm
+    index: int = 0
+    feature: int | None = None  # for a stacked scalar input: which feature
+
+
+def gradient_column(input_name: str, output: str | None, multi_input: bool, feature: str | None = None) -> str:
+    """`gradient`, `gradient__<input>` or `gradient__<feature>`, then `__<output>` for per_output."""
+    parts = ["gradient"]
+    if feature is not None:
+        parts.append(feature)
+    elif multi_input:
+        parts.append(input_name)
+    if output is not None:
+        parts.append(output)
+    return "__".join(parts)
+
+
+class OutputLayout:
+    """The output columns, their types and how each is filled from the engine's results."""
+
+    def __init__(
+        self,
+        key_fields: Sequence[pa.Field],
+        gradient_keys: Sequence[tuple[str, str | None]],
+        feeds: Sequence[Feed],
+        predictions: Sequence[tuple[str, Sequence[int]]] = (),
+        loss: bool = False,
+        norms: bool = False,
+        metadata: dict[str, str] | None = None,
+    ):
+        by_input = {f.input: f for f in feeds}
+        multi_input = len(feeds) > 1
+        columns = [_Column(f.name, f.type, "key") for f in key_fields]
+        for i, (input_name, output) in enumerate(gradient_keys):
+            feed = by_input[input_name]
+            if feed.kind == SCALARS:
+                for j, feature in enumerate(feed.columns):
+                    name = gradient_column(input_name, output, multi_input, feature)
+                    columns.append(_Column(name, pa.float32(), "gradient", i, j))
+            else:
+                name = gradient_column(input_name, output, multi_input)
+                columns.append(_Column(name, tensor_type(feed.shape), "gradient", i))
+        for i, (output, shape) in enumerate(predictions):
+            kind = tensor_type(shape) if len(shape) else pa.float32()
+            columns.append(_Column(f"prediction__{output}", kind, "prediction", i))
+        if loss:
+            columns.append(_Column("loss", pa.float32(), "loss"))
+        if norms:
+            for i, (input_name, output) in enumerate(gradient_keys):
+                name = "norm__" + gradient_column(input_name, output, multi_input)
+                columns.append(_Column(name, pa.float32(), "norm", i))
+        names = [c.name for c in columns]
+        clashes = sorted({n for n in names if names.count(n) > 1})
+        if clashes:
+            raise ValueError(
+                f"output column {', '.join(repr(c) for c in clashes)} would appear twice; "
+                "rename the key column or drop it from --keep_columns"
+            )
+        self.columns = columns
+        self.schema = pa.schema(
+            [pa.field(c.name, c.type) for c in columns],
+            metadata={k.encode(): v.encode() for k, v in (metadata or {}).items()},
+        )
+
+    def table(self, keys: pa.Table, result: dict, rows: int) -> pa.Table:
+        """The output rows for the first `rows` rows of a batch (padding never reaches the output)."""
+        arrays = []
+        for c in self.columns:
+            if c.source == "key":
+                arrays.append(keys.column(c.name))
+                continue
+            if c.source == "gradient":
+                values = result["gradients"][c.index][:rows]
+            elif c.source == "prediction":
+                values = result["predictions"][c.index][:rows]
+            elif c.source == "loss":
+                values = result["loss"][:rows]
+            else:
+                values = result["norms"][c.index][:rows]
+            if c.feature is not None:
+                values = values.reshape(rows, -1)[:, c.feature]
+            if isinstance(c.type, pa.FixedShapeTensorType):
+                arrays.append(to_tensor_array(values.reshape((rows, *c.type.shape))))
+            else:
+                arrays.append(pa.array(np.asarray(values, np.float32).reshape(rows)))
+        return pa.Table.from_arrays(arrays, schema=self.schema)
+
+
+def rejected_schema(key_fields: Sequence[pa.Field]) -> pa.Schema:
+    """Rejected rows: the key columns, then where and why each row was refused."""
+    return pa.schema(
+        list(key_fields)
+        + [pa.field("stage", pa.string()), pa.field("reason", pa.string()), pa.field("source_file", pa.string())]
+    )
+
+
+def rejected_table(schema: pa.Schema, keys: pa.Table, stages, reasons, source: str) -> pa.Table:
+    n = keys.num_rows
+    arrays = [keys.column(f.name) for f in schema if f.name in keys.column_names]
+    arrays += [pa.array(list(stages), pa.string()), pa.array(list(reasons), pa.string()), pa.array([source] * n, pa.string())]
+    return pa.Table.from_arrays(arrays, schema=schema)
+

@@ -1,0 +1,324 @@
+"""Arrow columns <-> numpy tensors, with the checks that reject bad rows.
+
+A `Feed` says which column(s) fill one model input (or the label), decided once
+from the Parquet schema before any data is read. `decode` turns one record batch
+into a numpy array of the input's shape plus, per row, the reason it cannot be
+fed (null, wrong length, NaN or infinity, a value the dtype cannot hold). Every
+check is vectorised over the batch: no Python loop per row.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Mapping, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+TENSOR = "tensor"  # fixed_shape_tensor or (nested) fixed_size_list: one zero-copy view
+LIST = "list"  # variable-length (nested) list: length checked per row
+SCALARS = "scalars"  # one or more scalar numeric columns stacked in order
+
+
+class FeedError(ValueError):
+    """A column that cannot feed the model; raised before any data is read."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Feed:
+    """The column(s) that fill one model input: planned once, used for every batch."""
+
+    input: str
+    columns: tuple[str, ...]
+    kind: str
+    shape: tuple[int, ...]
+    dtype: str
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape)
+
+
+class Reasons:
+    """Per row: why it cannot be fed (None for a good row) and at which stage."""
+
+    def __init__(self, rows: int):
+        self.text = np.full(rows, None, dtype=object)
+        self.stage = np.full(rows, None, dtype=object)
+
+    def add(self, mask: np.ndarray, stage: str, sentence: str) -> None:
+        """Give `sentence` to the rows in `mask` that have no reason yet: the first one wins."""
+        new = mask & (self.text == None)  # noqa: E711  (elementwise on an object array)
+        self.text[new] = sentence
+        self.stage[new] = stage
+
+    def merge(self, other: "Reasons") -> None:
+        new = (self.text == None) & (other.text != None)  # noqa: E711
+        self.text[new] = other.text[new]
+        self.stage[new] = other.stage[new]
+
+    @property
+    def bad(self) -> np.ndarray:
+        return self.text != None  # noqa: E711
+
+
+@dataclasses.dataclass
+class Decoded:
+    """One batch of one feed: values for every row, and why each bad row is bad."""
+
+    values: np.ndarray  # (rows, *shape); a bad row's values are meaningless
+    reasons: Reasons
+
+
+def _is_number(t: pa.DataType) -> bool:
+    return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)
+
+
+def _storage(t: pa.DataType) -> pa.DataType:
+    return t.storage_type if isinstance(t, pa.BaseExtensionType) else t
+
+
+def column_kind(t: pa.DataType) -> tuple[str, int | None] | None:
+    """(kind, values per row, or None where it varies), or None if no numbers are in it."""
+    t = _storage(t)
+    if _is_number(t):
+        return SCALARS, 1
+    size: int | None = 1
+    while pa.types.is_fixed_size_list(t) or pa.types.is_list(t) or pa.types.is_large_list(t):
+        size = size * t.list_size if (size is not None and pa.types.is_fixed_size_list(t)) else None
+        t = _storage(t.value_type)
+    if not _is_number(t):
+        return None
+    return (TENSOR, size) if size is not None else (LIST, None)
+
+
+def _columns_list(schema: pa.Schema) -> str:
+    return ", ".join(schema.names)
+
+
+def check_columns(schema: pa.Schema, columns: Sequence[str], what: str, source: str) -> None:
+    """Fail with the list of columns that exist when one asked for does not."""
+    missing = [c for c in columns if c not in schema.names]
+    if missing:
+        raise FeedError(
+            f"{what} column {', '.join(repr(c) for c in missing)} not found in {source}; "
+            f"its columns are: {_columns_list(schema)}"
+        )
+
+
+def plan_feed(schema: pa.Schema, input_name: str, columns: Sequence[str], shape, dtype, source: str) -> Feed:
+    """Check that `columns` can fill a model input of `shape`, and say how."""
+    shape = tuple(int(d) for d in shape)
+    check_columns(schema, columns, "feature", source)
+    size = math.prod(shape)
+    kinds = {c: column_kind(schema.field(c).type) for c in columns}
+    for c, kind in kinds.items():
+        if kind is None:
+            raise FeedError(
+                f"column {c!r} has type {schema.field(c).type}, which cannot feed model input "
+                f"{input_name!r} (numbers, lists of numbers or fixed_shape_tensor are needed)"
+            )
+    if len(columns) > 1 or kinds[columns[0]][0] == SCALARS:
+        scalar_like = [c for c in columns if kinds[c][0] != SCALARS]
+        if scalar_like:
+            raise FeedError(
+                f"model input {input_name!r}: stacked feature columns must be scalar numbers, "
+                f"but {', '.join(repr(c) for c in scalar_like)} hold lists"
+            )
+        if len(columns) != size:
+            raise FeedError(
+                f"model input {input_name!r} takes {size} values per example (shape {shape}), "
+                f"but {len(columns)} scalar columns were given: {', '.join(columns)}"
+            )
+        return Feed(input_name, tuple(columns), SCALARS, shape, str(np.dtype(dtype)))
+    column = columns[0]
+    kind, per_row = kinds[column]
+    field_type = schema.field(column).type
+    if kind == TENSOR:
+        tensor_shape = getattr(field_type, "shape", None)
+        if per_row != size or (tensor_shape is not None and tuple(tensor_shape) != shape):
+            got = f"shape {tuple(tensor_shape)}" if tensor_shape is not None else f"{per_row} values"
+            raise FeedError(
+                f"column {column!r} holds {got} per row, but model input {input_name!r} needs shape {shape}"
+            )
+    return Feed(input_name, (column,), kind, shape, str(np.dtype(dtype)))
+
+
+def plan_input_feeds(
+    schema: pa.Schema,
+    inputs: Sequence[tuple[str, Sequence[int], object]],
+    feature_columns: Sequence[str] | None,
+    input_map: Mapping[str, str],
+    source: str,
+) -> list[Feed]:
+    """Map every model input to its column(s): explicit map, then feature columns, then names.
+
+    `inputs` are (name, per-example shape, dtype). An `input_map` value may join
+    scalar columns with '+' to stack them into one input.
+    """
+    names = [name for name, _, _ in inputs]
+    unknown = sorted(set(input_map) - set(names))
+    if unknown:
+        raise FeedError(
+            f"--input_map names {', '.join(repr(u) for u in unknown)}, which the model does not have; "
+            f"its inputs are: {', '.join(names)}"
+        )
+    feature_columns = list(feature_columns or [])
+    check_columns(schema, feature_columns, "feature", source)
+    feeds = []
+    for name, shape, dtype in inputs:
+        if name in input_map:
+            columns = input_map[name].split("+")
+        elif len(inputs) == 1 and feature_columns:
+            columns = feature_columns
+        elif name in schema.names and (not feature_columns or name in feature_columns):
+            columns = [name]
+        else:
+            hint = "--feature_columns or " if len(inputs) == 1 else ""
+            raise FeedError(
+                f"model input {name!r} is mapped to no column; pass {hint}--input_map {name}=<column>. "
+                f"Columns are: {_columns_list(schema)}"
+            )
+        feeds.append(plan_feed(schema, name, columns, shape, dtype, source))
+    return feeds
+
+
+# ---------------------------------------------------------------- decoding
+
+
+def _to_numpy(values: pa.Array) -> np.ndarray:
+    return values.to_numpy(zero_copy_only=False)
+
+
+def _cast(feed: Feed, raw: np.ndarray, rows: np.ndarray, reasons: Reasons, column: str) -> np.ndarray:
+    """Cast to the model's dtype; a row holding a value the dtype cannot take is rejected."""
+    target = np.dtype(feed.dtype)
+    if raw.dtype == target:
+        return raw
+    if np.issubdtype(target, np.integer) and raw.dtype.kind == "f":
+        whole = np.isfinite(raw) & (raw == np.round(raw))
+        info = np.iinfo(target)
+        ok = whole & (raw >= info.min) & (raw <= info.max)
+        if not ok.all():
+            bad_rows = np.zeros(len(reasons.text), bool)
+            np.logical_or.at(bad_rows, rows[~ok], True)
+            reasons.add(bad_rows, "decode", f"column {column!r} holds a value that is not a whole number within {target}")
+        return np.where(ok, raw, 0).astype(target)
+    with np.errstate(over="ignore", invalid="ignore"):
+        cast = raw.astype(target)
+    if target.kind == "f":
+        overflow = np.isfinite(raw.astype(np.float64)) & ~np.isfinite(cast)
+        if overflow.any():
+            bad_rows = np.zeros(len(reasons.text), bool)
+            np.logical_or.at(bad_rows, rows[overflow], True)
+            reasons.add(bad_rows, "decode", f"column {column!r} holds a value too large for {target}")
+    return cast
+
+
+def _check_finite(values: np.ndarray, rows: np.ndarray, reasons: Reasons, column: str) -> None:
+    if values.dtype.kind != "f":
+        return
+    finite = np.isfinite(values)
+    if not finite.all():
+        bad_rows = np.zeros(len(reasons.text), bool)
+        bad_rows[np.unique(rows[~finite])] = True
+        reasons.add(bad_rows, "validate", f"column {column!r} holds NaN or infinity")
+
+
+def _leaf_with_rows(array: pa.Array, n: int) -> tuple[pa.Array, np.ndarray, np.ndarray]:
+    """Flatten (nested) lists to their numbers: (numbers, row of each number, rows with a null list)."""
+    rows = np.arange(n)
+    null_list = np.zeros(n, bool)
+    while True:
+        if isinstance(array, pa.ExtensionArray):
+            array = array.storage
+        t = array.type
+        if not (pa.types.is_fixed_size_list(t) or pa.types.is_list(t) or pa.types.is_large_list(t)):
+            return array, rows, null_list
+        if array.null_count:
+            null_list[rows[_to_numpy(array.is_null())]] = True
+        if pa.types.is_fixed_size_list(t):
+            size = t.list_size
+            child = array.values.slice(array.offset * size, len(array) * size)
+            rows = np.repeat(rows, size)
+        else:
+            parents = _to_numpy(pc.list_parent_indices(array))
+            child = array.flatten()
+            rows = rows[parents]
+        array = child
+
+
+def decode(feed: Feed, batch: pa.RecordBatch | pa.Table) -> Decoded:
+    """Numpy values of `feed` for every row of `batch`, with each bad row's reason."""
+    n = batch.num_rows
+    reasons = Reasons(n)
+    if feed.kind == SCALARS:
+        values = np.empty((n, len(feed.columns)), dtype=feed.dtype)
+        rows = np.arange(n)
+        for j, column in enumerate(feed.columns):
+            array = batch.column(column)
+            if array.null_count:
+                reasons.add(_to_numpy(array.is_null()), "decode", f"column {column!r} is null")
+                array = array.fill_null(0)
+            raw = _to_numpy(array)
+            _check_finite(raw, rows, reasons, column)
+            values[:, j] = _cast(feed, raw, rows, reasons, column)
+        return Decoded(values.reshape((n, *feed.shape)), reasons)
+
+    column = feed.columns[0]
+    array = batch.column(column)
+    if isinstance(array, pa.ChunkedArray):
+        array = array.combine_chunks()
+    leaf, rows, null_list = _leaf_with_rows(array, n)
+    reasons.add(null_list, "decode", f"column {column!r} is null")
+    if feed.kind == LIST:
+        counts = np.bincount(rows, minlength=n)
+        wrong = (counts != feed.size) & ~null_list
+        if wrong.any():
+            for count in np.unique(counts[wrong]):
+                reasons.add(
+                    wrong & (counts == count),
+                    "decode",
+                    f"column {column!r} has {count} values; model input {feed.input!r} needs "
+                    f"{feed.size} (shape {feed.shape})",
+                )
+    if leaf.null_count:
+        null_rows = np.zeros(n, bool)
+        null_rows[rows[_to_numpy(leaf.is_null())]] = True
+        reasons.add(null_rows, "decode", f"column {column!r} holds a null value")
+        leaf = leaf.fill_null(0)
+    raw = _to_numpy(leaf)
+    _check_finite(raw, rows, reasons, column)
+    raw = _cast(feed, raw, rows, reasons, column)
+    if feed.kind == TENSOR:
+        return Decoded(raw.reshape((n, *feed.shape)), reasons)
+    values = np.zeros((n, feed.size), dtype=feed.dtype)
+    good = ~reasons.bad
+    values[good] = raw[good[rows]].reshape(-1, feed.size)
+    return Decoded(values.reshape((n, *feed.shape)), reasons)
+
+
+def merge_reasons(decoded: Sequence[Decoded]) -> Reasons:
+    """Per row, the first reason any feed gives."""
+    reasons = Reasons(len(decoded[0].reasons.text))
+    for d in decoded:
+        reasons.merge(d.reasons)
+    return reasons
+
+
+# ---------------------------------------------------------------- numpy -> Arrow
+
+
+def tensor_type(shape: Sequence[int]) -> pa.DataType:
+    """The output type of a gradient or prediction of per-example `shape`."""
+    return pa.fixed_shape_tensor(pa.float32(), list(shape))
+
+
+def to_tensor_array(values: np.ndarray) -> pa.Array:
+    """(rows, *shape) float32 -> fixed_shape_tensor<float32>, without copying."""
+    values = np.ascontiguousarray(values, dtype=np.float32)
+    shape = values.shape[1:]
+    storage = pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), math.prod(shape))
+    return pa.ExtensionArray.from_storage(tensor_type(shape), storage)
