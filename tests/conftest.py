@@ -76,3 +76,8 @@ def assert_close(actual, expected, rtol=1e-5, atol=1e-6):
 @pytest.fixture(autouse=True)
 def _seed():
     keras.utils.set_random_seed(1234)
+
+
+def pytest_configure(config):
+    # Keras 3 on numpy 2 warns about __array__(copy=...) inside its own code; not ours to fix.
+    config.addinivalue_line("filterwarnings", "ignore:__array__ implementation doesn't accept a copy keyword")

@@ -219,7 +219,10 @@ class GradientEngine:
         signature = [tf.TensorSpec((batch_size, *t.shape), t.dtype, name=t.name) for t in model.inputs]
         if self.label is not None:
             signature.append(tf.TensorSpec((batch_size, *self.label.shape), tf.float32, name="label"))
-        self._fn = tf.function(self._compute, input_signature=signature, jit_compile=spec.jit_compile)
+        # autograph off: the Python loops here run once, at trace time, by design.
+        self._fn = tf.function(
+            self._compute, input_signature=signature, jit_compile=spec.jit_compile, autograph=False
+        )
         self._traced = False
 
     def trace(self) -> "GradientEngine":
@@ -282,7 +285,10 @@ class GradientEngine:
         if gradient is not None:
             return tf.cast(gradient, tf.float32)
         if self.spec.unconnected == "error":
-            of = f"output {key.output!r}" if key.output else ("the loss" if self.spec.target == "loss" else "the model outputs")
+            if key.output:
+                of = f"output {key.output!r}"
+            else:
+                of = "the loss" if self.spec.target == "loss" else "the sum of the model's outputs"
             raise SpecError(
                 f"model input {key.input!r} has no gradient: {of} does not depend on it "
                 "(use --unconnected zeros to write zeros instead)"

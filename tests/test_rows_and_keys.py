@@ -1,0 +1,95 @@
+"""Every row in comes out once, keys unchanged, across files, row groups, padding and bad rows."""
+
+import keras
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from transforms.parquet import _ReadRowGroup
+from tests.conftest import assert_close, by_key, eager_gradients, read_output, run_job, save, tensor_column, write_parquet
+
+
+def _model():
+    return keras.Sequential([keras.Input((6,)), keras.layers.Dense(3, activation="tanh"), keras.layers.Dense(1)])
+
+
+def test_keys_and_row_counts_survive_several_files_row_groups_and_padding(tmp_path):
+    model = _model()
+    rng = np.random.default_rng(7)
+    sizes = [101, 1, 250, 0, 77]  # an empty file and a one-row file among them
+    start, xs = 0, []
+    for i, n in enumerate(sizes):
+        x = rng.normal(size=(n, 6)).astype(np.float32)
+        keys = [f"row-{start + j}" for j in range(n)]
+        table = pa.table(
+            {"key": pa.array(keys, pa.string()), "part": pa.array([i] * n, pa.int32()),
+             "x": pa.array(list(x), pa.list_(pa.float32(), 6))}
+        )
+        pq.write_table(table, tmp_path / f"part-{i}.parquet", row_group_size=max(1, n // 3 or 1))
+        xs.append(x)
+        start += n
+    x = np.concatenate(xs)
+    summary = run_job(
+        "--input", tmp_path / "part-*.parquet", "--output", tmp_path / "out/g", "--model", save(model, tmp_path),
+        "--feature_columns", "x", "--keep_columns", "key,part", "--batch_size", 32,
+    )
+    out = read_output(tmp_path / "out/g")
+    total = sum(sizes)
+    assert out.num_rows == total
+    assert sorted(out.column("key").to_pylist()) == sorted(f"row-{i}" for i in range(total))
+    assert out.schema.field("key").type == pa.string() and out.schema.field("part").type == pa.int32()
+    order = np.argsort([int(k.split("-")[1]) for k in out.column("key").to_pylist()])
+    assert_close(tensor_column(out, "gradient")[order], eager_gradients(model, x, lambda y: y))
+    c = summary.counters
+    assert c["rows_in"] == c["rows_out"] == total and c["rows_rejected"] == 0
+    assert c["padded_rows"] == c["batches"] * 32 - total
+
+
+def test_bad_rows_go_to_the_rejected_output_and_their_neighbours_are_computed(tmp_path):
+    model = _model()
+    rng = np.random.default_rng(8)
+    rows = 60
+    x = rng.normal(size=(rows, 6)).astype(np.float32)
+    values = [list(map(float, r)) for r in x]
+    values[3] = None  # null
+    values[10] = values[10][:5]  # wrong length
+    values[11][2] = float("nan")  # NaN
+    values[20][0] = float("inf")  # infinity
+    values[21][4] = None  # null inside the list
+    table = pa.table({"id": np.arange(rows), "x": pa.array(values, pa.list_(pa.float64()))})
+    pq.write_table(table, tmp_path / "in.parquet", row_group_size=25)
+    summary = run_job(
+        "--input", tmp_path / "in.parquet", "--output", tmp_path / "out/g", "--model", save(model, tmp_path),
+        "--feature_columns", "x", "--keep_columns", "id", "--batch_size", 16,
+    )
+    bad = {3: "is null", 10: "has 5 values", 11: "NaN or infinity", 20: "NaN or infinity", 21: "null value"}
+    rejected = by_key(read_output(tmp_path / "out/g-rejected"))
+    assert rejected.column("id").to_pylist() == sorted(bad)
+    for row_id, reason in zip(rejected.column("id").to_pylist(), rejected.column("reason").to_pylist()):
+        assert bad[row_id] in reason and "'x'" in reason
+    assert set(rejected.column("source_file").to_pylist()) == {str(tmp_path / "in.parquet")}
+    out = by_key(read_output(tmp_path / "out/g"))
+    good = np.array([i for i in range(rows) if i not in bad])
+    assert out.column("id").to_pylist() == good.tolist()
+    assert_close(tensor_column(out, "gradient"), eager_gradients(model, x[good], lambda y: y))
+    c = summary.counters
+    assert c["rows_in"] == rows == c["rows_out"] + c["rows_rejected"] and c["rows_rejected"] == len(bad)
+
+
+def test_a_huge_row_group_is_read_in_bounded_record_batches(tmp_path):
+    model = _model()
+    rows = 3000
+    x = np.random.default_rng(9).normal(size=(rows, 6)).astype(np.float32)
+    write_parquet(tmp_path / "in.parquet", {"id": np.arange(rows), "x": x}, row_group_size=rows)
+    assert pq.ParquetFile(tmp_path / "in.parquet").metadata.num_row_groups == 1
+    summary = run_job(
+        "--input", tmp_path / "in.parquet", "--output", tmp_path / "out/g", "--model", save(model, tmp_path),
+        "--feature_columns", "x", "--keep_columns", "id", "--batch_size", 128, "--read_batch_rows", 500,
+    )
+    out = by_key(read_output(tmp_path / "out/g"))
+    assert out.column("id").to_pylist() == list(range(rows))
+    assert_close(tensor_column(out, "gradient"), eager_gradients(model, x, lambda y: y))
+    assert summary.counters["batches"] == -(-rows // 128)
+    # The reader itself hands out record batches of at most --read_batch_rows rows.
+    read = list(_ReadRowGroup(["id", "x"], 500).process((str(tmp_path / "in.parquet"), 0)))
+    assert [batch.num_rows for _, batch in read] == [500] * 6
