@@ -1,8 +1,8 @@
 """The embedded default: a small demo model and Parquet data it makes, for `--demo`.
 
 So that a newcomer sees the job run end to end with no data of their own: a
-tiny image classifier and 3,000 rows of 8x8 images in three files, each row
-with an `id` key, under ./demo.
+tiny two-headed image model (class logits and a brightness score) and 3,000
+rows of 8x8 images in three files, each row with an `id` key, under ./demo.
 """
 
 from __future__ import annotations
@@ -25,15 +25,11 @@ def make_model(path: str) -> None:
     import keras
 
     keras.utils.set_random_seed(0)
-    model = keras.Sequential(
-        [
-            keras.Input(IMAGE_SHAPE, name="image"),
-            keras.layers.Conv2D(4, 3, activation="relu"),
-            keras.layers.GlobalAveragePooling2D(),
-            keras.layers.Dense(3, activation="softmax", name="classes"),
-        ]
-    )
-    model.save(path)
+    image = keras.Input(IMAGE_SHAPE, name="image")
+    features = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3, activation="tanh")(image))
+    classes = keras.layers.Dense(3, name="classes")(features)
+    brightness = keras.layers.Dense(1, name="brightness")(features)
+    keras.Model(image, [classes, brightness]).save(path)
 
 
 def make_data(folder: str) -> None:

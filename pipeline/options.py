@@ -73,9 +73,15 @@ def parse_map(value: str | None) -> dict[str, str]:
     return mapping
 
 
+class _Parser(_BeamArgumentParser):
+    def error(self, message):
+        """A bad value is an OptionsError (one line), not argparse's usage dump and exit."""
+        raise OptionsError(message)
+
+
 def _all_options_parser() -> argparse.ArgumentParser:
     """Every option Beam knows, ours included: what PipelineOptions itself parses with."""
-    parser = _BeamArgumentParser(allow_abbrev=False)
+    parser = _Parser(allow_abbrev=False)
     for cls in {str(c): c for c in PipelineOptions.__subclasses__()}.values():
         cls._add_argparse_args(parser)
     return parser
@@ -140,10 +146,7 @@ def parse(argv: Sequence[str]) -> PipelineOptions:
     config = _config_path(argv)
     if config:
         argv = _config_args(config, parser) + argv
-    try:
-        known, unknown = parser.parse_known_args(argv)
-    except SystemExit as exit_:  # argparse has already printed which value was wrong
-        raise OptionsError("invalid option value (see above)") from exit_
+    _, unknown = parser.parse_known_args(argv)
     if unknown:
         raise OptionsError(f"unknown option {' '.join(unknown)}; see --help")
     return PipelineOptions(argv)

@@ -117,11 +117,17 @@ def load_model(path: str, trust_model_code: bool = False) -> tuple[ModelFunction
         raise
     except Exception as err:
         text = str(err)
-        if "safe_mode" in text or re.search(r"\bLambda\b", text):
+        if "safe_mode" in text:
             raise ModelError(
                 f"model {shown} contains code (a Lambda layer or custom function) that Keras safe_mode "
                 "refuses to load, since loading it would run that code; pass --trust_model_code only if "
                 "you trust where the model came from"
+            ) from err
+        missing = re.search(r"Could not locate (?:function|class) '([^']+)'", text)
+        if missing:
+            raise ModelError(
+                f"model {shown} uses {missing.group(1)!r}, which is not registered here: import the module "
+                "that defines it (decorated with @keras.saving.register_keras_serializable) in the workers"
             ) from err
         first_line = text.strip().splitlines()[0] if text.strip() else type(err).__name__
         raise ModelError(f"model {shown} could not be loaded: {first_line}") from err

@@ -1,0 +1,123 @@
+"""Options: YAML configs with command-line overrides, --help, and clear errors before any data is read."""
+
+import os
+import re
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.options import GradientOptions, OptionsError, help_text, parse
+from pipeline.run import main
+from tests.conftest import assert_close, by_key, read_output, save, tensor_column, write_parquet
+
+ROWS = 30
+
+
+@pytest.fixture
+def job(tmp_path):
+    """A model with inputs 'img' and 'meta', a data file, and the options every run shares."""
+    img, meta = keras.Input((2, 2), name="img"), keras.Input((3,), name="meta")
+    joined = keras.layers.Concatenate()([keras.layers.Flatten()(img), meta])
+    model = keras.Model([img, meta], keras.layers.Dense(1)(joined))
+    rng = np.random.default_rng(13)
+    write_parquet(tmp_path / "in/a.parquet", {
+        "id": np.arange(ROWS), "img": rng.normal(size=(ROWS, 2, 2)).astype(np.float32),
+        "meta": rng.normal(size=(ROWS, 3)).astype(np.float32), "y": rng.normal(size=ROWS),
+    })
+    return model, ["--runner=DirectRunner", "--input", str(tmp_path / "in/*.parquet"), "--model", save(model, tmp_path),
+                   "--output", str(tmp_path / "out/g")]
+
+
+def test_yaml_config_with_command_line_override(tmp_path, job):
+    model, args = job
+    config = tmp_path / "job.yaml"
+    config.write_text(
+        "runner: DirectRunner\n"
+        f"input: {tmp_path / 'in/*.parquet'}\n"
+        f"model: {args[4]}\n"
+        f"output: {tmp_path / 'from-config/g'}\n"
+        "keep_columns: [id]\n"
+        "batch_size: 7\n"
+        "emit: [norm]\n"
+        "input_map: {img: img, meta: meta}\n"
+    )
+    assert main(["--config", str(config), "--batch_size", "11"]) == 0
+    out = by_key(read_output(tmp_path / "from-config/g"))
+    assert out.num_rows == ROWS and "norm__gradient__img" in out.column_names
+    meta = pq.read_schema(next((tmp_path / "from-config").glob("g-*.parquet"))).metadata
+    assert meta[b"beam_gradients.batch_size"] == b"11"  # the flag beat the file's 7
+    w = model.layers[-1].kernel.numpy()[:, 0]
+    assert_close(tensor_column(out, "gradient__meta"), np.broadcast_to(w[4:], (ROWS, 3)))
+
+
+def test_config_errors_name_the_file_and_key(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("batch_sise: 3\n")
+    with pytest.raises(OptionsError, match=r"bad.yaml: unknown option 'batch_sise'"):
+        parse(["--config", str(bad)])
+    with pytest.raises(OptionsError, match="unknown option --batch_sise"):
+        parse(["--batch_sise", "3"])
+
+
+def test_help_lists_every_option_with_a_description():
+    text = help_text()
+    parser_options = []
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    GradientOptions._add_argparse_args(parser)
+    for action in parser._actions:
+        parser_options += [s for s in action.option_strings if s.startswith("--") and s != "--help"]
+    assert len(parser_options) >= 20
+    for option in parser_options:
+        line = re.search(rf"^\s+{re.escape(option)}\b.*$", text, re.M)
+        assert line, option
+    for name in ("--input", "--output", "--model", "--feature_columns", "--keep_columns", "--target",
+                 "--label_column", "--loss", "--clip_norm", "--batch_size", "--config", "--input_map",
+                 "--unconnected", "--emit", "--trust_model_code"):
+        assert name in parser_options
+
+
+def test_console_script_is_installed():
+    script = os.path.join(os.path.dirname(sys.executable), "beam-gradients")
+    done = subprocess.run([script, "--help"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "--feature_columns" in done.stdout and "--clip_norm" in done.stdout
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--keep_columns", "id,nope"], r"key column 'nope' not found in .*a.parquet; its columns are: id, img, meta, y"),
+        (["--feature_columns", "img"], r"model input 'meta' is mapped to no column.*--input_map meta=<column>"),
+        (["--input_map", "picture=img"], r"--input_map names 'picture', which the model does not have"),
+        (["--target", "loss", "--loss", "mse"], r"--loss needs --label_column"),
+        (["--target", "loss"], r"--target loss needs --loss"),
+        (["--loss", "hinge_of_doom", "--label_column", "y"], r"unknown --loss 'hinge_of_doom'"),
+        (["--batch_size", "0"], r"--batch_size must be 1 or more, not 0"),
+        (["--input_map", "img=y,meta=meta"], r"model input 'img' takes 4 values per example .*1 scalar columns"),
+        (["--input_map", "img=meta,meta=img"], r"column 'meta' holds shape \(3,\) per row, but model input 'img' needs shape \(2, 2\)"),
+        (["--target", "sideways"], r"argument --target: invalid choice: 'sideways'"),
+    ],
+)
+def test_option_errors_are_one_clear_line_before_any_data_is_read(tmp_path, job, capsys, extra, message):
+    _, args = job
+    assert main(args + extra) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert re.search(message, err[-1]), err
+    assert "Traceback" not in "\n".join(err)
+    assert not (tmp_path / "out").exists()  # nothing ran, nothing was written
+
+
+def test_inputs_that_match_nothing_or_are_not_parquet(tmp_path, job, capsys):
+    _, args = job
+    args = [a for a in args if "in/*.parquet" not in a]
+    args.remove("--input")
+    assert main(args + ["--input", str(tmp_path / "missing/*.parquet")]) == 2
+    assert "matches no file" in capsys.readouterr().err
+    (tmp_path / "text.parquet").write_text("hello")
+    assert main(args + ["--input", str(tmp_path / "text.parquet")]) == 2
+    assert "text.parquet is not a readable Parquet file" in capsys.readouterr().err

@@ -1,0 +1,121 @@
+"""The loss target for every supported loss, the optional extra columns, and the file metadata."""
+
+import json
+
+import keras
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import tensorflow as tf
+
+import transforms
+from tests.conftest import assert_close, by_key, read_output, run_job, save, tensor_column, write_parquet
+from transforms.gradients import GradientEngine, GradientSpec, from_keras
+
+ROWS = 45
+RNG = np.random.default_rng(12)
+X = RNG.normal(size=(ROWS, 4)).astype(np.float32)
+
+
+def _labels_and_model(loss):
+    """A model whose output suits `loss`, and a label column for it."""
+    if loss in ("mse", "mae", "huber", "tests.custom_losses:scaled_squared_error"):
+        head, y = keras.layers.Dense(1), RNG.normal(size=(ROWS, 1)).astype(np.float32)
+    elif loss == "binary_crossentropy":
+        head, y = keras.layers.Dense(1, activation="sigmoid"), RNG.integers(0, 2, (ROWS, 1)).astype(np.float32)
+    elif loss == "categorical_crossentropy":
+        head, y = keras.layers.Dense(3, activation="softmax"), np.eye(3, dtype=np.float32)[RNG.integers(0, 3, ROWS)]
+    else:  # sparse_categorical_crossentropy: one class index per row
+        head, y = keras.layers.Dense(3, activation="softmax"), RNG.integers(0, 3, ROWS).astype(np.int64)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(5, activation="tanh"), head])
+    return model, y
+
+
+def _reference_loss(loss):
+    if ":" in loss:
+        from tests.custom_losses import scaled_squared_error
+
+        return scaled_squared_error
+    return keras.losses.get(loss)
+
+
+@pytest.mark.parametrize(
+    "loss",
+    ["mse", "mae", "huber", "binary_crossentropy", "categorical_crossentropy", "sparse_categorical_crossentropy",
+     "tests.custom_losses:scaled_squared_error"],
+)
+def test_loss_target_matches_per_example_eager_tapes(tmp_path, loss):
+    model, y = _labels_and_model(loss)
+    label = pa.array(y) if y.ndim == 1 else pa.array(list(y), pa.list_(pa.float32(), y.shape[1]))
+    write_parquet(tmp_path / "in/a.parquet", {"id": np.arange(ROWS), "x": X, "y": label})
+    run_job("--input", tmp_path / "in/*.parquet", "--output", tmp_path / "out/g", "--model", save(model, tmp_path),
+            "--feature_columns", "x", "--keep_columns", "id", "--target", "loss", "--label_column", "y",
+            "--loss", loss, "--batch_size", 16, "--emit", "loss")
+    out = by_key(read_output(tmp_path / "out/g"))
+    fn = _reference_loss(loss)
+    grads, losses = [], []
+    for xi, yi in zip(X, y):
+        xt = tf.constant(xi[None])
+        with tf.GradientTape() as tape:
+            tape.watch(xt)
+            value = tf.reduce_sum(fn(tf.constant(np.asarray(yi, np.float32)[None]), model(xt, training=False)))
+        grads.append(tape.gradient(value, xt).numpy()[0])
+        losses.append(value.numpy())
+    assert_close(tensor_column(out, "gradient"), np.stack(grads), rtol=1e-4, atol=1e-6)
+    assert_close(out.column("loss").to_numpy(), np.array(losses), rtol=1e-5)
+
+
+def test_predictions_and_norms_per_output_for_a_two_input_two_output_model(tmp_path):
+    a, b = keras.Input((3,), name="a"), keras.Input((2,), name="b")
+    hidden = keras.layers.Dense(4, activation="tanh")(keras.layers.Concatenate()([a, b]))
+    model = keras.Model([a, b], [keras.layers.Dense(2, name="left")(hidden), keras.layers.Dense(1, name="right")(b)])
+    xa, xb = X[:, :3].copy(), X[:, 2:].copy()
+    write_parquet(tmp_path / "in/a.parquet", {"id": np.arange(ROWS), "a": xa, "b": xb})
+    run_job("--input", tmp_path / "in/*.parquet", "--output", tmp_path / "out/g", "--model", save(model, tmp_path),
+            "--keep_columns", "id", "--target", "per_output", "--emit", "predictions,norm", "--batch_size", 8)
+    out = by_key(read_output(tmp_path / "out/g"))
+    assert out.column_names == [
+        "id", "gradient__a__left", "gradient__b__left", "gradient__a__right", "gradient__b__right",
+        "prediction__left", "prediction__right",
+        "norm__gradient__a__left", "norm__gradient__b__left", "norm__gradient__a__right", "norm__gradient__b__right",
+    ]
+    left, right = model([xa, xb], training=False)
+    assert_close(tensor_column(out, "prediction__left"), left.numpy())
+    assert_close(tensor_column(out, "prediction__right"), right.numpy())
+    assert np.all(tensor_column(out, "gradient__a__right") == 0)  # 'right' reads only b
+    assert_close(tensor_column(out, "gradient__b__right"), np.broadcast_to(model.get_layer("right").kernel.numpy()[:, 0], (ROWS, 2)))
+    for name in ("a__left", "b__left", "b__right"):
+        grads = tensor_column(out, f"gradient__{name}")
+        assert_close(out.column(f"norm__gradient__{name}").to_numpy(), np.linalg.norm(grads, axis=1), rtol=1e-5)
+
+
+def test_metadata_records_model_spec_and_version(tmp_path):
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+    write_parquet(tmp_path / "in/a.parquet", {"id": np.arange(ROWS), "x": X})
+    run_job("--input", tmp_path / "in/*.parquet", "--output", tmp_path / "out/g", "--model", save(model, tmp_path),
+            "--feature_columns", "x", "--clip_norm", "0.5", "--batch_size", 16)
+    meta = pq.read_schema(next((tmp_path / "out").glob("g-00000-of-*.parquet"))).metadata
+    spec = json.loads(meta[b"beam_gradients.spec"])
+    assert spec["target"] == "sum" and spec["clip_norm"] == 0.5
+    assert meta[b"beam_gradients.version"].decode() == transforms.__version__
+    assert meta[b"beam_gradients.batch_size"] == b"16"
+
+
+def test_engine_agrees_with_central_finite_differences():
+    """An independent check of the engine alone, in float64 where differences are precise."""
+    inp = keras.Input((3,), dtype="float64")
+    hidden = keras.layers.Dense(4, activation="tanh", dtype="float64")(inp)
+    model = keras.Model(inp, keras.layers.Dense(2, activation="softplus", dtype="float64")(hidden))
+    x = RNG.normal(size=(5, 3))
+    engine = GradientEngine(from_keras(model), GradientSpec(), batch_size=5)
+    grads = engine([x])["gradients"][0]
+    eps = 1e-6
+    numeric = np.zeros_like(x)
+    for j in range(3):
+        step = np.zeros(3)
+        step[j] = eps
+        up = model(x + step, training=False).numpy().sum(axis=1)
+        down = model(x - step, training=False).numpy().sum(axis=1)
+        numeric[:, j] = (up - down) / (2 * eps)
+    np.testing.assert_allclose(grads, numeric, rtol=1e-5, atol=1e-7)
