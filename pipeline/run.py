@@ -36,8 +36,18 @@ from transforms.tensors import FeedError
 
 LOG = logging.getLogger("beam_gradients")
 # Errors that mean "an option or an input is wrong": one line, no traceback.
-USER_ERRORS = (OptionsError, SpecError, FeedError, ModelError, InputError, ValueError)
-COUNTERS = ("rows_in", "rows_out", "rows_rejected", "batches", "padded_rows", "none_gradients", "model_loads", "bundles")
+USER_ERRORS = (OptionsError, SpecError, FeedError, ModelError, InputError)
+COUNTERS = (
+    "rows_in",
+    "rows_out",
+    "rows_rejected",
+    "batches",
+    "gpu_batches",
+    "padded_rows",
+    "none_gradients",
+    "model_loads",
+    "bundles",
+)
 
 
 @dataclasses.dataclass
@@ -53,12 +63,14 @@ class Summary:
         rate = c["rows_in"] / self.wall_seconds if self.wall_seconds else 0.0
         lines = [
             f"rows: {c['rows_in']} in, {c['rows_out']} out, {c['rows_rejected']} rejected",
-            f"batches: {c['batches']} ({c['padded_rows']} padded rows); None gradients: {c['none_gradients']}; "
-            f"model loads: {c['model_loads']}",
+            f"batches: {c['batches']} ({c['padded_rows']} padded rows, {c['gpu_batches']} on GPU); "
+            f"None gradients: {c['none_gradients']}; model loads: {c['model_loads']}",
             f"wall time: {self.wall_seconds:.1f} s ({rate:,.0f} rows/s)",
             "output: " + (", ".join(self.outputs) or "(none)"),
             "rejected rows: " + (", ".join(self.rejected) or "(none)"),
         ]
+        if c["rows_in"] != c["rows_out"] + c["rows_rejected"]:
+            lines.insert(1, "WARNING: rows in != rows out + rows rejected; some rows are unaccounted for")
         return "\n".join(lines)
 
 

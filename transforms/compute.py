@@ -21,7 +21,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import GlobalWindows
 
 from transforms import METRICS, __version__
-from transforms.gradients import GradientEngine, GradientSpec, ModelFunction
+from transforms.gradients import GradientEngine, GradientSpec, ModelFunction, SpecError
 from transforms.model import Loaded, ProcessModel, redact
 from transforms.parquet import OutputLayout, rejected_schema, rejected_table
 from transforms.tensors import Feed, Reasons, check_columns, decode, merge_reasons, plan_feed, plan_input_feeds
@@ -96,7 +96,7 @@ class JobPlan:
         """
         check_columns(schema, key_columns, "key", source)
         if spec.loss and not label_column:
-            raise ValueError("--loss needs --label_column: the column holding each row's label")
+            raise SpecError("--loss needs --label_column: the column holding each row's label")
         if label_column:
             check_columns(schema, [label_column], "label", source)
         recipe = EngineRecipe(model, spec, batch_size)
@@ -137,6 +137,7 @@ class _GradientsFn(beam.DoFn):
         self._rows_out = Metrics.counter(METRICS, "rows_out")
         self._rows_rejected = Metrics.counter(METRICS, "rows_rejected")
         self._batches = Metrics.counter(METRICS, "batches")
+        self._gpu_batches = Metrics.counter(METRICS, "gpu_batches")
         self._padded = Metrics.counter(METRICS, "padded_rows")
         self._none_gradients = Metrics.counter(METRICS, "none_gradients")
         self._model_loads = Metrics.counter(METRICS, "model_loads")
@@ -216,6 +217,8 @@ class _GradientsFn(beam.DoFn):
             self._padded.inc(padding)
         result = self._engine(self._inputs, self._label)
         self._batches.inc()
+        if self._loaded.device.startswith("/GPU"):
+            self._gpu_batches.inc()
         self._none_gradients.inc(rows * len(self._engine.unconnected))
         keys = pa.concat_tables(self._keys)
         table = plan.layout.table(keys, result, rows)

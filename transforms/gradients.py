@@ -149,8 +149,17 @@ def from_keras(model) -> ModelFunction:
         TensorInfo(name, _per_example(t.shape), tf.as_dtype(t.dtype)) for name, t in zip(names, model.outputs)
     ]
 
+    # Call with the structure the model was built with (a dict of inputs stays a dict).
+    struct = getattr(model, "_inputs_struct", None)
+
     def call(tensors):
-        result = model(tensors if len(tensors) > 1 else tensors[0], training=False)
+        if struct is not None:
+            import keras
+
+            args = keras.tree.pack_sequence_as(struct, tensors)
+        else:
+            args = tensors if len(tensors) > 1 else tensors[0]
+        result = model(args, training=False)
         return list(result) if isinstance(result, (list, tuple)) else [result]
 
     return ModelFunction(inputs, outputs, call, keep=model)

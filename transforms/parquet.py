@@ -19,7 +19,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.parquetio import WriteToParquetBatched
 
 from transforms import METRICS
-from transforms.tensors import SCALARS, Feed, tensor_type, to_tensor_array
+from transforms.tensors import SCALARS, Feed, FeedError, tensor_type, to_tensor_array
 
 # A record batch read from Parquet aims at this many bytes (decoded), within row bounds.
 READ_BATCH_BYTES = 32 << 20
@@ -190,7 +190,7 @@ class OutputLayout:
         names = [c.name for c in columns]
         clashes = sorted({n for n in names if names.count(n) > 1})
         if clashes:
-            raise ValueError(
+            raise FeedError(
                 f"output column {', '.join(repr(c) for c in clashes)} would appear twice; "
                 "rename the key column or drop it from --keep_columns"
             )
