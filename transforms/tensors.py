@@ -42,26 +42,47 @@ class Feed:
 
 
 class Reasons:
-    """Per row: why it cannot be fed (None for a good row) and at which stage."""
+    """Per row: why it cannot be fed (None for a good row) and at which stage.
+
+    The sentences are only allocated once a row is bad: good batches cost one
+    boolean mask.
+    """
 
     def __init__(self, rows: int):
-        self.text = np.full(rows, None, dtype=object)
-        self.stage = np.full(rows, None, dtype=object)
+        self.bad = np.zeros(rows, bool)
+        self._text: np.ndarray | None = None
+        self._stage: np.ndarray | None = None
+
+    def _arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        if self._text is None:
+            self._text = np.full(len(self.bad), None, dtype=object)
+            self._stage = np.full(len(self.bad), None, dtype=object)
+        return self._text, self._stage
+
+    @property
+    def text(self) -> np.ndarray:
+        return self._arrays()[0]
+
+    @property
+    def stage(self) -> np.ndarray:
+        return self._arrays()[1]
 
     def add(self, mask: np.ndarray, stage: str, sentence: str) -> None:
         """Give `sentence` to the rows in `mask` that have no reason yet: the first one wins."""
-        new = mask & (self.text == None)  # noqa: E711  (elementwise on an object array)
-        self.text[new] = sentence
-        self.stage[new] = stage
+        new = mask & ~self.bad
+        if new.any():
+            text, stages = self._arrays()
+            text[new] = sentence
+            stages[new] = stage
+            self.bad |= new
 
     def merge(self, other: "Reasons") -> None:
-        new = (self.text == None) & (other.text != None)  # noqa: E711
-        self.text[new] = other.text[new]
-        self.stage[new] = other.stage[new]
-
-    @property
-    def bad(self) -> np.ndarray:
-        return self.text != None  # noqa: E711
+        new = other.bad & ~self.bad
+        if new.any():
+            text, stages = self._arrays()
+            text[new] = other.text[new]
+            stages[new] = other.stage[new]
+            self.bad |= new
 
 
 @dataclasses.dataclass
@@ -192,61 +213,94 @@ def _to_numpy(values: pa.Array) -> np.ndarray:
     return values.to_numpy(zero_copy_only=False)
 
 
-def _cast(feed: Feed, raw: np.ndarray, rows: np.ndarray, reasons: Reasons, column: str) -> np.ndarray:
+class _Owners:
+    """Which row each flattened number belongs to, without a per-number index where sizes are fixed.
+
+    A fixed-size tensor of n rows is a reshape (n, size): no index array is ever
+    built for it. Only variable-length lists need a row index per number.
+    """
+
+    def __init__(self, rows: int):
+        self.rows = rows
+        self.per_row = 1  # while `index` is None: every row owns this many consecutive numbers
+        self.index: np.ndarray | None = None
+
+    def repeat(self, size: int) -> None:
+        if self.index is None:
+            self.per_row *= size
+        else:
+            self.index = np.repeat(self.index, size)
+
+    def take(self, parents: np.ndarray) -> None:
+        if self.index is None:
+            self.index = np.repeat(np.arange(self.rows), self.per_row)
+        self.index = self.index[parents]
+
+    def rows_with(self, mask: np.ndarray) -> np.ndarray:
+        """Row mask: the rows owning at least one number in `mask`."""
+        if self.index is None:
+            return mask.reshape(self.rows, -1).any(axis=1) if self.rows else np.zeros(0, bool)
+        hit = np.zeros(self.rows, bool)
+        hit[self.index[mask]] = True
+        return hit
+
+    def counts(self) -> np.ndarray:
+        if self.index is None:
+            return np.full(self.rows, self.per_row)
+        return np.bincount(self.index, minlength=self.rows)
+
+
+def _cast(feed: Feed, raw: np.ndarray, owners: _Owners, reasons: Reasons, column: str) -> np.ndarray:
     """Cast to the model's dtype; a row holding a value the dtype cannot take is rejected."""
     target = np.dtype(feed.dtype)
     if raw.dtype == target:
         return raw
     if np.issubdtype(target, np.integer) and raw.dtype.kind == "f":
-        whole = np.isfinite(raw) & (raw == np.round(raw))
         info = np.iinfo(target)
-        ok = whole & (raw >= info.min) & (raw <= info.max)
+        ok = np.isfinite(raw) & (raw == np.round(raw)) & (raw >= info.min) & (raw <= info.max)
         if not ok.all():
-            bad_rows = np.zeros(len(reasons.text), bool)
-            np.logical_or.at(bad_rows, rows[~ok], True)
-            reasons.add(bad_rows, "decode", f"column {column!r} holds a value that is not a whole number within {target}")
+            sentence = f"column {column!r} holds a value that is not a whole number within {target}"
+            reasons.add(owners.rows_with(~ok), "decode", sentence)
         return np.where(ok, raw, 0).astype(target)
     with np.errstate(over="ignore", invalid="ignore"):
         cast = raw.astype(target)
     if target.kind == "f":
-        overflow = np.isfinite(raw.astype(np.float64)) & ~np.isfinite(cast)
+        overflow = np.isfinite(raw) & ~np.isfinite(cast)
         if overflow.any():
-            bad_rows = np.zeros(len(reasons.text), bool)
-            np.logical_or.at(bad_rows, rows[overflow], True)
-            reasons.add(bad_rows, "decode", f"column {column!r} holds a value too large for {target}")
+            reasons.add(owners.rows_with(overflow), "decode", f"column {column!r} holds a value too large for {target}")
     return cast
 
 
-def _check_finite(values: np.ndarray, rows: np.ndarray, reasons: Reasons, column: str) -> None:
+def _check_finite(values: np.ndarray, owners: _Owners, reasons: Reasons, column: str) -> None:
     if values.dtype.kind != "f":
         return
     finite = np.isfinite(values)
     if not finite.all():
-        bad_rows = np.zeros(len(reasons.text), bool)
-        bad_rows[np.unique(rows[~finite])] = True
-        reasons.add(bad_rows, "validate", f"column {column!r} holds NaN or infinity")
+        reasons.add(owners.rows_with(~finite), "validate", f"column {column!r} holds NaN or infinity")
 
 
-def _leaf_with_rows(array: pa.Array, n: int) -> tuple[pa.Array, np.ndarray, np.ndarray]:
-    """Flatten (nested) lists to their numbers: (numbers, row of each number, rows with a null list)."""
-    rows = np.arange(n)
+def _leaf(array: pa.Array, n: int) -> tuple[pa.Array, _Owners, np.ndarray]:
+    """Flatten (nested) lists to their numbers: (numbers, their owning rows, rows with a null list)."""
+    owners = _Owners(n)
     null_list = np.zeros(n, bool)
     while True:
         if isinstance(array, pa.ExtensionArray):
             array = array.storage
         t = array.type
         if not (pa.types.is_fixed_size_list(t) or pa.types.is_list(t) or pa.types.is_large_list(t)):
-            return array, rows, null_list
+            return array, owners, null_list
         if array.null_count:
-            null_list[rows[_to_numpy(array.is_null())]] = True
+            null_list |= owners.rows_with(_to_numpy(array.is_null()))
         if pa.types.is_fixed_size_list(t):
             size = t.list_size
             child = array.values.slice(array.offset * size, len(array) * size)
-            rows = np.repeat(rows, size)
+            owners.repeat(size)
         else:
-            parents = _to_numpy(pc.list_parent_indices(array))
-            child = array.flatten()
-            rows = rows[parents]
+            # Values under the offsets, null-backed ones included, as list_parent_indices counts them
+            # (flatten() would skip those and misalign the two).
+            offsets = _to_numpy(array.offsets)
+            owners.take(_to_numpy(pc.list_parent_indices(array)))
+            child = array.values.slice(int(offsets[0]), int(offsets[-1] - offsets[0]))
         array = child
 
 
@@ -256,53 +310,50 @@ def decode(feed: Feed, batch: pa.RecordBatch | pa.Table) -> Decoded:
     reasons = Reasons(n)
     if feed.kind == SCALARS:
         values = np.empty((n, len(feed.columns)), dtype=feed.dtype)
-        rows = np.arange(n)
+        owners = _Owners(n)
         for j, column in enumerate(feed.columns):
             array = batch.column(column)
             if array.null_count:
                 reasons.add(_to_numpy(array.is_null()), "decode", f"column {column!r} is null")
                 array = array.fill_null(0)
             raw = _to_numpy(array)
-            _check_finite(raw, rows, reasons, column)
-            values[:, j] = _cast(feed, raw, rows, reasons, column)
+            _check_finite(raw, owners, reasons, column)
+            values[:, j] = _cast(feed, raw, owners, reasons, column)
         return Decoded(values.reshape((n, *feed.shape)), reasons)
 
     column = feed.columns[0]
     array = batch.column(column)
     if isinstance(array, pa.ChunkedArray):
         array = array.combine_chunks()
-    leaf, rows, null_list = _leaf_with_rows(array, n)
+    leaf, owners, null_list = _leaf(array, n)
     reasons.add(null_list, "decode", f"column {column!r} is null")
     if feed.kind == LIST:
-        counts = np.bincount(rows, minlength=n)
+        counts = owners.counts()
         wrong = (counts != feed.size) & ~null_list
-        if wrong.any():
-            for count in np.unique(counts[wrong]):
-                reasons.add(
-                    wrong & (counts == count),
-                    "decode",
-                    f"column {column!r} has {count} values; model input {feed.input!r} needs "
-                    f"{feed.size} (shape {feed.shape})",
-                )
+        for count in np.unique(counts[wrong]):
+            reasons.add(
+                wrong & (counts == count),
+                "decode",
+                f"column {column!r} has {count} values; model input {feed.input!r} needs "
+                f"{feed.size} (shape {feed.shape})",
+            )
     if leaf.null_count:
-        null_rows = np.zeros(n, bool)
-        null_rows[rows[_to_numpy(leaf.is_null())]] = True
-        reasons.add(null_rows, "decode", f"column {column!r} holds a null value")
+        reasons.add(owners.rows_with(_to_numpy(leaf.is_null())), "decode", f"column {column!r} holds a null value")
         leaf = leaf.fill_null(0)
     raw = _to_numpy(leaf)
-    _check_finite(raw, rows, reasons, column)
-    raw = _cast(feed, raw, rows, reasons, column)
+    _check_finite(raw, owners, reasons, column)
+    raw = _cast(feed, raw, owners, reasons, column)
     if feed.kind == TENSOR:
         return Decoded(raw.reshape((n, *feed.shape)), reasons)
     values = np.zeros((n, feed.size), dtype=feed.dtype)
     good = ~reasons.bad
-    values[good] = raw[good[rows]].reshape(-1, feed.size)
+    values[good] = raw[good[owners.index]].reshape(-1, feed.size)
     return Decoded(values.reshape((n, *feed.shape)), reasons)
 
 
 def merge_reasons(decoded: Sequence[Decoded]) -> Reasons:
     """Per row, the first reason any feed gives."""
-    reasons = Reasons(len(decoded[0].reasons.text))
+    reasons = Reasons(len(decoded[0].reasons.bad))
     for d in decoded:
         reasons.merge(d.reasons)
     return reasons
