@@ -51,7 +51,9 @@ class GradientOptions(PipelineOptions):
             help="An input the target does not depend on: write zeros (and count it) or fail.",
         )
         add("--trust_model_code", action="store_true", help="Load models that carry code (Lambda layers).")
+        add("--no_trust_model_code", dest="trust_model_code", action="store_false", help="Undo a config's trust_model_code.")
         add("--jit_compile", action="store_true", help="Compile the gradient function with XLA.")
+        add("--no_jit_compile", dest="jit_compile", action="store_false", help="Undo a config's jit_compile.")
         add("--read_batch_rows", type=int, help="Rows per Parquet record batch read (default: about 32 MiB).")
         add("--rejected", help="Prefix of the rejected-rows output (default: <output>-rejected).")
         add("--config", help="YAML file of options; flags on the command line override it.")
@@ -95,7 +97,9 @@ def _config_args(path: str, parser: argparse.ArgumentParser) -> list[str]:
     except OSError as err:
         raise OptionsError(f"--config {path}: cannot read it ({err.strerror})") from err
     except yaml.YAMLError as err:
-        raise OptionsError(f"--config {path}: not valid YAML ({err})") from err
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise OptionsError(f"--config {path}: not valid YAML{where} ({getattr(err, 'problem', None) or err})") from err
     if not isinstance(config, dict):
         raise OptionsError(f"--config {path}: expected a mapping of option names to values")
     actions = {s: a for a in parser._actions for s in a.option_strings}
@@ -106,7 +110,9 @@ def _config_args(path: str, parser: argparse.ArgumentParser) -> list[str]:
         if action is None:
             raise OptionsError(f"--config {path}: unknown option {key!r}")
         if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
-            if bool(value) == isinstance(action, argparse._StoreTrueAction):
+            if not isinstance(value, bool):
+                raise OptionsError(f"--config {path}: {key} takes true or false, not {value!r}")
+            if value == isinstance(action, argparse._StoreTrueAction):
                 args.append(flag)
         elif isinstance(action, argparse._AppendAction):
             args += [f"{flag}={v}" for v in (value if isinstance(value, list) else [value])]
@@ -120,12 +126,11 @@ def _config_args(path: str, parser: argparse.ArgumentParser) -> list[str]:
 
 
 def _config_path(argv: Sequence[str]) -> str | None:
-    for i, arg in enumerate(argv):
-        if arg == "--config" and i + 1 < len(argv):
-            return argv[i + 1]
-        if arg.startswith("--config="):
-            return arg.split("=", 1)[1]
-    return None
+    paths = [argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg == "--config"]
+    paths += [arg.split("=", 1)[1] for arg in argv if arg.startswith("--config=")]
+    if len(paths) > 1:
+        raise OptionsError(f"--config is given {len(paths)} times; give one file")
+    return paths[0] if paths else None
 
 
 def help_text() -> str:

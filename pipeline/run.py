@@ -31,7 +31,16 @@ from transforms import METRICS
 from transforms.compute import REJECTED, RESULTS, ComputeGradients, JobPlan
 from transforms.gradients import SpecError
 from transforms.model import ModelError, ProcessModel
-from transforms.parquet import InputError, ReadParquetBatches, match_files, output_files, read_schema, write_parquet
+from transforms.parquet import (
+    InputError,
+    ReadParquetBatches,
+    check_same_columns,
+    match_files,
+    output_files,
+    read_schemas,
+    remove_output,
+    write_parquet,
+)
 from transforms.tensors import FeedError
 
 LOG = logging.getLogger("beam_gradients")
@@ -96,9 +105,9 @@ def resolve_runner(options):
 def plan_job(job: GradientOptions) -> tuple[JobPlan, object, list[str]]:
     """Check every option against the files and the model; nothing is computed yet."""
     files = match_files(job.input)
-    schema = read_schema(files[0])
+    schemas = read_schemas(files)
     plan, loaded = JobPlan.build(
-        schema,
+        schemas[0],
         files[0],
         ProcessModel(job.model, job.trust_model_code),
         spec_from(job),
@@ -108,6 +117,7 @@ def plan_job(job: GradientOptions) -> tuple[JobPlan, object, list[str]]:
         label_column=job.label_column,
         key_columns=split_list(job.keep_columns),
     )
+    check_same_columns(files, schemas, plan.read_columns)
     return plan, loaded, files
 
 
@@ -141,7 +151,10 @@ def read_counters(result) -> tuple[dict[str, int], tuple[int, int] | None]:
 
 def run(argv: Sequence[str]) -> Summary:
     """Parse, check, build, run; the summary of what happened."""
-    options = parse(argv)
+    return run_options(parse(argv), argv)
+
+
+def run_options(options, argv: Sequence[str] = ()) -> Summary:
     job = options.view_as(GradientOptions)
     if job.demo:
         from pipeline.demo import demo_options
@@ -153,6 +166,8 @@ def run(argv: Sequence[str]) -> Summary:
     plan, loaded, files = plan_job(job)
     pipeline = beam.Pipeline(runner=resolve_runner(options), options=options)
     build(pipeline, job, plan, files)
+    remove_output(job.output)
+    remove_output(rejected_prefix(job))
     result = pipeline.run()
     result.wait_until_finish()
     del loaded  # kept alive until here so an in-process runner reuses the launcher's model
@@ -173,9 +188,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(help_text())
         return 0
     debug = "--debug" in argv
-    logging.basicConfig(level=logging.INFO if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        summary = run(argv)
+        options = parse(argv)
+        debug = options.view_as(GradientOptions).debug  # a config file may turn it on too
+        logging.basicConfig(level=logging.INFO if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+        summary = run_options(options, argv)
     except USER_ERRORS as err:
         if debug:
             raise

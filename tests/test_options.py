@@ -61,6 +61,23 @@ def test_config_errors_name_the_file_and_key(tmp_path):
         parse(["--config", str(bad)])
     with pytest.raises(OptionsError, match="unknown option --batch_sise"):
         parse(["--batch_sise", "3"])
+    bad.write_text("trust_model_code: 'false'\n")  # a string, not a boolean: never read as true
+    with pytest.raises(OptionsError, match=r"bad.yaml: trust_model_code takes true or false, not 'false'"):
+        parse(["--config", str(bad)])
+    bad.write_text("input: [unclosed\n")
+    with pytest.raises(OptionsError, match=r"bad.yaml: not valid YAML at line \d+ \([^\n]*\)$"):
+        parse(["--config", str(bad)])
+    with pytest.raises(OptionsError, match="--config is given 2 times"):
+        parse(["--config", str(bad), f"--config={bad}"])
+
+
+def test_a_flag_turns_off_a_boolean_the_config_turned_on(tmp_path):
+    config = tmp_path / "job.yaml"
+    config.write_text("trust_model_code: true\njit_compile: true\n")
+    job = parse(["--config", str(config)]).view_as(GradientOptions)
+    assert job.trust_model_code and job.jit_compile
+    job = parse(["--config", str(config), "--no_trust_model_code", "--no_jit_compile"]).view_as(GradientOptions)
+    assert not job.trust_model_code and not job.jit_compile
 
 
 def test_help_lists_every_option_with_a_description():

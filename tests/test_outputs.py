@@ -119,3 +119,33 @@ def test_engine_agrees_with_central_finite_differences():
         down = model(x - step, training=False).numpy().sum(axis=1)
         numeric[:, j] = (up - down) / (2 * eps)
     np.testing.assert_allclose(grads, numeric, rtol=1e-5, atol=1e-7)
+
+
+def test_dict_outputs_are_named_by_their_keys(tmp_path):
+    inp = keras.Input((4,), name="x")
+    hidden = keras.layers.Dense(3, activation="tanh")(inp)
+    model = keras.Model(inp, {"quality": keras.layers.Dense(2)(hidden), "price": keras.layers.Dense(1)(hidden)})
+    write_parquet(tmp_path / "in/a.parquet", {"id": np.arange(ROWS), "x": X})
+    run_job("--input", tmp_path / "in/*.parquet", "--output", tmp_path / "out/g", "--model", save(model, tmp_path),
+            "--keep_columns", "id", "--target", "per_output", "--batch_size", 16)
+    out = by_key(read_output(tmp_path / "out/g"))
+    assert out.column_names == ["id", "gradient__price", "gradient__quality"]
+    for key in ("price", "quality"):
+        xt = tf.constant(X)
+        with tf.GradientTape() as tape:
+            tape.watch(xt)
+            y = tf.reduce_sum(model(xt, training=False)[key])
+        assert_close(tensor_column(out, f"gradient__{key}"), tape.gradient(y, xt).numpy())
+
+
+def test_loss_on_a_model_with_one_number_per_example(tmp_path):
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1), keras.layers.Reshape(())])
+    y = RNG.normal(size=ROWS).astype(np.float32)
+    write_parquet(tmp_path / "in/a.parquet", {"id": np.arange(ROWS), "x": X, "y": y})
+    run_job("--input", tmp_path / "in/*.parquet", "--output", tmp_path / "out/g", "--model", save(model, tmp_path),
+            "--feature_columns", "x", "--keep_columns", "id", "--target", "loss", "--label_column", "y",
+            "--loss", "mse", "--batch_size", 16)
+    out = by_key(read_output(tmp_path / "out/g"))
+    w, b = model.layers[0].kernel.numpy()[:, 0], model.layers[0].bias.numpy()[0]
+    residual = X @ w + b - y
+    assert_close(tensor_column(out, "gradient"), 2 * residual[:, None] * w[None, :], rtol=1e-4)

@@ -1,11 +1,14 @@
 """Every row in comes out once, keys unchanged, across files, row groups, padding and bad rows."""
 
+import os
+
 import keras
 import numpy as np
+import pytest
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from transforms.parquet import _ReadRowGroup
+from transforms.parquet import InputError, _ReadRowGroup
 from tests.conftest import assert_close, by_key, eager_gradients, read_output, run_job, save, tensor_column, write_parquet
 
 
@@ -93,3 +96,34 @@ def test_a_huge_row_group_is_read_in_bounded_record_batches(tmp_path):
     # The reader itself hands out record batches of at most --read_batch_rows rows.
     read = list(_ReadRowGroup(["id", "x"], 500).process((str(tmp_path / "in.parquet"), 0)))
     assert [batch.num_rows for _, batch in read] == [500] * 6
+
+
+def test_files_that_disagree_with_the_first_are_named_before_any_compute(tmp_path):
+    model = _model()
+    x = np.zeros((4, 6), np.float32)
+    write_parquet(tmp_path / "in/a.parquet", {"id": np.arange(4), "x": x})
+    write_parquet(tmp_path / "in/b.parquet", {"id": np.arange(4).astype(np.int32), "x": x})
+    args = ["--input", tmp_path / "in/*.parquet", "--output", tmp_path / "out/g", "--model", save(model, tmp_path),
+            "--feature_columns", "x", "--keep_columns", "id"]
+    with pytest.raises(InputError, match=r"b.parquet disagrees with .*a.parquet: column 'id' is int32 there, int64"):
+        run_job(*args)
+    write_parquet(tmp_path / "in/b.parquet", {"id": np.arange(4), "other": x})
+    with pytest.raises(InputError, match=r"b.parquet has no column 'x'"):
+        run_job(*args)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_rerun_replaces_the_earlier_output_even_with_another_shard_count(tmp_path):
+    model = _model()
+    rows = 500
+    x = np.random.default_rng(14).normal(size=(rows, 6)).astype(np.float32)
+    for i in range(4):
+        write_parquet(tmp_path / f"in/{i}.parquet", {"id": np.arange(i * 125, (i + 1) * 125), "x": x[i * 125:(i + 1) * 125]})
+    args = ["--input", tmp_path / "in/*.parquet", "--output", tmp_path / "out/g", "--model", save(model, tmp_path),
+            "--feature_columns", "x", "--keep_columns", "id", "--batch_size", 64]
+    run_job(*args, "--direct_num_workers", 2, "--direct_running_mode", "multi_processing")
+    assert len(list((tmp_path / "out").glob("g-?????-of-00002.parquet"))) == 2
+    summary = run_job(*args)
+    assert [os.path.basename(f) for f in summary.outputs] == ["g-00000-of-00001.parquet"]
+    out = read_output(tmp_path / "out/g")
+    assert sorted(out.column("id").to_pylist()) == list(range(rows))

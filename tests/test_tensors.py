@@ -84,3 +84,32 @@ def test_integer_model_inputs_take_only_whole_numbers():
 def test_columns_that_cannot_feed_the_input_fail_at_planning(array, shape, message):
     with pytest.raises(FeedError, match=message):
         _decode(array, shape)
+
+
+def test_integers_outside_an_integer_input_are_rejected_not_wrapped():
+    _, decoded = _decode(pa.array([[1, 2], [2**32 + 1, 0], [3, 4]], pa.list_(pa.int64(), 2)), (2,), np.int32)
+    assert decoded.reasons.bad.tolist() == [False, True, False]
+    assert "outside int32" in decoded.reasons.text[1]
+
+
+def test_boolean_columns_with_nulls_reject_the_null_row():
+    batch = pa.record_batch({"flag": pa.array([True, None, False])})
+    feed = plan_feed(batch.schema, "in", ["flag"], (1,), np.float32, "t.parquet")
+    decoded = decode(feed, batch)
+    assert decoded.reasons.bad.tolist() == [False, True, False]
+    assert decoded.values[[0, 2], 0].tolist() == [1.0, 0.0]
+
+
+def test_ragged_nested_lists_are_rejected_even_when_the_total_count_fits():
+    rows = [[[1, 2, 3], [4, 5, 6]], [[1, 2, 3, 4], [5, 6]], [[1, 2, 3], None]]
+    _, decoded = _decode(pa.array(rows, pa.list_(pa.list_(pa.float32()))), (2, 3))
+    assert decoded.reasons.bad.tolist() == [False, True, True]
+    assert "ragged" in decoded.reasons.text[1] and "null list" in decoded.reasons.text[2]
+    np.testing.assert_array_equal(decoded.values[0], [[1, 2, 3], [4, 5, 6]])
+
+
+def test_permuted_tensors_are_refused_at_planning():
+    storage = pa.FixedSizeListArray.from_arrays(pa.array(np.arange(6, dtype=np.float32)), 6)
+    array = pa.ExtensionArray.from_storage(pa.fixed_shape_tensor(pa.float32(), [2, 3], permutation=[1, 0]), storage)
+    with pytest.raises(FeedError, match=r"permutation \[1, 0\]"):
+        _decode(array, (2, 3))

@@ -143,8 +143,14 @@ def from_keras(model) -> ModelFunction:
     """Describe a built Keras model (Functional or Sequential)."""
     if not getattr(model, "built", False) or not getattr(model, "inputs", None):
         raise SpecError("the Keras model is not built: it needs known inputs (an Input layer or a build call)")
+    import keras
+
     inputs = [TensorInfo(t.name, _per_example(t.shape), tf.as_dtype(t.dtype)) for t in model.inputs]
-    names = getattr(model, "output_names", None) or [t._keras_history[0].name for t in model.outputs]
+    out_struct = getattr(model, "_outputs_struct", None)
+    if isinstance(out_struct, dict):  # outputs named by their keys, in flattening order
+        names = ["__".join(map(str, path)) for path, _ in keras.tree.flatten_with_path(out_struct)]
+    else:
+        names = getattr(model, "output_names", None) or [t._keras_history[0].name for t in model.outputs]
     outputs = [
         TensorInfo(name, _per_example(t.shape), tf.as_dtype(t.dtype)) for name, t in zip(names, model.outputs)
     ]
@@ -154,13 +160,10 @@ def from_keras(model) -> ModelFunction:
 
     def call(tensors):
         if struct is not None:
-            import keras
-
             args = keras.tree.pack_sequence_as(struct, tensors)
         else:
             args = tensors if len(tensors) > 1 else tensors[0]
-        result = model(args, training=False)
-        return list(result) if isinstance(result, (list, tuple)) else [result]
+        return keras.tree.flatten(model(args, training=False))
 
     return ModelFunction(inputs, outputs, call, keep=model)
 
@@ -243,7 +246,10 @@ class GradientEngine:
         return self
 
     def _per_example_loss(self, outputs, label):
-        loss = self._loss_fn(label, outputs[0])
+        prediction = outputs[0]
+        if prediction.shape.rank == 1:  # one number per example: losses reduce the last axis, so add one
+            prediction, label = prediction[:, None], label[:, None]
+        loss = self._loss_fn(label, prediction)
         loss = tf.cast(loss, tf.float32)
         if loss.shape.rank == 0:
             raise SpecError(f"--loss {self.spec.loss!r} reduced the batch to one number; it must return one loss per example")

@@ -8,6 +8,7 @@ unit of parallelism is the row group, so one large file still spreads over worke
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 from typing import Sequence
 
@@ -53,8 +54,22 @@ def open_parquet(path: str) -> pq.ParquetFile:
         raise InputError(f"{path} is not a readable Parquet file ({err})") from err
 
 
-def read_schema(path: str) -> pa.Schema:
-    return open_parquet(path).schema_arrow
+def read_schemas(paths: Sequence[str]) -> list[pa.Schema]:
+    """Every file's schema, from its footer alone, read in parallel (remote footers are slow one by one)."""
+    with concurrent.futures.ThreadPoolExecutor(max_workers=min(16, len(paths))) as pool:
+        return list(pool.map(lambda p: open_parquet(p).schema_arrow, paths))
+
+
+def check_same_columns(paths: Sequence[str], schemas: Sequence[pa.Schema], columns: Sequence[str]) -> None:
+    """Every file must hold the columns the job reads, with the first file's types."""
+    first, reference = paths[0], schemas[0]
+    for path, schema in zip(paths[1:], schemas[1:]):
+        for column in columns:
+            if column not in schema.names:
+                raise InputError(f"{path} has no column {column!r}, which {first} has; its columns are: {', '.join(schema.names)}")
+            theirs, ours = schema.field(column).type, reference.field(column).type
+            if theirs != ours:
+                raise InputError(f"{path} disagrees with {first}: column {column!r} is {theirs} there, {ours} in {first}")
 
 
 def read_batch_rows(meta: pq.RowGroupMetaData) -> int:
@@ -121,12 +136,22 @@ def write_parquet(prefix: str, schema: pa.Schema) -> beam.PTransform:
 
 
 def output_files(prefix: str) -> list[str]:
-    """The shards a finished job wrote under `prefix`."""
+    """The shards under `prefix`: what a finished job wrote."""
     pattern = prefix + SHARD_TEMPLATE.replace("S", "?").replace("N", "?") + SUFFIX
     try:
         return sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list)
-    except Exception:
+    except Exception:  # a prefix in a folder that does not exist yet matches nothing
         return []
+
+
+def remove_output(prefix: str) -> None:
+    """Delete an earlier run's shards under `prefix`, so a rerun replaces them rather than mixing in.
+
+    Only names of the job's own shard pattern are touched.
+    """
+    old = output_files(prefix)
+    if old:
+        FileSystems.delete(old)
 
 
 # ---------------------------------------------------------------- the output schema

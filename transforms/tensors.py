@@ -35,6 +35,8 @@ class Feed:
     kind: str
     shape: tuple[int, ...]
     dtype: str
+    # For nested lists as deep as the input's rank: each level's length is checked against its dim.
+    levels: tuple[int, ...] | None = None
 
     @property
     def size(self) -> int:
@@ -101,18 +103,26 @@ def _storage(t: pa.DataType) -> pa.DataType:
     return t.storage_type if isinstance(t, pa.BaseExtensionType) else t
 
 
+def _list_levels(t: pa.DataType) -> tuple[list[int | None], pa.DataType]:
+    """Each list level's fixed size (None where it varies), and the leaf type."""
+    levels = []
+    t = _storage(t)
+    while pa.types.is_fixed_size_list(t) or pa.types.is_list(t) or pa.types.is_large_list(t):
+        levels.append(t.list_size if pa.types.is_fixed_size_list(t) else None)
+        t = _storage(t.value_type)
+    return levels, t
+
+
 def column_kind(t: pa.DataType) -> tuple[str, int | None] | None:
     """(kind, values per row, or None where it varies), or None if no numbers are in it."""
-    t = _storage(t)
-    if _is_number(t):
-        return SCALARS, 1
-    size: int | None = 1
-    while pa.types.is_fixed_size_list(t) or pa.types.is_list(t) or pa.types.is_large_list(t):
-        size = size * t.list_size if (size is not None and pa.types.is_fixed_size_list(t)) else None
-        t = _storage(t.value_type)
-    if not _is_number(t):
+    levels, leaf = _list_levels(t)
+    if not _is_number(leaf):
         return None
-    return (TENSOR, size) if size is not None else (LIST, None)
+    if not levels:
+        return SCALARS, 1
+    if None in levels:
+        return LIST, None
+    return TENSOR, math.prod(levels)
 
 
 def _columns_list(schema: pa.Schema) -> str:
@@ -164,6 +174,22 @@ def plan_feed(schema: pa.Schema, input_name: str, columns: Sequence[str], shape,
             raise FeedError(
                 f"column {column!r} holds {got} per row, but model input {input_name!r} needs shape {shape}"
             )
+        permutation = getattr(field_type, "permutation", None)
+        if permutation is not None and list(permutation) != sorted(permutation):
+            raise FeedError(
+                f"column {column!r} is a fixed_shape_tensor with permutation {list(permutation)}; "
+                "write it in row-major order (no permutation) to feed model input " + repr(input_name)
+            )
+    levels, _ = _list_levels(field_type)
+    if kind == LIST and len(levels) == len(shape) > 1:
+        wrong = [(i, size_, dim) for i, (size_, dim) in enumerate(zip(levels, shape)) if size_ not in (None, dim)]
+        if wrong:
+            i, size_, dim = wrong[0]
+            raise FeedError(
+                f"column {column!r} holds lists of {size_} at depth {i + 1}, but model input "
+                f"{input_name!r} needs shape {shape}"
+            )
+        return Feed(input_name, (column,), kind, shape, str(np.dtype(dtype)), levels=shape)
     return Feed(input_name, (column,), kind, shape, str(np.dtype(dtype)))
 
 
@@ -211,6 +237,11 @@ def plan_input_feeds(
 
 def _to_numpy(values: pa.Array) -> np.ndarray:
     return values.to_numpy(zero_copy_only=False)
+
+
+def _zero_filled(values: pa.Array) -> pa.Array:
+    """Nulls replaced by the type's zero (False for booleans); their rows are rejected anyway."""
+    return values.fill_null(pa.scalar(0).cast(values.type))
 
 
 class _Owners:
@@ -262,6 +293,12 @@ def _cast(feed: Feed, raw: np.ndarray, owners: _Owners, reasons: Reasons, column
             sentence = f"column {column!r} holds a value that is not a whole number within {target}"
             reasons.add(owners.rows_with(~ok), "decode", sentence)
         return np.where(ok, raw, 0).astype(target)
+    if np.issubdtype(target, np.integer) and raw.dtype.kind in "iu":
+        info = np.iinfo(target)
+        ok = (raw >= info.min) & (raw <= info.max)
+        if not ok.all():
+            reasons.add(owners.rows_with(~ok), "decode", f"column {column!r} holds a value outside {target}")
+        return np.where(ok, raw, 0).astype(target)
     with np.errstate(over="ignore", invalid="ignore"):
         cast = raw.astype(target)
     if target.kind == "f":
@@ -279,10 +316,14 @@ def _check_finite(values: np.ndarray, owners: _Owners, reasons: Reasons, column:
         reasons.add(owners.rows_with(~finite), "validate", f"column {column!r} holds NaN or infinity")
 
 
-def _leaf(array: pa.Array, n: int) -> tuple[pa.Array, _Owners, np.ndarray]:
-    """Flatten (nested) lists to their numbers: (numbers, their owning rows, rows with a null list)."""
+def _leaf(array: pa.Array, n: int, feed: Feed, reasons: Reasons) -> tuple[pa.Array, _Owners, np.ndarray]:
+    """Flatten (nested) lists to their numbers: (numbers, their owning rows, rows with a null list).
+
+    Where the feed checks levels, a row whose lists are ragged is rejected here.
+    """
     owners = _Owners(n)
     null_list = np.zeros(n, bool)
+    depth = 0
     while True:
         if isinstance(array, pa.ExtensionArray):
             array = array.storage
@@ -291,6 +332,12 @@ def _leaf(array: pa.Array, n: int) -> tuple[pa.Array, _Owners, np.ndarray]:
             return array, owners, null_list
         if array.null_count:
             null_list |= owners.rows_with(_to_numpy(array.is_null()))
+        if feed.levels is not None and not pa.types.is_fixed_size_list(t):
+            lengths = _to_numpy(pc.list_value_length(array).fill_null(feed.levels[depth]))
+            ragged = owners.rows_with(lengths != feed.levels[depth]) & ~null_list
+            sentence = f"column {feed.columns[0]!r} is ragged: model input {feed.input!r} needs shape {feed.shape}"
+            reasons.add(ragged, "decode", sentence)
+        depth += 1
         if pa.types.is_fixed_size_list(t):
             size = t.list_size
             child = array.values.slice(array.offset * size, len(array) * size)
@@ -315,7 +362,7 @@ def decode(feed: Feed, batch: pa.RecordBatch | pa.Table) -> Decoded:
             array = batch.column(column)
             if array.null_count:
                 reasons.add(_to_numpy(array.is_null()), "decode", f"column {column!r} is null")
-                array = array.fill_null(0)
+                array = _zero_filled(array)
             raw = _to_numpy(array)
             _check_finite(raw, owners, reasons, column)
             values[:, j] = _cast(feed, raw, owners, reasons, column)
@@ -325,8 +372,10 @@ def decode(feed: Feed, batch: pa.RecordBatch | pa.Table) -> Decoded:
     array = batch.column(column)
     if isinstance(array, pa.ChunkedArray):
         array = array.combine_chunks()
-    leaf, owners, null_list = _leaf(array, n)
-    reasons.add(null_list, "decode", f"column {column!r} is null")
+    null_rows = _to_numpy(array.is_null()) if array.null_count else np.zeros(n, bool)
+    reasons.add(null_rows, "decode", f"column {column!r} is null")
+    leaf, owners, null_list = _leaf(array, n, feed, reasons)
+    reasons.add(null_list, "decode", f"column {column!r} holds a null list")
     if feed.kind == LIST:
         counts = owners.counts()
         wrong = (counts != feed.size) & ~null_list
@@ -339,7 +388,7 @@ def decode(feed: Feed, batch: pa.RecordBatch | pa.Table) -> Decoded:
             )
     if leaf.null_count:
         reasons.add(owners.rows_with(_to_numpy(leaf.is_null())), "decode", f"column {column!r} holds a null value")
-        leaf = leaf.fill_null(0)
+        leaf = _zero_filled(leaf)
     raw = _to_numpy(leaf)
     _check_finite(raw, owners, reasons, column)
     raw = _cast(feed, raw, owners, reasons, column)
