@@ -51,7 +51,12 @@ class GradientOptions(PipelineOptions):
             help="An input the target does not depend on: write zeros (and count it) or fail.",
         )
         add("--trust_model_code", action="store_true", help="Load models that carry code (Lambda layers).")
-        add("--no_trust_model_code", dest="trust_model_code", action="store_false", help="Undo a config's trust_model_code.")
+        add(
+            "--no_trust_model_code",
+            dest="trust_model_code",
+            action="store_false",
+            help="Undo a config's trust_model_code.",
+        )
         add("--jit_compile", action="store_true", help="Compile the gradient function with XLA.")
         add("--no_jit_compile", dest="jit_compile", action="store_false", help="Undo a config's jit_compile.")
         add("--read_batch_rows", type=int, help="Rows per Parquet record batch read (default: about 32 MiB).")

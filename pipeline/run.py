@@ -191,7 +191,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         options = parse(argv)
         debug = options.view_as(GradientOptions).debug  # a config file may turn it on too
-        logging.basicConfig(level=logging.INFO if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+        logging.basicConfig(
+            level=logging.INFO if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+        )
         summary = run_options(options, argv)
     except USER_ERRORS as err:
         if debug:
@@ -201,7 +203,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as err:  # the job itself failed; keep the cause, not the runner's stack
         if debug:
             raise
-        print(f"beam-gradients: the job failed: {_root_cause(err)} (rerun with --debug for the traceback)", file=sys.stderr)
+        print(
+            f"beam-gradients: the job failed: {_root_cause(err)} (rerun with --debug for the traceback)",
+            file=sys.stderr,
+        )
         return 1
     print(summary)
     return 0

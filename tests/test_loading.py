@@ -24,12 +24,27 @@ def data(tmp_path):
 
 
 def _model():
-    return keras.Sequential([keras.Input((4,), name="x"), keras.layers.Dense(3, activation="sigmoid"), keras.layers.Dense(1)])
+    return keras.Sequential(
+        [keras.Input((4,), name="x"), keras.layers.Dense(3, activation="sigmoid"), keras.layers.Dense(1)]
+    )
 
 
 def _job(tmp_path, model_path, *extra):
-    return run_job("--input", tmp_path / "in/*.parquet", "--output", tmp_path / "out/g", "--model", model_path,
-                   "--feature_columns", "x", "--keep_columns", "id", "--batch_size", 16, *extra)
+    return run_job(
+        "--input",
+        tmp_path / "in/*.parquet",
+        "--output",
+        tmp_path / "out/g",
+        "--model",
+        model_path,
+        "--feature_columns",
+        "x",
+        "--keep_columns",
+        "id",
+        "--batch_size",
+        16,
+        *extra,
+    )
 
 
 @pytest.mark.parametrize("name", ["model.keras", "model.h5"])
@@ -81,8 +96,19 @@ def test_a_lambda_model_is_refused_without_running_its_code(tmp_path, data, caps
     with pytest.raises(ModelError, match="--trust_model_code"):
         _job(tmp_path, tmp_path / "lambda.keras")
     assert not marker.exists()
-    code = main(["--runner=DirectRunner", "--input", str(tmp_path / "in/*.parquet"), "--output", str(tmp_path / "o"),
-                 "--model", str(tmp_path / "lambda.keras"), "--feature_columns", "x"])
+    code = main(
+        [
+            "--runner=DirectRunner",
+            "--input",
+            str(tmp_path / "in/*.parquet"),
+            "--output",
+            str(tmp_path / "o"),
+            "--model",
+            str(tmp_path / "lambda.keras"),
+            "--feature_columns",
+            "x",
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "lambda.keras" in err[0] and "safe_mode" in err[0]
     assert not marker.exists()
@@ -90,7 +116,9 @@ def test_a_lambda_model_is_refused_without_running_its_code(tmp_path, data, caps
     _job(tmp_path, tmp_path / "lambda.keras", "--trust_model_code")  # the user vouches for it
     assert marker.exists()  # so the code did run this time: the refusal above was what kept it out
     out = by_key(read_output(tmp_path / "out/g"))
-    assert_close(tensor_column(out, "gradient"), np.broadcast_to(2.0 * model.layers[-1].kernel.numpy()[:, 0], (ROWS, 4)))
+    assert_close(
+        tensor_column(out, "gradient"), np.broadcast_to(2.0 * model.layers[-1].kernel.numpy()[:, 0], (ROWS, 4))
+    )
 
 
 def test_missing_and_corrupt_models_are_named(tmp_path, data):

@@ -34,8 +34,18 @@ def test_conv_model_on_a_fixed_shape_tensor_column(tmp_path):
     images = np.random.default_rng(3).random((rows, 12, 12, 3), dtype=np.float32)
     write_parquet(tmp_path / "in/a.parquet", {"id": np.arange(rows), "image": images}, row_group_size=40)
     run_job(
-        "--input", tmp_path / "in/*.parquet", "--output", tmp_path / "out/g", "--model", save(model, tmp_path),
-        "--feature_columns", "image", "--keep_columns", "id", "--batch_size", 32,
+        "--input",
+        tmp_path / "in/*.parquet",
+        "--output",
+        tmp_path / "out/g",
+        "--model",
+        save(model, tmp_path),
+        "--feature_columns",
+        "image",
+        "--keep_columns",
+        "id",
+        "--batch_size",
+        32,
     )
     out = by_key(read_output(tmp_path / "out/g"))
     assert out.schema.field("gradient").type == pa.fixed_shape_tensor(pa.float32(), [12, 12, 3])
@@ -74,10 +84,32 @@ def test_multi_input_model_mapped_by_input_name_and_by_input_map(tmp_path):
     write_parquet(tmp_path / "other/a.parquet", {"id": np.arange(rows), "pix": image, "m": meta})
     expected = _eager_two_input(model, image, meta)
 
-    run_job("--input", tmp_path / "named/*.parquet", "--output", tmp_path / "out1/g", "--model", path,
-            "--keep_columns", "id", "--batch_size", 16)
-    run_job("--input", tmp_path / "other/*.parquet", "--output", tmp_path / "out2/g", "--model", path,
-            "--keep_columns", "id", "--batch_size", 16, "--input_map", "image=pix,meta=m")
+    run_job(
+        "--input",
+        tmp_path / "named/*.parquet",
+        "--output",
+        tmp_path / "out1/g",
+        "--model",
+        path,
+        "--keep_columns",
+        "id",
+        "--batch_size",
+        16,
+    )
+    run_job(
+        "--input",
+        tmp_path / "other/*.parquet",
+        "--output",
+        tmp_path / "out2/g",
+        "--model",
+        path,
+        "--keep_columns",
+        "id",
+        "--batch_size",
+        16,
+        "--input_map",
+        "image=pix,meta=m",
+    )
     for out in (by_key(read_output(tmp_path / "out1/g")), by_key(read_output(tmp_path / "out2/g"))):
         assert out.column_names == ["id", "gradient__image", "gradient__meta"]
         assert_close(tensor_column(out, "gradient__image"), expected["image"])
@@ -95,9 +127,20 @@ def test_tabular_model_from_stacked_scalar_columns(tmp_path):
         {"id": np.arange(rows), "age": x[:, 0].astype(np.float64), "income": x[:, 1], "score": x[:, 2]},
     )
     run_job(
-        "--input", tmp_path / "in/*.parquet", "--output", tmp_path / "out/g", "--model", save(model, tmp_path),
-        "--feature_columns", "age,income,score", "--keep_columns", "id", "--target", "per_output",
-        "--batch_size", 20,
+        "--input",
+        tmp_path / "in/*.parquet",
+        "--output",
+        tmp_path / "out/g",
+        "--model",
+        save(model, tmp_path),
+        "--feature_columns",
+        "age,income,score",
+        "--keep_columns",
+        "id",
+        "--target",
+        "per_output",
+        "--batch_size",
+        20,
     )
     out = by_key(read_output(tmp_path / "out/g"))
     w1, b1 = model.layers[0].kernel.numpy(), model.layers[0].bias.numpy()
@@ -125,17 +168,29 @@ def test_unused_input_gives_zeros_and_a_counter_or_a_clear_error(tmp_path, capsy
     rng = np.random.default_rng(6)
     used, unused = rng.normal(size=(rows, 3)).astype(np.float32), rng.normal(size=(rows, 2)).astype(np.float32)
     write_parquet(tmp_path / "in/a.parquet", {"id": np.arange(rows), "used": used, "unused": unused})
-    args = ["--input", tmp_path / "in/*.parquet", "--model", save(model, tmp_path), "--keep_columns", "id",
-            "--batch_size", 16]
+    args = [
+        "--input",
+        tmp_path / "in/*.parquet",
+        "--model",
+        save(model, tmp_path),
+        "--keep_columns",
+        "id",
+        "--batch_size",
+        16,
+    ]
     summary = run_job(*args, "--output", tmp_path / "out/g")
     out = by_key(read_output(tmp_path / "out/g"))
     assert np.all(tensor_column(out, "gradient__unused") == 0)
-    assert_close(tensor_column(out, "gradient__used"), np.broadcast_to(model.layers[-1].kernel.numpy()[:, 0], (rows, 3)))
+    assert_close(
+        tensor_column(out, "gradient__used"), np.broadcast_to(model.layers[-1].kernel.numpy()[:, 0], (rows, 3))
+    )
     assert summary.counters["none_gradients"] == rows  # one unconnected input, once per row
 
     with pytest.raises(SpecError, match="model input 'unused' has no gradient"):
         run_job(*args, "--output", tmp_path / "fail/g", "--unconnected", "error")
-    code = main(["--runner=DirectRunner", *map(str, args), "--output", str(tmp_path / "fail/g"), "--unconnected", "error"])
+    code = main(
+        ["--runner=DirectRunner", *map(str, args), "--output", str(tmp_path / "fail/g"), "--unconnected", "error"]
+    )
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "'unused'" in err[0] and "Traceback" not in err[0]

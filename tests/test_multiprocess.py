@@ -18,12 +18,25 @@ def test_multi_process_direct_runner_loads_once_per_process_and_matches_in_proce
     rng = np.random.default_rng(10)
     for i in range(4):
         x = rng.normal(size=(300, 5)).astype(np.float32)
-        write_parquet(tmp_path / f"in/{i}.parquet", {"id": np.arange(i * 300, (i + 1) * 300), "x": x}, row_group_size=50)
-    args = ["--input", tmp_path / "in/*.parquet", "--model", save(model, tmp_path), "--feature_columns", "x",
-            "--keep_columns", "id", "--batch_size", 64]
+        write_parquet(
+            tmp_path / f"in/{i}.parquet", {"id": np.arange(i * 300, (i + 1) * 300), "x": x}, row_group_size=50
+        )
+    args = [
+        "--input",
+        tmp_path / "in/*.parquet",
+        "--model",
+        save(model, tmp_path),
+        "--feature_columns",
+        "x",
+        "--keep_columns",
+        "id",
+        "--batch_size",
+        64,
+    ]
     single = run_job(*args, "--output", tmp_path / "single/g")
-    multi = run_job(*args, "--output", tmp_path / "multi/g", "--direct_num_workers", 2,
-                    "--direct_running_mode", "multi_processing")
+    multi = run_job(
+        *args, "--output", tmp_path / "multi/g", "--direct_num_workers", 2, "--direct_running_mode", "multi_processing"
+    )
 
     assert single.counters["model_loads"] == 1  # the launcher's own load, reused in-process
     loads = multi.counters["model_loads"]

@@ -24,12 +24,24 @@ def job(tmp_path):
     joined = keras.layers.Concatenate()([keras.layers.Flatten()(img), meta])
     model = keras.Model([img, meta], keras.layers.Dense(1)(joined))
     rng = np.random.default_rng(13)
-    write_parquet(tmp_path / "in/a.parquet", {
-        "id": np.arange(ROWS), "img": rng.normal(size=(ROWS, 2, 2)).astype(np.float32),
-        "meta": rng.normal(size=(ROWS, 3)).astype(np.float32), "y": rng.normal(size=ROWS),
-    })
-    return model, ["--runner=DirectRunner", "--input", str(tmp_path / "in/*.parquet"), "--model", save(model, tmp_path),
-                   "--output", str(tmp_path / "out/g")]
+    write_parquet(
+        tmp_path / "in/a.parquet",
+        {
+            "id": np.arange(ROWS),
+            "img": rng.normal(size=(ROWS, 2, 2)).astype(np.float32),
+            "meta": rng.normal(size=(ROWS, 3)).astype(np.float32),
+            "y": rng.normal(size=ROWS),
+        },
+    )
+    return model, [
+        "--runner=DirectRunner",
+        "--input",
+        str(tmp_path / "in/*.parquet"),
+        "--model",
+        save(model, tmp_path),
+        "--output",
+        str(tmp_path / "out/g"),
+    ]
 
 
 def test_yaml_config_with_command_line_override(tmp_path, job):
@@ -93,9 +105,23 @@ def test_help_lists_every_option_with_a_description():
     for option in parser_options:
         line = re.search(rf"^\s+{re.escape(option)}\b.*$", text, re.M)
         assert line, option
-    for name in ("--input", "--output", "--model", "--feature_columns", "--keep_columns", "--target",
-                 "--label_column", "--loss", "--clip_norm", "--batch_size", "--config", "--input_map",
-                 "--unconnected", "--emit", "--trust_model_code"):
+    for name in (
+        "--input",
+        "--output",
+        "--model",
+        "--feature_columns",
+        "--keep_columns",
+        "--target",
+        "--label_column",
+        "--loss",
+        "--clip_norm",
+        "--batch_size",
+        "--config",
+        "--input_map",
+        "--unconnected",
+        "--emit",
+        "--trust_model_code",
+    ):
         assert name in parser_options
 
 
@@ -108,7 +134,10 @@ def test_console_script_is_installed():
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["--keep_columns", "id,nope"], r"key column 'nope' not found in .*a.parquet; its columns are: id, img, meta, y"),
+        (
+            ["--keep_columns", "id,nope"],
+            r"key column 'nope' not found in .*a.parquet; its columns are: id, img, meta, y",
+        ),
         (["--feature_columns", "img"], r"model input 'meta' is mapped to no column.*--input_map meta=<column>"),
         (["--input_map", "picture=img"], r"--input_map names 'picture', which the model does not have"),
         (["--target", "loss", "--loss", "mse"], r"--loss needs --label_column"),
@@ -116,7 +145,10 @@ def test_console_script_is_installed():
         (["--loss", "hinge_of_doom", "--label_column", "y"], r"unknown --loss 'hinge_of_doom'"),
         (["--batch_size", "0"], r"--batch_size must be 1 or more, not 0"),
         (["--input_map", "img=y,meta=meta"], r"model input 'img' takes 4 values per example .*1 scalar columns"),
-        (["--input_map", "img=meta,meta=img"], r"column 'meta' holds shape \(3,\) per row, but model input 'img' needs shape \(2, 2\)"),
+        (
+            ["--input_map", "img=meta,meta=img"],
+            r"column 'meta' holds shape \(3,\) per row, but model input 'img' needs shape \(2, 2\)",
+        ),
         (["--target", "sideways"], r"argument --target: invalid choice: 'sideways'"),
     ],
 )

@@ -42,16 +42,42 @@ def _reference_loss(loss):
 
 @pytest.mark.parametrize(
     "loss",
-    ["mse", "mae", "huber", "binary_crossentropy", "categorical_crossentropy", "sparse_categorical_crossentropy",
-     "tests.custom_losses:scaled_squared_error"],
+    [
+        "mse",
+        "mae",
+        "huber",
+        "binary_crossentropy",
+        "categorical_crossentropy",
+        "sparse_categorical_crossentropy",
+        "tests.custom_losses:scaled_squared_error",
+    ],
 )
 def test_loss_target_matches_per_example_eager_tapes(tmp_path, loss):
     model, y = _labels_and_model(loss)
     label = pa.array(y) if y.ndim == 1 else pa.array(list(y), pa.list_(pa.float32(), y.shape[1]))
     write_parquet(tmp_path / "in/a.parquet", {"id": np.arange(ROWS), "x": X, "y": label})
-    run_job("--input", tmp_path / "in/*.parquet", "--output", tmp_path / "out/g", "--model", save(model, tmp_path),
-            "--feature_columns", "x", "--keep_columns", "id", "--target", "loss", "--label_column", "y",
-            "--loss", loss, "--batch_size", 16, "--emit", "loss")
+    run_job(
+        "--input",
+        tmp_path / "in/*.parquet",
+        "--output",
+        tmp_path / "out/g",
+        "--model",
+        save(model, tmp_path),
+        "--feature_columns",
+        "x",
+        "--keep_columns",
+        "id",
+        "--target",
+        "loss",
+        "--label_column",
+        "y",
+        "--loss",
+        loss,
+        "--batch_size",
+        16,
+        "--emit",
+        "loss",
+    )
     out = by_key(read_output(tmp_path / "out/g"))
     fn = _reference_loss(loss)
     grads, losses = [], []
@@ -72,19 +98,44 @@ def test_predictions_and_norms_per_output_for_a_two_input_two_output_model(tmp_p
     model = keras.Model([a, b], [keras.layers.Dense(2, name="left")(hidden), keras.layers.Dense(1, name="right")(b)])
     xa, xb = X[:, :3].copy(), X[:, 2:].copy()
     write_parquet(tmp_path / "in/a.parquet", {"id": np.arange(ROWS), "a": xa, "b": xb})
-    run_job("--input", tmp_path / "in/*.parquet", "--output", tmp_path / "out/g", "--model", save(model, tmp_path),
-            "--keep_columns", "id", "--target", "per_output", "--emit", "predictions,norm", "--batch_size", 8)
+    run_job(
+        "--input",
+        tmp_path / "in/*.parquet",
+        "--output",
+        tmp_path / "out/g",
+        "--model",
+        save(model, tmp_path),
+        "--keep_columns",
+        "id",
+        "--target",
+        "per_output",
+        "--emit",
+        "predictions,norm",
+        "--batch_size",
+        8,
+    )
     out = by_key(read_output(tmp_path / "out/g"))
     assert out.column_names == [
-        "id", "gradient__a__left", "gradient__b__left", "gradient__a__right", "gradient__b__right",
-        "prediction__left", "prediction__right",
-        "norm__gradient__a__left", "norm__gradient__b__left", "norm__gradient__a__right", "norm__gradient__b__right",
+        "id",
+        "gradient__a__left",
+        "gradient__b__left",
+        "gradient__a__right",
+        "gradient__b__right",
+        "prediction__left",
+        "prediction__right",
+        "norm__gradient__a__left",
+        "norm__gradient__b__left",
+        "norm__gradient__a__right",
+        "norm__gradient__b__right",
     ]
     left, right = model([xa, xb], training=False)
     assert_close(tensor_column(out, "prediction__left"), left.numpy())
     assert_close(tensor_column(out, "prediction__right"), right.numpy())
     assert np.all(tensor_column(out, "gradient__a__right") == 0)  # 'right' reads only b
-    assert_close(tensor_column(out, "gradient__b__right"), np.broadcast_to(model.get_layer("right").kernel.numpy()[:, 0], (ROWS, 2)))
+    assert_close(
+        tensor_column(out, "gradient__b__right"),
+        np.broadcast_to(model.get_layer("right").kernel.numpy()[:, 0], (ROWS, 2)),
+    )
     for name in ("a__left", "b__left", "b__right"):
         grads = tensor_column(out, f"gradient__{name}")
         assert_close(out.column(f"norm__gradient__{name}").to_numpy(), np.linalg.norm(grads, axis=1), rtol=1e-5)
@@ -93,8 +144,20 @@ def test_predictions_and_norms_per_output_for_a_two_input_two_output_model(tmp_p
 def test_metadata_records_model_spec_and_version(tmp_path):
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
     write_parquet(tmp_path / "in/a.parquet", {"id": np.arange(ROWS), "x": X})
-    run_job("--input", tmp_path / "in/*.parquet", "--output", tmp_path / "out/g", "--model", save(model, tmp_path),
-            "--feature_columns", "x", "--clip_norm", "0.5", "--batch_size", 16)
+    run_job(
+        "--input",
+        tmp_path / "in/*.parquet",
+        "--output",
+        tmp_path / "out/g",
+        "--model",
+        save(model, tmp_path),
+        "--feature_columns",
+        "x",
+        "--clip_norm",
+        "0.5",
+        "--batch_size",
+        16,
+    )
     meta = pq.read_schema(next((tmp_path / "out").glob("g-00000-of-*.parquet"))).metadata
     spec = json.loads(meta[b"beam_gradients.spec"])
     assert spec["target"] == "sum" and spec["clip_norm"] == 0.5
@@ -126,8 +189,20 @@ def test_dict_outputs_are_named_by_their_keys(tmp_path):
     hidden = keras.layers.Dense(3, activation="tanh")(inp)
     model = keras.Model(inp, {"quality": keras.layers.Dense(2)(hidden), "price": keras.layers.Dense(1)(hidden)})
     write_parquet(tmp_path / "in/a.parquet", {"id": np.arange(ROWS), "x": X})
-    run_job("--input", tmp_path / "in/*.parquet", "--output", tmp_path / "out/g", "--model", save(model, tmp_path),
-            "--keep_columns", "id", "--target", "per_output", "--batch_size", 16)
+    run_job(
+        "--input",
+        tmp_path / "in/*.parquet",
+        "--output",
+        tmp_path / "out/g",
+        "--model",
+        save(model, tmp_path),
+        "--keep_columns",
+        "id",
+        "--target",
+        "per_output",
+        "--batch_size",
+        16,
+    )
     out = by_key(read_output(tmp_path / "out/g"))
     assert out.column_names == ["id", "gradient__price", "gradient__quality"]
     for key in ("price", "quality"):
@@ -142,9 +217,26 @@ def test_loss_on_a_model_with_one_number_per_example(tmp_path):
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1), keras.layers.Reshape(())])
     y = RNG.normal(size=ROWS).astype(np.float32)
     write_parquet(tmp_path / "in/a.parquet", {"id": np.arange(ROWS), "x": X, "y": y})
-    run_job("--input", tmp_path / "in/*.parquet", "--output", tmp_path / "out/g", "--model", save(model, tmp_path),
-            "--feature_columns", "x", "--keep_columns", "id", "--target", "loss", "--label_column", "y",
-            "--loss", "mse", "--batch_size", 16)
+    run_job(
+        "--input",
+        tmp_path / "in/*.parquet",
+        "--output",
+        tmp_path / "out/g",
+        "--model",
+        save(model, tmp_path),
+        "--feature_columns",
+        "x",
+        "--keep_columns",
+        "id",
+        "--target",
+        "loss",
+        "--label_column",
+        "y",
+        "--loss",
+        "mse",
+        "--batch_size",
+        16,
+    )
     out = by_key(read_output(tmp_path / "out/g"))
     w, b = model.layers[0].kernel.numpy()[:, 0], model.layers[0].bias.numpy()[0]
     residual = X @ w + b - y

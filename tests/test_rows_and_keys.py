@@ -9,7 +9,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from transforms.parquet import InputError, _ReadRowGroup
-from tests.conftest import assert_close, by_key, eager_gradients, read_output, run_job, save, tensor_column, write_parquet
+from tests.conftest import (
+    assert_close,
+    by_key,
+    eager_gradients,
+    read_output,
+    run_job,
+    save,
+    tensor_column,
+    write_parquet,
+)
 
 
 def _model():
@@ -25,16 +34,29 @@ def test_keys_and_row_counts_survive_several_files_row_groups_and_padding(tmp_pa
         x = rng.normal(size=(n, 6)).astype(np.float32)
         keys = [f"row-{start + j}" for j in range(n)]
         table = pa.table(
-            {"key": pa.array(keys, pa.string()), "part": pa.array([i] * n, pa.int32()),
-             "x": pa.array(list(x), pa.list_(pa.float32(), 6))}
+            {
+                "key": pa.array(keys, pa.string()),
+                "part": pa.array([i] * n, pa.int32()),
+                "x": pa.array(list(x), pa.list_(pa.float32(), 6)),
+            }
         )
         pq.write_table(table, tmp_path / f"part-{i}.parquet", row_group_size=max(1, n // 3 or 1))
         xs.append(x)
         start += n
     x = np.concatenate(xs)
     summary = run_job(
-        "--input", tmp_path / "part-*.parquet", "--output", tmp_path / "out/g", "--model", save(model, tmp_path),
-        "--feature_columns", "x", "--keep_columns", "key,part", "--batch_size", 32,
+        "--input",
+        tmp_path / "part-*.parquet",
+        "--output",
+        tmp_path / "out/g",
+        "--model",
+        save(model, tmp_path),
+        "--feature_columns",
+        "x",
+        "--keep_columns",
+        "key,part",
+        "--batch_size",
+        32,
     )
     out = read_output(tmp_path / "out/g")
     total = sum(sizes)
@@ -62,8 +84,18 @@ def test_bad_rows_go_to_the_rejected_output_and_their_neighbours_are_computed(tm
     table = pa.table({"id": np.arange(rows), "x": pa.array(values, pa.list_(pa.float64()))})
     pq.write_table(table, tmp_path / "in.parquet", row_group_size=25)
     summary = run_job(
-        "--input", tmp_path / "in.parquet", "--output", tmp_path / "out/g", "--model", save(model, tmp_path),
-        "--feature_columns", "x", "--keep_columns", "id", "--batch_size", 16,
+        "--input",
+        tmp_path / "in.parquet",
+        "--output",
+        tmp_path / "out/g",
+        "--model",
+        save(model, tmp_path),
+        "--feature_columns",
+        "x",
+        "--keep_columns",
+        "id",
+        "--batch_size",
+        16,
     )
     bad = {3: "is null", 10: "has 5 values", 11: "NaN or infinity", 20: "NaN or infinity", 21: "null value"}
     rejected = by_key(read_output(tmp_path / "out/g-rejected"))
@@ -86,8 +118,20 @@ def test_a_huge_row_group_is_read_in_bounded_record_batches(tmp_path):
     write_parquet(tmp_path / "in.parquet", {"id": np.arange(rows), "x": x}, row_group_size=rows)
     assert pq.ParquetFile(tmp_path / "in.parquet").metadata.num_row_groups == 1
     summary = run_job(
-        "--input", tmp_path / "in.parquet", "--output", tmp_path / "out/g", "--model", save(model, tmp_path),
-        "--feature_columns", "x", "--keep_columns", "id", "--batch_size", 128, "--read_batch_rows", 500,
+        "--input",
+        tmp_path / "in.parquet",
+        "--output",
+        tmp_path / "out/g",
+        "--model",
+        save(model, tmp_path),
+        "--feature_columns",
+        "x",
+        "--keep_columns",
+        "id",
+        "--batch_size",
+        128,
+        "--read_batch_rows",
+        500,
     )
     out = by_key(read_output(tmp_path / "out/g"))
     assert out.column("id").to_pylist() == list(range(rows))
@@ -103,8 +147,18 @@ def test_files_that_disagree_with_the_first_are_named_before_any_compute(tmp_pat
     x = np.zeros((4, 6), np.float32)
     write_parquet(tmp_path / "in/a.parquet", {"id": np.arange(4), "x": x})
     write_parquet(tmp_path / "in/b.parquet", {"id": np.arange(4).astype(np.int32), "x": x})
-    args = ["--input", tmp_path / "in/*.parquet", "--output", tmp_path / "out/g", "--model", save(model, tmp_path),
-            "--feature_columns", "x", "--keep_columns", "id"]
+    args = [
+        "--input",
+        tmp_path / "in/*.parquet",
+        "--output",
+        tmp_path / "out/g",
+        "--model",
+        save(model, tmp_path),
+        "--feature_columns",
+        "x",
+        "--keep_columns",
+        "id",
+    ]
     with pytest.raises(InputError, match=r"b.parquet disagrees with .*a.parquet: column 'id' is int32 there, int64"):
         run_job(*args)
     write_parquet(tmp_path / "in/b.parquet", {"id": np.arange(4), "other": x})
@@ -118,9 +172,23 @@ def test_a_rerun_replaces_the_earlier_output_even_with_another_shard_count(tmp_p
     rows = 500
     x = np.random.default_rng(14).normal(size=(rows, 6)).astype(np.float32)
     for i in range(4):
-        write_parquet(tmp_path / f"in/{i}.parquet", {"id": np.arange(i * 125, (i + 1) * 125), "x": x[i * 125:(i + 1) * 125]})
-    args = ["--input", tmp_path / "in/*.parquet", "--output", tmp_path / "out/g", "--model", save(model, tmp_path),
-            "--feature_columns", "x", "--keep_columns", "id", "--batch_size", 64]
+        write_parquet(
+            tmp_path / f"in/{i}.parquet", {"id": np.arange(i * 125, (i + 1) * 125), "x": x[i * 125 : (i + 1) * 125]}
+        )
+    args = [
+        "--input",
+        tmp_path / "in/*.parquet",
+        "--output",
+        tmp_path / "out/g",
+        "--model",
+        save(model, tmp_path),
+        "--feature_columns",
+        "x",
+        "--keep_columns",
+        "id",
+        "--batch_size",
+        64,
+    ]
     run_job(*args, "--direct_num_workers", 2, "--direct_running_mode", "multi_processing")
     assert len(list((tmp_path / "out").glob("g-?????-of-00002.parquet"))) == 2
     summary = run_job(*args)

@@ -25,8 +25,18 @@ def test_example_1_dense_gradient_matches_eager_tape_and_closed_form(tmp_path):
     # A plain list<float> column: the variable-length path, length checked per row.
     write_parquet(tmp_path / "in/data.parquet", {"id": np.arange(ROWS), "x": pa.array(list(x), pa.list_(pa.float32()))})
     summary = run_job(
-        "--input", tmp_path / "in/*.parquet", "--output", tmp_path / "out/g", "--model", save(model, tmp_path),
-        "--feature_columns", "x", "--keep_columns", "id", "--batch_size", 64,
+        "--input",
+        tmp_path / "in/*.parquet",
+        "--output",
+        tmp_path / "out/g",
+        "--model",
+        save(model, tmp_path),
+        "--feature_columns",
+        "x",
+        "--keep_columns",
+        "id",
+        "--batch_size",
+        64,
     )
     out = by_key(read_output(tmp_path / "out/g"))
     grads = tensor_column(out, "gradient")
@@ -50,8 +60,18 @@ def test_example_2_per_output_gives_each_head_and_sum_equals_the_articles_tape(t
     model = _two_head_model()
     x = np.random.default_rng(1).normal(size=(ROWS, 10)).astype(np.float32)
     write_parquet(tmp_path / "in/data.parquet", {"id": np.arange(ROWS), "x": x}, row_group_size=100)
-    common = ["--input", tmp_path / "in/*.parquet", "--model", save(model, tmp_path), "--feature_columns", "x",
-              "--keep_columns", "id", "--batch_size", 50]
+    common = [
+        "--input",
+        tmp_path / "in/*.parquet",
+        "--model",
+        save(model, tmp_path),
+        "--feature_columns",
+        "x",
+        "--keep_columns",
+        "id",
+        "--batch_size",
+        50,
+    ]
     run_job(*common, "--output", tmp_path / "per/g", "--target", "per_output")
     run_job(*common, "--output", tmp_path / "sum/g")
 
@@ -86,9 +106,28 @@ def test_example_3_mse_loss_with_per_example_clipping(tmp_path):
     y = (model.predict(x, verbose=0)[:, 0] + rng.normal(scale=0.75 / w_norm, size=ROWS)).astype(np.float32)
     write_parquet(tmp_path / "in/data.parquet", {"id": np.arange(ROWS), "x": x, "y": y})
     run_job(
-        "--input", tmp_path / "in/*.parquet", "--output", tmp_path / "out/g", "--model", save(model, tmp_path),
-        "--feature_columns", "x", "--keep_columns", "id", "--target", "loss", "--label_column", "y",
-        "--loss", "mse", "--clip_norm", "1.0", "--batch_size", 32, "--emit", "loss,norm",
+        "--input",
+        tmp_path / "in/*.parquet",
+        "--output",
+        tmp_path / "out/g",
+        "--model",
+        save(model, tmp_path),
+        "--feature_columns",
+        "x",
+        "--keep_columns",
+        "id",
+        "--target",
+        "loss",
+        "--label_column",
+        "y",
+        "--loss",
+        "mse",
+        "--clip_norm",
+        "1.0",
+        "--batch_size",
+        32,
+        "--emit",
+        "loss,norm",
     )
     out = by_key(read_output(tmp_path / "out/g"))
     grads = tensor_column(out, "gradient")

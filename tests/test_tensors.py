@@ -54,10 +54,12 @@ def test_nested_lists_reshape_to_the_input_and_check_every_level():
 
 
 def test_stacked_scalars_cast_and_reject_per_row():
-    batch = pa.record_batch({
-        "a": pa.array([1, 2, None, 4], pa.int64()),
-        "b": pa.array([0.5, float("inf"), 1.0, 1e300], pa.float64()),
-    })
+    batch = pa.record_batch(
+        {
+            "a": pa.array([1, 2, None, 4], pa.int64()),
+            "b": pa.array([0.5, float("inf"), 1.0, 1e300], pa.float64()),
+        }
+    )
     feed = plan_feed(batch.schema, "in", ["a", "b"], (2,), np.float32, "t.parquet")
     decoded = decode(feed, batch)
     assert decoded.reasons.bad.tolist() == [False, True, True, True]

@@ -196,9 +196,9 @@ class _GradientsFn(beam.DoFn):
             take = min(size - self._filled, rows - start)
             stop, end = self._filled + take, start + take
             for buffer, v in zip(self._inputs, values):
-                buffer[self._filled:stop] = v[start:end]
+                buffer[self._filled : stop] = v[start:end]
             if self._label is not None:
-                self._label[self._filled:stop] = label_values[start:end]
+                self._label[self._filled : stop] = label_values[start:end]
             self._keys.append(keys.slice(start, take))
             self._sources.append((source, take))
             self._filled, start = stop, end

@@ -72,15 +72,12 @@ class GradientSpec:
             raise SpecError("--target loss needs --loss (a Keras loss name or module.path:function)")
         if self.loss and self.loss not in KERAS_LOSSES and ":" not in self.loss:
             raise SpecError(
-                f"unknown --loss {self.loss!r}: use one of {', '.join(KERAS_LOSSES)} "
-                "or module.path:function"
+                f"unknown --loss {self.loss!r}: use one of {', '.join(KERAS_LOSSES)} or module.path:function"
             )
         if self.clip_norm is not None and not self.clip_norm > 0:
             raise SpecError(f"--clip_norm must be above 0, not {self.clip_norm}")
         if self.unconnected not in UNCONNECTED_MODES:
-            raise SpecError(
-                f"--unconnected must be one of {', '.join(UNCONNECTED_MODES)}, not {self.unconnected!r}"
-            )
+            raise SpecError(f"--unconnected must be one of {', '.join(UNCONNECTED_MODES)}, not {self.unconnected!r}")
         unknown = sorted(set(self.emit) - set(EMITS))
         if unknown:
             raise SpecError(f"--emit takes {', '.join(EMITS)}; unknown: {', '.join(unknown)}")
@@ -151,9 +148,7 @@ def from_keras(model) -> ModelFunction:
         names = ["__".join(map(str, path)) for path, _ in keras.tree.flatten_with_path(out_struct)]
     else:
         names = getattr(model, "output_names", None) or [t._keras_history[0].name for t in model.outputs]
-    outputs = [
-        TensorInfo(name, _per_example(t.shape), tf.as_dtype(t.dtype)) for name, t in zip(names, model.outputs)
-    ]
+    outputs = [TensorInfo(name, _per_example(t.shape), tf.as_dtype(t.dtype)) for name, t in zip(names, model.outputs)]
 
     # Call with the structure the model was built with (a dict of inputs stays a dict).
     struct = getattr(model, "_inputs_struct", None)
@@ -232,9 +227,7 @@ class GradientEngine:
         if self.label is not None:
             signature.append(tf.TensorSpec((batch_size, *self.label.shape), tf.float32, name="label"))
         # autograph off: the Python loops here run once, at trace time, by design.
-        self._fn = tf.function(
-            self._compute, input_signature=signature, jit_compile=spec.jit_compile, autograph=False
-        )
+        self._fn = tf.function(self._compute, input_signature=signature, jit_compile=spec.jit_compile, autograph=False)
         self._traced = False
 
     def trace(self) -> "GradientEngine":
@@ -252,7 +245,9 @@ class GradientEngine:
         loss = self._loss_fn(label, prediction)
         loss = tf.cast(loss, tf.float32)
         if loss.shape.rank == 0:
-            raise SpecError(f"--loss {self.spec.loss!r} reduced the batch to one number; it must return one loss per example")
+            raise SpecError(
+                f"--loss {self.spec.loss!r} reduced the batch to one number; it must return one loss per example"
+            )
         if loss.shape.rank > 1:
             loss = tf.reduce_sum(tf.reshape(loss, (tf.shape(loss)[0], -1)), axis=1)
         return loss

@@ -47,7 +47,7 @@ def redact(path: str) -> str:
 def local_copy(path: str) -> str:
     """A local path for `path`: remote models are copied once into a per-machine cache."""
     if not is_remote(path):
-        local = path[len("file://"):] if path.startswith("file://") else path
+        local = path[len("file://") :] if path.startswith("file://") else path
         if not os.path.exists(local):
             raise ModelError(f"model not found: {path}")
         return local
@@ -106,9 +106,7 @@ def load_model(path: str, trust_model_code: bool = False) -> tuple[ModelFunction
 
             return from_saved_model(tf.saved_model.load(local)), sha
         if not local.endswith(KERAS_SUFFIXES):
-            raise ModelError(
-                f"model {shown}: unknown format; use a .keras or .h5 file or a SavedModel directory"
-            )
+            raise ModelError(f"model {shown}: unknown format; use a .keras or .h5 file or a SavedModel directory")
         import keras
 
         model = keras.models.load_model(local, compile=False, safe_mode=not trust_model_code)

@@ -66,10 +66,14 @@ def check_same_columns(paths: Sequence[str], schemas: Sequence[pa.Schema], colum
     for path, schema in zip(paths[1:], schemas[1:]):
         for column in columns:
             if column not in schema.names:
-                raise InputError(f"{path} has no column {column!r}, which {first} has; its columns are: {', '.join(schema.names)}")
+                raise InputError(
+                    f"{path} has no column {column!r}, which {first} has; its columns are: {', '.join(schema.names)}"
+                )
             theirs, ours = schema.field(column).type, reference.field(column).type
             if theirs != ours:
-                raise InputError(f"{path} disagrees with {first}: column {column!r} is {theirs} there, {ours} in {first}")
+                raise InputError(
+                    f"{path} disagrees with {first}: column {column!r} is {theirs} there, {ours} in {first}"
+                )
 
 
 def read_batch_rows(meta: pq.RowGroupMetaData) -> int:
@@ -260,6 +264,9 @@ def rejected_schema(key_fields: Sequence[pa.Field]) -> pa.Schema:
 def rejected_table(schema: pa.Schema, keys: pa.Table, stages, reasons, source: str) -> pa.Table:
     n = keys.num_rows
     arrays = [keys.column(f.name) for f in schema if f.name in keys.column_names]
-    arrays += [pa.array(list(stages), pa.string()), pa.array(list(reasons), pa.string()), pa.array([source] * n, pa.string())]
+    arrays += [
+        pa.array(list(stages), pa.string()),
+        pa.array(list(reasons), pa.string()),
+        pa.array([source] * n, pa.string()),
+    ]
     return pa.Table.from_arrays(arrays, schema=schema)
-
