@@ -81,3 +81,14 @@ def _seed():
 def pytest_configure(config):
     # Keras 3 on numpy 2 warns about __array__(copy=...) inside its own code; not ours to fix.
     config.addinivalue_line("filterwarnings", "ignore:__array__ implementation doesn't accept a copy keyword")
+
+
+def run_on(tmp_path, model, *extra, data="in/*.parquet", output="out/g", features="x", keys="id"):
+    """The job over tmp_path/<data> into tmp_path/<output>; `model` is a Keras model (saved here) or a path."""
+    path = save(model, tmp_path) if isinstance(model, keras.Model) else model
+    args = ["--input", tmp_path / data, "--output", tmp_path / output, "--model", path]
+    if features:
+        args += ["--feature_columns", features]
+    if keys:
+        args += ["--keep_columns", keys]
+    return run_job(*args, *extra)

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.run import main
-from tests.conftest import assert_close, by_key, eager_gradients, read_output, run_job, tensor_column, write_parquet
+from tests.conftest import assert_close, by_key, eager_gradients, read_output, run_on, tensor_column, write_parquet
 from transforms.model import ModelError, content_sha256
 
 ROWS = 70
@@ -30,21 +30,7 @@ def _model():
 
 
 def _job(tmp_path, model_path, *extra):
-    return run_job(
-        "--input",
-        tmp_path / "in/*.parquet",
-        "--output",
-        tmp_path / "out/g",
-        "--model",
-        model_path,
-        "--feature_columns",
-        "x",
-        "--keep_columns",
-        "id",
-        "--batch_size",
-        16,
-        *extra,
-    )
+    return run_on(tmp_path, model_path, "--batch_size", 16, *extra)
 
 
 @pytest.mark.parametrize("name", ["model.keras", "model.h5"])

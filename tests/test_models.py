@@ -13,6 +13,7 @@ from tests.conftest import (
     eager_gradients,
     read_output,
     run_job,
+    run_on,
     save,
     tensor_column,
     write_parquet,
@@ -33,20 +34,7 @@ def test_conv_model_on_a_fixed_shape_tensor_column(tmp_path):
     rows = 150
     images = np.random.default_rng(3).random((rows, 12, 12, 3), dtype=np.float32)
     write_parquet(tmp_path / "in/a.parquet", {"id": np.arange(rows), "image": images}, row_group_size=40)
-    run_job(
-        "--input",
-        tmp_path / "in/*.parquet",
-        "--output",
-        tmp_path / "out/g",
-        "--model",
-        save(model, tmp_path),
-        "--feature_columns",
-        "image",
-        "--keep_columns",
-        "id",
-        "--batch_size",
-        32,
-    )
+    run_on(tmp_path, model, "--batch_size", 32, features="image")
     out = by_key(read_output(tmp_path / "out/g"))
     assert out.schema.field("gradient").type == pa.fixed_shape_tensor(pa.float32(), [12, 12, 3])
     assert_close(tensor_column(out, "gradient"), eager_gradients(model, images, lambda y: tf.reduce_sum(y)))
@@ -84,31 +72,17 @@ def test_multi_input_model_mapped_by_input_name_and_by_input_map(tmp_path):
     write_parquet(tmp_path / "other/a.parquet", {"id": np.arange(rows), "pix": image, "m": meta})
     expected = _eager_two_input(model, image, meta)
 
-    run_job(
-        "--input",
-        tmp_path / "named/*.parquet",
-        "--output",
-        tmp_path / "out1/g",
-        "--model",
+    run_on(tmp_path, path, "--batch_size", 16, data="named/*.parquet", output="out1/g", features=None)
+    run_on(
+        tmp_path,
         path,
-        "--keep_columns",
-        "id",
-        "--batch_size",
-        16,
-    )
-    run_job(
-        "--input",
-        tmp_path / "other/*.parquet",
-        "--output",
-        tmp_path / "out2/g",
-        "--model",
-        path,
-        "--keep_columns",
-        "id",
         "--batch_size",
         16,
         "--input_map",
         "image=pix,meta=m",
+        data="other/*.parquet",
+        output="out2/g",
+        features=None,
     )
     for out in (by_key(read_output(tmp_path / "out1/g")), by_key(read_output(tmp_path / "out2/g"))):
         assert out.column_names == ["id", "gradient__image", "gradient__meta"]
@@ -126,22 +100,7 @@ def test_tabular_model_from_stacked_scalar_columns(tmp_path):
         tmp_path / "in/t.parquet",
         {"id": np.arange(rows), "age": x[:, 0].astype(np.float64), "income": x[:, 1], "score": x[:, 2]},
     )
-    run_job(
-        "--input",
-        tmp_path / "in/*.parquet",
-        "--output",
-        tmp_path / "out/g",
-        "--model",
-        save(model, tmp_path),
-        "--feature_columns",
-        "age,income,score",
-        "--keep_columns",
-        "id",
-        "--target",
-        "per_output",
-        "--batch_size",
-        20,
-    )
+    run_on(tmp_path, model, "--target", "per_output", "--batch_size", 20, features="age,income,score")
     out = by_key(read_output(tmp_path / "out/g"))
     w1, b1 = model.layers[0].kernel.numpy(), model.layers[0].bias.numpy()
     w2 = model.layers[1].kernel.numpy()

@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 
 import transforms
-from tests.conftest import assert_close, by_key, read_output, run_job, save, tensor_column, write_parquet
+from tests.conftest import assert_close, by_key, read_output, run_on, tensor_column, write_parquet
 from transforms.gradients import GradientEngine, GradientSpec, from_keras
 
 ROWS = 45
@@ -56,27 +56,8 @@ def test_loss_target_matches_per_example_eager_tapes(tmp_path, loss):
     model, y = _labels_and_model(loss)
     label = pa.array(y) if y.ndim == 1 else pa.array(list(y), pa.list_(pa.float32(), y.shape[1]))
     write_parquet(tmp_path / "in/a.parquet", {"id": np.arange(ROWS), "x": X, "y": label})
-    run_job(
-        "--input",
-        tmp_path / "in/*.parquet",
-        "--output",
-        tmp_path / "out/g",
-        "--model",
-        save(model, tmp_path),
-        "--feature_columns",
-        "x",
-        "--keep_columns",
-        "id",
-        "--target",
-        "loss",
-        "--label_column",
-        "y",
-        "--loss",
-        loss,
-        "--batch_size",
-        16,
-        "--emit",
-        "loss",
+    run_on(
+        tmp_path, model, "--target", "loss", "--label_column", "y", "--loss", loss, "--batch_size", 16, "--emit", "loss"
     )
     out = by_key(read_output(tmp_path / "out/g"))
     fn = _reference_loss(loss)
@@ -98,22 +79,7 @@ def test_predictions_and_norms_per_output_for_a_two_input_two_output_model(tmp_p
     model = keras.Model([a, b], [keras.layers.Dense(2, name="left")(hidden), keras.layers.Dense(1, name="right")(b)])
     xa, xb = X[:, :3].copy(), X[:, 2:].copy()
     write_parquet(tmp_path / "in/a.parquet", {"id": np.arange(ROWS), "a": xa, "b": xb})
-    run_job(
-        "--input",
-        tmp_path / "in/*.parquet",
-        "--output",
-        tmp_path / "out/g",
-        "--model",
-        save(model, tmp_path),
-        "--keep_columns",
-        "id",
-        "--target",
-        "per_output",
-        "--emit",
-        "predictions,norm",
-        "--batch_size",
-        8,
-    )
+    run_on(tmp_path, model, "--target", "per_output", "--emit", "predictions,norm", "--batch_size", 8, features=None)
     out = by_key(read_output(tmp_path / "out/g"))
     assert out.column_names == [
         "id",
@@ -144,20 +110,7 @@ def test_predictions_and_norms_per_output_for_a_two_input_two_output_model(tmp_p
 def test_metadata_records_model_spec_and_version(tmp_path):
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
     write_parquet(tmp_path / "in/a.parquet", {"id": np.arange(ROWS), "x": X})
-    run_job(
-        "--input",
-        tmp_path / "in/*.parquet",
-        "--output",
-        tmp_path / "out/g",
-        "--model",
-        save(model, tmp_path),
-        "--feature_columns",
-        "x",
-        "--clip_norm",
-        "0.5",
-        "--batch_size",
-        16,
-    )
+    run_on(tmp_path, model, "--clip_norm", "0.5", "--batch_size", 16, keys=None)
     meta = pq.read_schema(next((tmp_path / "out").glob("g-00000-of-*.parquet"))).metadata
     spec = json.loads(meta[b"beam_gradients.spec"])
     assert spec["target"] == "sum" and spec["clip_norm"] == 0.5
@@ -189,20 +142,7 @@ def test_dict_outputs_are_named_by_their_keys(tmp_path):
     hidden = keras.layers.Dense(3, activation="tanh")(inp)
     model = keras.Model(inp, {"quality": keras.layers.Dense(2)(hidden), "price": keras.layers.Dense(1)(hidden)})
     write_parquet(tmp_path / "in/a.parquet", {"id": np.arange(ROWS), "x": X})
-    run_job(
-        "--input",
-        tmp_path / "in/*.parquet",
-        "--output",
-        tmp_path / "out/g",
-        "--model",
-        save(model, tmp_path),
-        "--keep_columns",
-        "id",
-        "--target",
-        "per_output",
-        "--batch_size",
-        16,
-    )
+    run_on(tmp_path, model, "--target", "per_output", "--batch_size", 16, features=None)
     out = by_key(read_output(tmp_path / "out/g"))
     assert out.column_names == ["id", "gradient__price", "gradient__quality"]
     for key in ("price", "quality"):
@@ -217,26 +157,7 @@ def test_loss_on_a_model_with_one_number_per_example(tmp_path):
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1), keras.layers.Reshape(())])
     y = RNG.normal(size=ROWS).astype(np.float32)
     write_parquet(tmp_path / "in/a.parquet", {"id": np.arange(ROWS), "x": X, "y": y})
-    run_job(
-        "--input",
-        tmp_path / "in/*.parquet",
-        "--output",
-        tmp_path / "out/g",
-        "--model",
-        save(model, tmp_path),
-        "--feature_columns",
-        "x",
-        "--keep_columns",
-        "id",
-        "--target",
-        "loss",
-        "--label_column",
-        "y",
-        "--loss",
-        "mse",
-        "--batch_size",
-        16,
-    )
+    run_on(tmp_path, model, "--target", "loss", "--label_column", "y", "--loss", "mse", "--batch_size", 16)
     out = by_key(read_output(tmp_path / "out/g"))
     w, b = model.layers[0].kernel.numpy()[:, 0], model.layers[0].bias.numpy()[0]
     residual = X @ w + b - y

@@ -4,21 +4,22 @@ import os
 
 import keras
 import numpy as np
-import pytest
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
-from transforms.parquet import InputError, _ReadRowGroup
 from tests.conftest import (
     assert_close,
     by_key,
     eager_gradients,
     read_output,
     run_job,
+    run_on,
     save,
     tensor_column,
     write_parquet,
 )
+from transforms.parquet import InputError, _ReadRowGroup
 
 
 def _model():
@@ -44,20 +45,7 @@ def test_keys_and_row_counts_survive_several_files_row_groups_and_padding(tmp_pa
         xs.append(x)
         start += n
     x = np.concatenate(xs)
-    summary = run_job(
-        "--input",
-        tmp_path / "part-*.parquet",
-        "--output",
-        tmp_path / "out/g",
-        "--model",
-        save(model, tmp_path),
-        "--feature_columns",
-        "x",
-        "--keep_columns",
-        "key,part",
-        "--batch_size",
-        32,
-    )
+    summary = run_on(tmp_path, model, "--batch_size", 32, data="part-*.parquet", keys="key,part")
     out = read_output(tmp_path / "out/g")
     total = sum(sizes)
     assert out.num_rows == total
@@ -83,20 +71,7 @@ def test_bad_rows_go_to_the_rejected_output_and_their_neighbours_are_computed(tm
     values[21][4] = None  # null inside the list
     table = pa.table({"id": np.arange(rows), "x": pa.array(values, pa.list_(pa.float64()))})
     pq.write_table(table, tmp_path / "in.parquet", row_group_size=25)
-    summary = run_job(
-        "--input",
-        tmp_path / "in.parquet",
-        "--output",
-        tmp_path / "out/g",
-        "--model",
-        save(model, tmp_path),
-        "--feature_columns",
-        "x",
-        "--keep_columns",
-        "id",
-        "--batch_size",
-        16,
-    )
+    summary = run_on(tmp_path, model, "--batch_size", 16, data="in.parquet")
     bad = {3: "is null", 10: "has 5 values", 11: "NaN or infinity", 20: "NaN or infinity", 21: "null value"}
     rejected = by_key(read_output(tmp_path / "out/g-rejected"))
     assert rejected.column("id").to_pylist() == sorted(bad)
@@ -117,22 +92,7 @@ def test_a_huge_row_group_is_read_in_bounded_record_batches(tmp_path):
     x = np.random.default_rng(9).normal(size=(rows, 6)).astype(np.float32)
     write_parquet(tmp_path / "in.parquet", {"id": np.arange(rows), "x": x}, row_group_size=rows)
     assert pq.ParquetFile(tmp_path / "in.parquet").metadata.num_row_groups == 1
-    summary = run_job(
-        "--input",
-        tmp_path / "in.parquet",
-        "--output",
-        tmp_path / "out/g",
-        "--model",
-        save(model, tmp_path),
-        "--feature_columns",
-        "x",
-        "--keep_columns",
-        "id",
-        "--batch_size",
-        128,
-        "--read_batch_rows",
-        500,
-    )
+    summary = run_on(tmp_path, model, "--batch_size", 128, "--read_batch_rows", 500, data="in.parquet")
     out = by_key(read_output(tmp_path / "out/g"))
     assert out.column("id").to_pylist() == list(range(rows))
     assert_close(tensor_column(out, "gradient"), eager_gradients(model, x, lambda y: y))

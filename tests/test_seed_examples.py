@@ -11,6 +11,7 @@ from tests.conftest import (
     eager_gradients,
     read_output,
     run_job,
+    run_on,
     save,
     tensor_column,
     write_parquet,
@@ -24,20 +25,7 @@ def test_example_1_dense_gradient_matches_eager_tape_and_closed_form(tmp_path):
     x = np.random.default_rng(0).normal(size=(ROWS, 10)).astype(np.float32)
     # A plain list<float> column: the variable-length path, length checked per row.
     write_parquet(tmp_path / "in/data.parquet", {"id": np.arange(ROWS), "x": pa.array(list(x), pa.list_(pa.float32()))})
-    summary = run_job(
-        "--input",
-        tmp_path / "in/*.parquet",
-        "--output",
-        tmp_path / "out/g",
-        "--model",
-        save(model, tmp_path),
-        "--feature_columns",
-        "x",
-        "--keep_columns",
-        "id",
-        "--batch_size",
-        64,
-    )
+    summary = run_on(tmp_path, model, "--batch_size", 64)
     out = by_key(read_output(tmp_path / "out/g"))
     grads = tensor_column(out, "gradient")
     assert grads.shape == (ROWS, 10)
@@ -105,17 +93,9 @@ def test_example_3_mse_loss_with_per_example_clipping(tmp_path):
     w_norm = np.linalg.norm(model.layers[0].kernel.numpy())
     y = (model.predict(x, verbose=0)[:, 0] + rng.normal(scale=0.75 / w_norm, size=ROWS)).astype(np.float32)
     write_parquet(tmp_path / "in/data.parquet", {"id": np.arange(ROWS), "x": x, "y": y})
-    run_job(
-        "--input",
-        tmp_path / "in/*.parquet",
-        "--output",
-        tmp_path / "out/g",
-        "--model",
-        save(model, tmp_path),
-        "--feature_columns",
-        "x",
-        "--keep_columns",
-        "id",
+    run_on(
+        tmp_path,
+        model,
         "--target",
         "loss",
         "--label_column",
