@@ -7,7 +7,7 @@ import threading
 import keras
 import numpy as np
 
-from tests.conftest import assert_close, by_key, read_output, run_job, save, tensor_column, write_parquet
+from tests.conftest import assert_close, by_key, read_output, run_on, save, tensor_column, write_parquet
 from transforms.compute import EngineRecipe
 from transforms.gradients import GradientSpec
 from transforms.model import ProcessModel
@@ -21,21 +21,18 @@ def test_multi_process_direct_runner_loads_once_per_process_and_matches_in_proce
         write_parquet(
             tmp_path / f"in/{i}.parquet", {"id": np.arange(i * 300, (i + 1) * 300), "x": x}, row_group_size=50
         )
-    args = [
-        "--input",
-        tmp_path / "in/*.parquet",
-        "--model",
-        save(model, tmp_path),
-        "--feature_columns",
-        "x",
-        "--keep_columns",
-        "id",
+    path = save(model, tmp_path)
+    single = run_on(tmp_path, path, "--batch_size", 64, output="single/g")
+    multi = run_on(
+        tmp_path,
+        path,
         "--batch_size",
         64,
-    ]
-    single = run_job(*args, "--output", tmp_path / "single/g")
-    multi = run_job(
-        *args, "--output", tmp_path / "multi/g", "--direct_num_workers", 2, "--direct_running_mode", "multi_processing"
+        "--direct_num_workers",
+        2,
+        "--direct_running_mode",
+        "multi_processing",
+        output="multi/g",
     )
 
     assert single.counters["model_loads"] == 1  # the launcher's own load, reused in-process

@@ -13,7 +13,6 @@ from tests.conftest import (
     by_key,
     eager_gradients,
     read_output,
-    run_job,
     run_on,
     save,
     tensor_column,
@@ -107,23 +106,12 @@ def test_files_that_disagree_with_the_first_are_named_before_any_compute(tmp_pat
     x = np.zeros((4, 6), np.float32)
     write_parquet(tmp_path / "in/a.parquet", {"id": np.arange(4), "x": x})
     write_parquet(tmp_path / "in/b.parquet", {"id": np.arange(4).astype(np.int32), "x": x})
-    args = [
-        "--input",
-        tmp_path / "in/*.parquet",
-        "--output",
-        tmp_path / "out/g",
-        "--model",
-        save(model, tmp_path),
-        "--feature_columns",
-        "x",
-        "--keep_columns",
-        "id",
-    ]
+    path = save(model, tmp_path)
     with pytest.raises(InputError, match=r"b.parquet disagrees with .*a.parquet: column 'id' is int32 there, int64"):
-        run_job(*args)
+        run_on(tmp_path, path)
     write_parquet(tmp_path / "in/b.parquet", {"id": np.arange(4), "other": x})
     with pytest.raises(InputError, match=r"b.parquet has no column 'x'"):
-        run_job(*args)
+        run_on(tmp_path, path)
     assert not (tmp_path / "out").exists()
 
 
@@ -135,23 +123,10 @@ def test_a_rerun_replaces_the_earlier_output_even_with_another_shard_count(tmp_p
         write_parquet(
             tmp_path / f"in/{i}.parquet", {"id": np.arange(i * 125, (i + 1) * 125), "x": x[i * 125 : (i + 1) * 125]}
         )
-    args = [
-        "--input",
-        tmp_path / "in/*.parquet",
-        "--output",
-        tmp_path / "out/g",
-        "--model",
-        save(model, tmp_path),
-        "--feature_columns",
-        "x",
-        "--keep_columns",
-        "id",
-        "--batch_size",
-        64,
-    ]
-    run_job(*args, "--direct_num_workers", 2, "--direct_running_mode", "multi_processing")
+    path = save(model, tmp_path)
+    run_on(tmp_path, path, "--batch_size", 64, "--direct_num_workers", 2, "--direct_running_mode", "multi_processing")
     assert len(list((tmp_path / "out").glob("g-?????-of-00002.parquet"))) == 2
-    summary = run_job(*args)
+    summary = run_on(tmp_path, path, "--batch_size", 64)
     assert [os.path.basename(f) for f in summary.outputs] == ["g-00000-of-00001.parquet"]
     out = read_output(tmp_path / "out/g")
     assert sorted(out.column("id").to_pylist()) == list(range(rows))
