@@ -1,6 +1,8 @@
 """Real saved models in every format the job takes, local and through fsspec, with safe_mode kept on."""
 
+import concurrent.futures
 import hashlib
+import multiprocessing
 import os
 
 import fsspec
@@ -11,7 +13,9 @@ import pytest
 
 from pipeline.run import main
 from tests.conftest import assert_close, by_key, eager_gradients, read_output, run_on, tensor_column, write_parquet
-from transforms.model import ModelError, content_sha256
+from transforms.compute import EngineRecipe
+from transforms.gradients import GradientSpec
+from transforms.model import ModelError, ProcessModel, content_sha256
 
 ROWS = 70
 
@@ -113,3 +117,28 @@ def test_missing_and_corrupt_models_are_named(tmp_path, data):
     (tmp_path / "broken.keras").write_bytes(b"not a zip file")
     with pytest.raises(ModelError, match="broken.keras could not be loaded"):
         _job(tmp_path, tmp_path / "broken.keras")
+
+
+def test_a_model_replaced_at_the_same_path_is_never_served_stale(tmp_path, data):
+    first, second = _model(), _model()
+    path = str(tmp_path / "model.keras")
+    first.save(path)
+    _job(tmp_path, path)
+    second.save(path)  # retrained, same path, same long-lived process
+    _job(tmp_path, path)
+    out = by_key(read_output(tmp_path / "out/g"))
+    assert_close(tensor_column(out, "gradient"), eager_gradients(second, data, lambda y: y))
+
+
+def _acquire_in_child(recipe):
+    recipe.acquire()
+
+
+def test_a_worker_refuses_a_model_that_changed_after_launch(tmp_path):
+    path = str(tmp_path / "model.keras")
+    _model().save(path)
+    recipe = EngineRecipe(ProcessModel(path), GradientSpec(), batch_size=4)
+    _model().save(path)  # changed between launch and the worker's load
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        with pytest.raises(ModelError, match="changed after the job started"):
+            pool.submit(_acquire_in_child, recipe).result(timeout=240)

@@ -46,8 +46,7 @@ class EngineRecipe:
         return GradientEngine(model, self.spec, self.batch_size, device).trace()
 
     def acquire(self) -> Loaded[GradientEngine]:
-        tag = f"{self.model.path}|{self.model.trust_model_code}|{self.spec.to_json()}|{self.batch_size}"
-        return self.model.acquire(self.build, tag=tag)
+        return self.model.acquire(self.build, tag=f"{self.spec.to_json()}|{self.batch_size}")
 
 
 @dataclasses.dataclass
@@ -111,7 +110,7 @@ class JobPlan:
         metadata = {
             "beam_gradients.version": __version__,
             "beam_gradients.model_path": redact(model.path),
-            "beam_gradients.model_sha256": loaded.sha256,
+            "beam_gradients.model_sha256": model.sha256,
             "beam_gradients.spec": spec.to_json(),
             "beam_gradients.batch_size": str(batch_size),
         }

@@ -89,28 +89,27 @@ def content_sha256(local: str) -> str:
     return digest.hexdigest()
 
 
-def load_model(path: str, trust_model_code: bool = False) -> tuple[ModelFunction, str]:
-    """Load a `.keras`, `.h5` or SavedModel directory; return it and its content sha256.
+def load_model(path: str, trust_model_code: bool = False) -> ModelFunction:
+    """Load a `.keras`, `.h5` or SavedModel directory.
 
     Keras `safe_mode` stays on unless `trust_model_code`: a model that carries
     code (a `Lambda` layer) is refused, and none of its code runs.
     """
     local = local_copy(path)
     shown = redact(path)
-    sha = content_sha256(local)
     try:
         if os.path.isdir(local):
             if not os.path.exists(os.path.join(local, "saved_model.pb")):
                 raise ModelError(f"model {shown} is a directory without saved_model.pb, so not a SavedModel")
             import tensorflow as tf
 
-            return from_saved_model(tf.saved_model.load(local)), sha
+            return from_saved_model(tf.saved_model.load(local))
         if not local.endswith(KERAS_SUFFIXES):
             raise ModelError(f"model {shown}: unknown format; use a .keras or .h5 file or a SavedModel directory")
         import keras
 
         model = keras.models.load_model(local, compile=False, safe_mode=not trust_model_code)
-        return from_keras(model), sha
+        return from_keras(model)
     except ModelError:
         raise
     except Exception as err:
@@ -149,10 +148,9 @@ def pick_device() -> str:
 class Loaded(Generic[T]):
     """What was built on a loaded model, plus whether its load has been counted yet."""
 
-    def __init__(self, value: T, device: str, sha256: str):
+    def __init__(self, value: T, device: str):
         self.value = value
         self.device = device
-        self.sha256 = sha256
         self._uncounted = True
         self._lock = threading.Lock()
 
@@ -167,20 +165,31 @@ class ProcessModel:
     """A model loaded at most once per process, whatever the number of threads or DoFns.
 
     Picklable: a copy sent to a worker shares the same process-wide slot as the
-    original, so the launcher's own load is reused when the runner is in-process.
+    original, so the launcher's own load is reused when the runner is in-process;
+    each job makes its own, so a later job never gets an earlier job's model. The
+    content hash is taken at launch: a worker that finds the file changed since
+    then refuses it, rather than mixing two models in one output.
     """
 
     def __init__(self, path: str, trust_model_code: bool = False):
         self.path = path
         self.trust_model_code = trust_model_code
+        self.sha256 = content_sha256(local_copy(path))
+        self._hashed_in = os.getpid()  # a copy unpickled in another process hashes again
         self._shared = Shared()
 
     def acquire(self, build: Callable[[ModelFunction, str], T], tag: str) -> Loaded[T]:
-        """The process's `build(model, device)` result for `tag`, made on first use."""
+        """The process's `build(model, device)` result for this model and `tag`, made on first use."""
 
         def construct():
+            if self._hashed_in != os.getpid():
+                sha = content_sha256(local_copy(self.path))
+                if sha != self.sha256:
+                    raise ModelError(
+                        f"model {redact(self.path)} changed after the job started "
+                        f"(sha256 {self.sha256[:12]}... then, {sha[:12]}... now); rerun the job"
+                    )
             device = pick_device()
-            model, sha = load_model(self.path, self.trust_model_code)
-            return Loaded(build(model, device), device, sha)
+            return Loaded(build(load_model(self.path, self.trust_model_code), device), device)
 
         return self._shared.acquire(construct, tag=tag)
