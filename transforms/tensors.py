@@ -286,18 +286,15 @@ def _cast(feed: Feed, raw: np.ndarray, owners: _Owners, reasons: Reasons, column
     target = np.dtype(feed.dtype)
     if raw.dtype == target:
         return raw
-    if np.issubdtype(target, np.integer) and raw.dtype.kind == "f":
-        info = np.iinfo(target)
-        ok = np.isfinite(raw) & (raw == np.round(raw)) & (raw >= info.min) & (raw <= info.max)
-        if not ok.all():
-            sentence = f"column {column!r} holds a value that is not a whole number within {target}"
-            reasons.add(owners.rows_with(~ok), "decode", sentence)
-        return np.where(ok, raw, 0).astype(target)
-    if np.issubdtype(target, np.integer) and raw.dtype.kind in "iu":
+    if np.issubdtype(target, np.integer) and raw.dtype.kind in "fiu":
         info = np.iinfo(target)
         ok = (raw >= info.min) & (raw <= info.max)
+        sentence = f"column {column!r} holds a value outside {target}"
+        if raw.dtype.kind == "f":
+            ok &= np.isfinite(raw) & (raw == np.round(raw))
+            sentence = f"column {column!r} holds a value that is not a whole number within {target}"
         if not ok.all():
-            reasons.add(owners.rows_with(~ok), "decode", f"column {column!r} holds a value outside {target}")
+            reasons.add(owners.rows_with(~ok), "decode", sentence)
         return np.where(ok, raw, 0).astype(target)
     with np.errstate(over="ignore", invalid="ignore"):
         cast = raw.astype(target)
