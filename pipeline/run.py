@@ -35,6 +35,7 @@ from transforms.parquet import (
     InputError,
     ReadParquetBatches,
     check_same_columns,
+    check_writable,
     match_files,
     output_files,
     read_schemas,
@@ -123,7 +124,9 @@ def plan_job(job: GradientOptions) -> tuple[JobPlan, object, list[str]]:
 
 def build(pipeline: beam.Pipeline, job: GradientOptions, plan: JobPlan, files: Sequence[str]) -> None:
     """Read -> compute -> write results and rejected rows."""
-    batches = pipeline | "ReadParquet" >> ReadParquetBatches(files, plan.read_columns, job.read_batch_rows)
+    batches = pipeline | "ReadParquet" >> ReadParquetBatches(
+        files, plan.read_columns, job.read_batch_rows, plan.key_columns
+    )
     computed = batches | "Gradients" >> ComputeGradients(plan)
     computed[RESULTS] | "WriteGradients" >> write_parquet(job.output, plan.layout.schema)
     computed[REJECTED] | "WriteRejected" >> write_parquet(rejected_prefix(job), plan.rejected_schema)
@@ -163,6 +166,8 @@ def run_options(options, argv: Sequence[str] = ()) -> Summary:
         job = options.view_as(GradientOptions)
     check_required(job)
     started = time.monotonic()
+    check_writable(job.output, "--output")
+    check_writable(rejected_prefix(job), "--rejected")
     plan, loaded, files = plan_job(job)
     pipeline = beam.Pipeline(runner=resolve_runner(options), options=options)
     build(pipeline, job, plan, files)

@@ -11,6 +11,7 @@ rejected-rows output with their reason, and their neighbours go on.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 from typing import Sequence
 
@@ -23,7 +24,7 @@ from apache_beam.transforms.window import GlobalWindows
 from transforms import METRICS, __version__
 from transforms.gradients import GradientEngine, GradientSpec, ModelFunction, SpecError
 from transforms.model import Loaded, ProcessModel, redact
-from transforms.parquet import OutputLayout, rejected_schema, rejected_table
+from transforms.parquet import OutputLayout, UnreadableRows, rejected_schema, rejected_table
 from transforms.tensors import Feed, Reasons, check_columns, decode, merge_reasons, plan_feed, plan_input_feeds
 
 REJECTED = "rejected"
@@ -32,6 +33,8 @@ RESULTS = "results"
 # so output row groups are not one model batch each.
 OUTPUT_ROWS = 65536
 OUTPUT_BYTES = 64 << 20
+# Set to a folder, this makes the first attempt at every bundle fail (see _fail_first_attempt).
+FAULT_ENV = "BEAM_GRADIENTS_FAIL_FIRST_ATTEMPT"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,14 +163,23 @@ class _GradientsFn(beam.DoFn):
         self._keys: list[pa.Table] = []
         self._sources: list[tuple[str, int]] = []
         self._out: list[pa.Table] = []
+        self._first = True
 
     def process(self, element):
         source, batch = element
         plan = self._plan
+        if self._first:
+            self._first = False
+            _fail_first_attempt(source, batch)
+        if isinstance(batch, UnreadableRows):
+            yield from self._reject_unreadable(batch, source)
+            return
         decoded = [decode(f, batch) for f in plan.feeds]
         label = decode(plan.label, batch) if plan.label is not None else None
         reasons = merge_reasons(decoded + ([label] if label is not None else []))
-        keys = pa.Table.from_batches([batch.select(plan.key_columns)]) if plan.key_columns else _rows_only(batch)
+        keys = (
+            pa.Table.from_batches([batch.select(plan.key_columns)]) if plan.key_columns else _rows_only(batch.num_rows)
+        )
         values = [d.values for d in decoded]
         label_values = label.values if label is not None else None
         bad = reasons.bad
@@ -242,15 +254,48 @@ class _GradientsFn(beam.DoFn):
             yield pa.concat_tables(self._out)
             self._out = []
 
+    def _reject_unreadable(self, unread: UnreadableRows, source: str):
+        keys = unread.keys
+        if keys is None:  # the key columns could not be read either: null keys, the count still holds
+            fields = [f for f in self._plan.rejected_schema if f.name in self._plan.key_columns]
+            keys = pa.table([pa.nulls(unread.rows, f.type) for f in fields], schema=pa.schema(fields))
+            keys = keys if fields else _rows_only(unread.rows)
+        reasons = Reasons(unread.rows)
+        reasons.add(np.ones(unread.rows, bool), "read", unread.reason)
+        yield from self._reject(keys, reasons, reasons.bad, source)
+
     def _reject(self, keys: pa.Table, reasons: Reasons, mask: np.ndarray, source: str):
         self._rows_rejected.inc(keys.num_rows)
         table = rejected_table(self._plan.rejected_schema, keys, reasons.stage[mask], reasons.text[mask], source)
         yield beam.pvalue.TaggedOutput(REJECTED, table)
 
 
-def _rows_only(batch) -> pa.Table:
+class InjectedFault(RuntimeError):
+    """A transient error asked for through FAULT_ENV."""
+
+
+def _fail_first_attempt(source: str, batch) -> None:
+    """With $BEAM_GRADIENTS_FAIL_FIRST_ATTEMPT=<folder>, a bundle's first attempt raises.
+
+    This is how a test proves that a runner's retry of a failed bundle loses and
+    duplicates nothing. A retry starts with the same element and finds the
+    marker its first attempt left in the folder, so it goes on.
+    """
+    folder = os.environ.get(FAULT_ENV)
+    if not folder:
+        return
+    content = batch.serialize() if isinstance(batch, pa.RecordBatch) else repr(batch).encode()
+    marker = os.path.join(folder, hashlib.sha256(source.encode() + b"\0" + bytes(content)).hexdigest())
+    try:
+        open(marker, "x").close()
+    except FileExistsError:
+        return
+    raise InjectedFault(f"injected transient fault ({FAULT_ENV}) in a bundle starting in {source}")
+
+
+def _rows_only(rows: int) -> pa.Table:
     """Without --keep_columns: a placeholder column, since Arrow loses the row count of a table with none."""
-    return pa.table({"__rows": pa.nulls(batch.num_rows)})
+    return pa.table({"__rows": pa.nulls(rows)})
 
 
 def _finite_rows(result: dict, rows: int) -> np.ndarray:

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import glob
+import shutil
+import uuid
 from typing import Sequence
 
 import apache_beam as beam
@@ -93,34 +96,76 @@ class _RowGroups(beam.DoFn):
                 yield path, index
 
 
-class _ReadRowGroup(beam.DoFn):
-    """(file, row group) -> (file, record batch) of the needed columns, bounded in rows."""
+@dataclasses.dataclass(frozen=True)
+class UnreadableRows:
+    """Rows of a row group that Parquet could not decode: they are rejected with stage `read`, not lost."""
 
-    def __init__(self, columns: Sequence[str], rows: int | None):
+    rows: int
+    keys: pa.Table | None  # their key columns, where those could still be read
+    reason: str
+
+
+class _ReadRowGroup(beam.DoFn):
+    """(file, row group) -> (file, record batch) of the needed columns, bounded in rows.
+
+    A row group that fails to decode midway (a corrupt page) does not fail the
+    job: its unread rows come out as one UnreadableRows, with the keys and the
+    column at fault where they can be found.
+    """
+
+    def __init__(self, columns: Sequence[str], rows: int | None, key_columns: Sequence[str] = ()):
         self._columns = list(columns)
         self._rows = rows
+        self._key_columns = list(key_columns)
         self._rows_in = beam.metrics.Metrics.counter(METRICS, "rows_in")
 
     def process(self, element):
         path, index = element
         parquet = open_parquet(path)
         rows = self._rows or read_batch_rows(parquet.metadata.row_group(index))
+        done = 0
         try:
             for batch in parquet.iter_batches(batch_size=rows, row_groups=[index], columns=self._columns):
                 self._rows_in.inc(batch.num_rows)
+                done += batch.num_rows
                 yield path, batch
         except (pa.ArrowException, OSError) as err:
-            raise InputError(f"{path}: row group {index} cannot be read ({err})") from err
+            unread = parquet.metadata.row_group(index).num_rows - done
+            self._rows_in.inc(unread)
+            yield path, UnreadableRows(unread, self._keys(parquet, index, done, unread), self._why(parquet, index, err))
+
+    def _keys(self, parquet: pq.ParquetFile, index: int, start: int, rows: int) -> pa.Table | None:
+        if not self._key_columns:
+            return None
+        try:
+            return parquet.read_row_group(index, columns=self._key_columns).slice(start, rows)
+        except (pa.ArrowException, OSError):
+            return None
+
+    def _why(self, parquet: pq.ParquetFile, index: int, err: Exception) -> str:
+        """A sentence naming the first column of the row group that fails to decode on its own."""
+        detail = _first_line(err)
+        for column in self._columns:
+            try:
+                for _ in parquet.iter_batches(batch_size=65536, row_groups=[index], columns=[column]):
+                    pass
+            except (pa.ArrowException, OSError) as column_err:
+                detail = _first_line(column_err)
+                return f"row group {index} cannot be read: column {column!r} is corrupt ({detail})"
+        return f"row group {index} cannot be read ({detail})"
 
 
 class ReadParquetBatches(beam.PTransform):
-    """PBegin -> (source file, pyarrow.RecordBatch), spread over workers by row group."""
+    """PBegin -> (source file, pyarrow.RecordBatch or UnreadableRows), spread over workers by row group."""
 
-    def __init__(self, files: Sequence[str], columns: Sequence[str], rows: int | None = None):
+    def __init__(
+        self, files: Sequence[str], columns: Sequence[str], rows: int | None = None, key_columns: Sequence[str] = ()
+    ):
         super().__init__()
         self._files = list(files)
         self._columns = list(columns)
         self._rows = rows
+        self._key_columns = list(key_columns)
 
     def expand(self, pbegin):
         return (
@@ -128,7 +173,7 @@ class ReadParquetBatches(beam.PTransform):
             | "Files" >> beam.Create(self._files)
             | "RowGroups" >> beam.ParDo(_RowGroups())
             | "Spread" >> beam.Reshuffle()
-            | "Read" >> beam.ParDo(_ReadRowGroup(self._columns, self._rows))
+            | "Read" >> beam.ParDo(_ReadRowGroup(self._columns, self._rows, self._key_columns))
         )
 
 
@@ -151,11 +196,41 @@ def output_files(prefix: str) -> list[str]:
 def remove_output(prefix: str) -> None:
     """Delete an earlier run's shards under `prefix`, so a rerun replaces them rather than mixing in.
 
-    Only names of the job's own shard pattern are touched.
+    Only names of the job's own shard pattern are touched, and the temp folders
+    Beam's sink leaves beside them when a run is killed before it finishes.
     """
     old = output_files(prefix)
+    folder, name = FileSystems.split(prefix)
+    temp_folders = FileSystems.join(folder, f"beam-temp-{name}-" + "?" * 32)  # Beam adds a uuid1's hex
+    try:
+        old += [m.path for m in FileSystems.match([FileSystems.join(temp_folders, "*")])[0].metadata_list]
+    except Exception:  # nothing there yet
+        pass
     if old:
         FileSystems.delete(old)
+    if "://" not in prefix:  # object stores have no folders left; a local disk keeps empty ones
+        for path in glob.glob(temp_folders):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def check_writable(prefix: str, option: str) -> None:
+    """Write and delete a probe beside `prefix`, so an output that cannot be written fails before any compute."""
+    folder, _ = FileSystems.split(prefix)
+    probe = FileSystems.join(folder, f".beam-gradients-probe-{uuid.uuid4().hex}")
+    try:
+        FileSystems.mkdirs(folder)
+    except Exception:  # it exists already (or the filesystem has no folders); the probe tells
+        pass
+    try:
+        FileSystems.create(probe).close()
+        FileSystems.delete([probe])
+    except Exception as err:
+        raise InputError(f"{option} {prefix!r}: cannot write there ({_first_line(err)})") from err
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 # ---------------------------------------------------------------- the output schema
