@@ -16,6 +16,7 @@ import contextlib
 import dataclasses
 import importlib
 import json
+import re
 from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
@@ -88,6 +89,9 @@ class GradientSpec:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
 
 
+_DOTTED = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
+
+
 def resolve_loss(name: str) -> Callable:
     """A per-example loss function: a Keras loss name, or a function the user named.
 
@@ -95,6 +99,8 @@ def resolve_loss(name: str) -> Callable:
     """
     if ":" in name:
         module_name, _, attr = name.partition(":")
+        if not _DOTTED.fullmatch(module_name) or not attr.isidentifier():
+            raise SpecError(f"--loss {name!r}: give a Keras loss name or module.path:function")
         try:
             fn = getattr(importlib.import_module(module_name), attr)
         except (ImportError, AttributeError) as err:
@@ -284,7 +290,7 @@ class GradientEngine:
         result = {"gradients": gradients}
         if "predictions" in self.spec.emit:
             result["predictions"] = [tf.cast(o, tf.float32) for o in outputs]
-        if loss is not None and ("loss" in self.spec.emit):
+        if loss is not None:  # always: a row whose loss is not finite is rejected, emitted or not
             result["loss"] = loss
         if "norm" in self.spec.emit:
             result["norms"] = [_example_norm([g]) for g in gradients]
