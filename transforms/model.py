@@ -44,6 +44,15 @@ def redact(path: str) -> str:
     return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
+def scrub(text: str, path: str) -> str:
+    """`text` (a backend's error message) without the credentials `path` may carry."""
+    parts = urllib.parse.urlsplit(path)
+    secrets = [path, parts.query, parts.netloc.rpartition("@")[0]] if is_remote(path) else []
+    for secret in sorted(filter(None, secrets), key=len, reverse=True):
+        text = text.replace(secret, redact(path) if secret == path else "***")
+    return text
+
+
 def local_copy(path: str) -> str:
     """A local path for `path`: remote models are copied once into a per-machine cache."""
     if not is_remote(path):
@@ -70,7 +79,7 @@ def local_copy(path: str) -> str:
     except ModelError:
         raise
     except Exception as err:  # the filesystem's own errors vary by backend
-        raise ModelError(f"cannot copy model {redact(path)}: {err}") from err
+        raise ModelError(f"cannot copy model {redact(path)}: {scrub(str(err), path)}") from err
     return target
 
 
