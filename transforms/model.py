@@ -66,7 +66,8 @@ def local_copy(path: str) -> str:
     # Keyed by process too: a model replaced at the same URL is fetched afresh by the next job.
     digest = hashlib.sha256(f"{path}\0{os.getpid()}".encode()).hexdigest()[:16]
     folder = os.path.join(tempfile.gettempdir(), "beam-gradients-models", digest)
-    target = os.path.join(folder, os.path.basename(remote.rstrip("/")))
+    # Named from the URL's path alone: a query string may hold a token.
+    target = os.path.join(folder, os.path.basename(urllib.parse.urlsplit(path).path.rstrip("/")) or "model")
     if os.path.exists(target):
         return target
     try:
@@ -74,7 +75,10 @@ def local_copy(path: str) -> str:
             raise ModelError(f"model not found: {redact(path)}")
         os.makedirs(folder, exist_ok=True)
         partial = f"{target}.partial"
-        fs.get(remote, partial, recursive=fs.isdir(remote))
+        if fs.info(remote).get("type") == "directory":  # a SavedModel
+            fs.get(remote.rstrip("/") + "/", partial, recursive=True)
+        else:  # get_file: plain `get` makes a folder of a file whose URL has a query string
+            fs.get_file(remote, partial)
         os.replace(partial, target)
     except ModelError:
         raise
