@@ -150,6 +150,14 @@ def test_console_script_is_installed():
             r"column 'meta' holds shape \(3,\) per row, but model input 'img' needs shape \(2, 2\)",
         ),
         (["--target", "sideways"], r"argument --target: invalid choice: 'sideways'"),
+        (["--feature_columns", "pixels"], r"feature column 'pixels' not found in .*a.parquet; its columns are: id, img"),
+        (
+            ["--input_map", "img=img,meta=meta", "--target", "loss", "--loss", "mse", "--label_column", "label"],
+            r"label column 'label' not found in .*a.parquet; its columns are: id, img, meta, y",
+        ),
+        (["--loss", "os.system('x'):f", "--label_column", "y"], r"give a Keras loss name or module.path:function"),
+        (["--output", "/proc/version/out/g"], r"--output '/proc/version/out/g': cannot write there"),
+        (["--rejected", "/proc/version/rejected"], r"--rejected '/proc/version/rejected': cannot write there"),
     ],
 )
 def test_option_errors_are_one_clear_line_before_any_data_is_read(tmp_path, job, capsys, extra, message):
@@ -158,7 +166,7 @@ def test_option_errors_are_one_clear_line_before_any_data_is_read(tmp_path, job,
     err = capsys.readouterr().err.strip().splitlines()
     assert re.search(message, err[-1]), err
     assert "Traceback" not in "\n".join(err)
-    assert not (tmp_path / "out").exists()  # nothing ran, nothing was written
+    assert not list(tmp_path.glob("out/**/*"))  # nothing ran, nothing was written
 
 
 def test_inputs_that_match_nothing_or_are_not_parquet(tmp_path, job, capsys):
@@ -170,3 +178,8 @@ def test_inputs_that_match_nothing_or_are_not_parquet(tmp_path, job, capsys):
     (tmp_path / "text.parquet").write_text("hello")
     assert main(args + ["--input", str(tmp_path / "text.parquet")]) == 2
     assert "text.parquet is not a readable Parquet file" in capsys.readouterr().err
+    whole = (tmp_path / "in/a.parquet").read_bytes()
+    (tmp_path / "cut.parquet").write_bytes(whole[: len(whole) // 2])  # a copy that stopped halfway
+    assert main(args + ["--input", str(tmp_path / "cut.parquet")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cut.parquet is not a readable Parquet file" in err[0]
