@@ -229,8 +229,10 @@ def check_writable(prefix: str, option: str) -> None:
 
 
 def _first_line(err: Exception) -> str:
+    """An error's first line, printable: decoders quote the garbage bytes they choked on."""
     text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
+    line = "".join(ch for ch in (text.splitlines()[0] if text else "") if ch.isprintable()).strip(" :")
+    return line or type(err).__name__
 
 
 # ---------------------------------------------------------------- the output schema
