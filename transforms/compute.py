@@ -22,6 +22,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import GlobalWindows
 
 from transforms import METRICS, __version__
+from transforms import coders  # noqa: F401  (registers the Arrow coders the ParDos' type hints select)
 from transforms.gradients import GradientEngine, GradientSpec, ModelFunction, SpecError
 from transforms.model import Loaded, ProcessModel, redact
 from transforms.parquet import OutputLayout, UnreadableRows, rejected_schema, rejected_table
@@ -163,10 +164,11 @@ class _GradientsFn(beam.DoFn):
         self._keys: list[pa.Table] = []
         self._sources: list[tuple[str, int]] = []
         self._out: list[pa.Table] = []
+        self._out_rows = self._out_bytes = 0
         self._first = True
 
     def process(self, element):
-        source, batch = element
+        source, batch = element.source, element.batch
         plan = self._plan
         if self._first:
             self._first = False
@@ -246,13 +248,14 @@ class _GradientsFn(beam.DoFn):
         self._filled, self._keys, self._sources = 0, [], []
         self._rows_out.inc(table.num_rows)
         self._out.append(table)
+        self._out_rows += table.num_rows
+        self._out_bytes += table.get_total_buffer_size()
         yield from self._flush(force=False)
 
     def _flush(self, force: bool):
-        rows = sum(t.num_rows for t in self._out)
-        if self._out and (force or rows >= OUTPUT_ROWS or sum(t.nbytes for t in self._out) >= OUTPUT_BYTES):
+        if self._out and (force or self._out_rows >= OUTPUT_ROWS or self._out_bytes >= OUTPUT_BYTES):
             yield pa.concat_tables(self._out)
-            self._out = []
+            self._out, self._out_rows, self._out_bytes = [], 0, 0
 
     def _reject_unreadable(self, unread: UnreadableRows, source: str):
         keys = unread.keys
@@ -316,4 +319,5 @@ class ComputeGradients(beam.PTransform):
         self._plan = plan
 
     def expand(self, batches):
-        return batches | beam.ParDo(_GradientsFn(self._plan)).with_outputs(REJECTED, main=RESULTS)
+        fn = beam.ParDo(_GradientsFn(self._plan)).with_output_types(pa.Table)
+        return batches | fn.with_outputs(REJECTED, main=RESULTS)

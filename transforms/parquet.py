@@ -105,6 +105,14 @@ class UnreadableRows:
     reason: str
 
 
+@dataclasses.dataclass(frozen=True)
+class SourceBatch:
+    """What the read yields: a record batch (or the rows that could not be read) and the file it came from."""
+
+    source: str
+    batch: pa.RecordBatch | UnreadableRows
+
+
 class _ReadRowGroup(beam.DoFn):
     """(file, row group) -> (file, record batch) of the needed columns, bounded in rows.
 
@@ -128,11 +136,12 @@ class _ReadRowGroup(beam.DoFn):
             for batch in parquet.iter_batches(batch_size=rows, row_groups=[index], columns=self._columns):
                 self._rows_in.inc(batch.num_rows)
                 done += batch.num_rows
-                yield path, batch
+                yield SourceBatch(path, batch)
         except (pa.ArrowException, OSError) as err:
             unread = parquet.metadata.row_group(index).num_rows - done
             self._rows_in.inc(unread)
-            yield path, UnreadableRows(unread, self._keys(parquet, index, done, unread), self._why(parquet, index, err))
+            keys = self._keys(parquet, index, done, unread)
+            yield SourceBatch(path, UnreadableRows(unread, keys, self._why(parquet, index, err)))
 
     def _keys(self, parquet: pq.ParquetFile, index: int, start: int, rows: int) -> pa.Table | None:
         if not self._key_columns:
@@ -156,7 +165,7 @@ class _ReadRowGroup(beam.DoFn):
 
 
 class ReadParquetBatches(beam.PTransform):
-    """PBegin -> (source file, pyarrow.RecordBatch or UnreadableRows), spread over workers by row group."""
+    """PBegin -> SourceBatch, spread over workers by row group."""
 
     def __init__(
         self, files: Sequence[str], columns: Sequence[str], rows: int | None = None, key_columns: Sequence[str] = ()
@@ -173,7 +182,8 @@ class ReadParquetBatches(beam.PTransform):
             | "Files" >> beam.Create(self._files)
             | "RowGroups" >> beam.ParDo(_RowGroups())
             | "Spread" >> beam.Reshuffle()
-            | "Read" >> beam.ParDo(_ReadRowGroup(self._columns, self._rows, self._key_columns))
+            | "Read"
+            >> beam.ParDo(_ReadRowGroup(self._columns, self._rows, self._key_columns)).with_output_types(SourceBatch)
         )
 
 
