@@ -234,14 +234,13 @@ class GradientEngine:
             signature.append(tf.TensorSpec((batch_size, *self.label.shape), tf.float32, name="label"))
         # autograph off: the Python loops here run once, at trace time, by design.
         self._fn = tf.function(self._compute, input_signature=signature, jit_compile=spec.jit_compile, autograph=False)
-        self._traced = False
+        self._concrete = None  # called directly: skips tf.function's per-call signature lookup
 
     def trace(self) -> "GradientEngine":
         """Trace now: finds unconnected inputs (and fails in `error` mode) before any data."""
-        if not self._traced:
+        if self._concrete is None:
             with tf.device(self.device) if self.device else contextlib.nullcontext():
-                self._fn.get_concrete_function()
-            self._traced = True
+                self._concrete = self._fn.get_concrete_function()
         return self
 
     def _per_example_loss(self, outputs, label):
@@ -317,5 +316,5 @@ class GradientEngine:
         args = list(inputs) + ([label] if self.label is not None else [])
         self.trace()
         with tf.device(self.device) if self.device else contextlib.nullcontext():
-            result = self._fn(*args)
+            result = self._concrete(*args)
         return tf.nest.map_structure(lambda t: t.numpy(), result)
