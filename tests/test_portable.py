@@ -15,13 +15,14 @@ import time
 import keras
 import numpy as np
 import pytest
+import yaml
 
+from pipeline.run import run
 from tests.conftest import (
     assert_close,
     by_key,
     eager_gradients,
     read_output,
-    run_job,
     save,
     tensor_column,
     write_parquet,
@@ -29,6 +30,7 @@ from tests.conftest import (
 
 ROWS = 240
 START_TIMEOUT = 60
+FLINK_CONFIG = pathlib.Path(__file__).resolve().parents[1] / "configs/flink.yaml"
 
 
 def _free_port() -> int:
@@ -97,19 +99,24 @@ def portable_services(tmp_path):
             process.wait(timeout=30)
 
 
-def test_portable_runner_with_external_worker_pool_matches_eager_gradients(tmp_path, portable_services):
+def test_flink_config_on_the_portable_runner_with_external_worker_pool_matches_eager_gradients(
+    tmp_path, portable_services
+):
+    """configs/flink.yaml's job, its runner swapped for the job service here (Flink's own cannot run offline)."""
     job_port, pool_port, pool_pid = portable_services
-    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(4, activation="tanh"), keras.layers.Dense(2)])
-    x = np.random.default_rng(21).normal(size=(ROWS, 6)).astype(np.float32)
+    settings = yaml.safe_load(FLINK_CONFIG.read_text())
+    assert settings["runner"] == "FlinkRunner" and settings["environment_type"] == "EXTERNAL"
+    image = keras.Input((3, 2), name="image")
+    model = keras.Model(image, keras.layers.Dense(2)(keras.layers.Dense(4, activation="tanh")(image)))
+    x = np.random.default_rng(21).normal(size=(ROWS, 3, 2)).astype(np.float32)
     for i in range(3):
         part = slice(i * ROWS // 3, (i + 1) * ROWS // 3)
-        write_parquet(tmp_path / f"in/{i}.parquet", {"id": np.arange(ROWS)[part], "x": x[part]}, row_group_size=40)
-    summary = run_job(
-        *["--input", tmp_path / "in/*.parquet", "--output", tmp_path / "out/g", "--model", save(model, tmp_path)],
-        *["--feature_columns", "x", "--keep_columns", "id", "--batch_size", 32],
-        *["--job_endpoint", f"localhost:{job_port}"],
-        *["--environment_type", "EXTERNAL", "--environment_config", f"localhost:{pool_port}"],
-        runner="PortableRunner",
+        write_parquet(tmp_path / f"in/{i}.parquet", {"id": np.arange(ROWS)[part], "image": x[part]}, row_group_size=40)
+    summary = run(
+        ["--config", str(FLINK_CONFIG), "--runner", "PortableRunner", "--job_endpoint", f"localhost:{job_port}"]
+        + ["--environment_config", f"localhost:{pool_port}", "--batch_size", "32"]
+        + ["--input", str(tmp_path / "in/*.parquet"), "--output", str(tmp_path / "out/g")]
+        + ["--model", save(model, tmp_path)]
     )
 
     # Counters travel back through the job service's metrics API.
