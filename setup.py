@@ -32,6 +32,7 @@ setup(
         "tests": [
             "pytest==9.0.3",
             "pytest-timeout==2.4.0",
+            "gcp-storage-emulator==2026.7.19",
         ],
     },
     entry_points={"console_scripts": ["beam-gradients=pipeline.run:main"]},

@@ -15,7 +15,7 @@ from typing import Sequence
 
 import apache_beam as beam
 from apache_beam.metrics.metric import MetricsFilter
-from apache_beam.options.pipeline_options import StandardOptions
+from apache_beam.options.pipeline_options import StandardOptions, TestOptions
 
 from pipeline.options import (
     GradientOptions,
@@ -62,13 +62,26 @@ COUNTERS = (
 
 @dataclasses.dataclass
 class Summary:
-    counters: dict[str, int]
+    counters: dict[str, int] | None  # None where the runner reports no metrics
     load_pids: tuple[int, int] | None  # lowest and highest pid that loaded the model
     wall_seconds: float
     outputs: list[str]
     rejected: list[str]
+    result: object = None  # the runner's PipelineResult; a Dataflow dry run's holds the job it built (.job)
+    dry_run: bool = False
 
     def __str__(self) -> str:
+        if self.dry_run:
+            return f"dry run: the job was built and checked in {self.wall_seconds:.1f} s, not run; nothing was written"
+        if self.counters is None:  # say so rather than print zeros that look like an empty job
+            return "\n".join(
+                [
+                    "rows: the runner reported no counters; see its own job page",
+                    f"wall time: {self.wall_seconds:.1f} s",
+                    "output: " + (", ".join(self.outputs) or "(none)"),
+                    "rejected rows: " + (", ".join(self.rejected) or "(none)"),
+                ]
+            )
         c = self.counters
         rate = c["rows_in"] / self.wall_seconds if self.wall_seconds else 0.0
         lines = [
@@ -101,6 +114,20 @@ def resolve_runner(options):
     encoded = JobServiceHandle.encode_pipeline_options(options.get_all_options())
     info = fn_runner.ExtendedProvisionInfo(beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded))
     return fn_runner.FnApiRunner(provision_info=info)
+
+
+def is_dry_run(options) -> bool:
+    """--dry_run: Dataflow builds and checks the whole job and submits nothing.
+
+    Only DataflowRunner honours it; any other runner would run the job, so it is
+    refused there rather than reported as a dry run that was not one.
+    """
+    if not options.view_as(TestOptions).dry_run:
+        return False
+    runner = str(options.view_as(StandardOptions).runner or "").rsplit(".", 1)[-1].lower()
+    if runner not in ("dataflowrunner", "dataflow"):
+        raise OptionsError("--dry_run works with --runner DataflowRunner only; other runners would run the job")
+    return True
 
 
 def plan_job(job: GradientOptions) -> tuple[JobPlan, object, list[str]]:
@@ -136,9 +163,18 @@ def rejected_prefix(job: GradientOptions) -> str:
     return job.rejected or f"{job.output}-rejected"
 
 
-def read_counters(result) -> tuple[dict[str, int], tuple[int, int] | None]:
-    """The job's counters, summed over steps, and the range of pids that loaded the model."""
-    metrics = result.metrics().query(MetricsFilter().with_namespace(METRICS))
+def read_counters(result) -> tuple[dict[str, int] | None, tuple[int, int] | None]:
+    """The job's counters, summed over steps, and the range of pids that loaded the model.
+
+    (None, None) where the runner has no metrics API or returns none of ours, so
+    the summary says so instead of reporting zeros.
+    """
+    try:
+        metrics = result.metrics().query(MetricsFilter().with_namespace(METRICS))
+    except NotImplementedError:
+        return None, None
+    if not metrics["counters"]:
+        return None, None
     counters = dict.fromkeys(COUNTERS, 0)
     for counter in metrics["counters"]:
         value = counter.committed if counter.committed is not None else counter.attempted
@@ -165,15 +201,19 @@ def run_options(options, argv: Sequence[str] = ()) -> Summary:
         options = parse(demo_options(list(argv)))
         job = options.view_as(GradientOptions)
     check_required(job)
+    dry_run = is_dry_run(options)
     started = time.monotonic()
     plan, loaded, files = plan_job(job)
     check_writable(job.output, "--output")
     check_writable(rejected_prefix(job), "--rejected")
     pipeline = beam.Pipeline(runner=resolve_runner(options), options=options)
     build(pipeline, job, plan, files)
-    remove_output(job.output)
-    remove_output(rejected_prefix(job))
+    if not dry_run:
+        remove_output(job.output)
+        remove_output(rejected_prefix(job))
     result = pipeline.run()
+    if dry_run:
+        return Summary(None, None, time.monotonic() - started, [], [], result=result, dry_run=True)
     result.wait_until_finish()
     del loaded  # kept alive until here so an in-process runner reuses the launcher's model
     counters, pids = read_counters(result)
@@ -183,6 +223,7 @@ def run_options(options, argv: Sequence[str] = ()) -> Summary:
         time.monotonic() - started,
         output_files(job.output),
         output_files(rejected_prefix(job)),
+        result=result,
     )
 
 
