@@ -204,8 +204,9 @@ def run_options(options, argv: Sequence[str] = ()) -> Summary:
     dry_run = is_dry_run(options)
     started = time.monotonic()
     plan, loaded, files = plan_job(job)
-    check_writable(job.output, "--output")
-    check_writable(rejected_prefix(job), "--rejected")
+    if not dry_run:  # a dry run writes nothing, and may be built where the output is out of reach
+        check_writable(job.output, "--output")
+        check_writable(rejected_prefix(job), "--rejected")
     pipeline = beam.Pipeline(runner=resolve_runner(options), options=options)
     build(pipeline, job, plan, files)
     if not dry_run:
