@@ -122,8 +122,11 @@ def is_dry_run(options) -> bool:
     Only DataflowRunner honours it; any other runner would run the job, so it is
     refused there rather than reported as a dry run that was not one.
     """
-    if not options.view_as(TestOptions).dry_run:
+    value = options.view_as(TestOptions).dry_run
+    if not value:
         return False
+    if str(value).lower() != "true":  # Beam dry-runs on any value, "False" included
+        raise OptionsError(f"--dry_run takes True only, not {value!r}; leave it out to run the job")
     runner = str(options.view_as(StandardOptions).runner or "").rsplit(".", 1)[-1].lower()
     if runner not in ("dataflowrunner", "dataflow"):
         raise OptionsError("--dry_run works with --runner DataflowRunner only; other runners would run the job")

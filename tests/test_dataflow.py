@@ -81,3 +81,5 @@ def test_dry_run_on_a_runner_that_would_run_the_job_is_refused(tmp_path):
     with pytest.raises(OptionsError, match="--dry_run works with --runner DataflowRunner only"):
         run_on(tmp_path, path, "--dry_run=True")
     assert not (tmp_path / "out").exists()
+    with pytest.raises(OptionsError, match="--dry_run takes True only, not 'False'"):
+        run_on(tmp_path, path, "--dry_run=False", "--runner", "DataflowRunner")  # Beam would dry-run on it

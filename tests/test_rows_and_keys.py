@@ -98,7 +98,7 @@ def test_a_huge_row_group_is_read_in_bounded_record_batches(tmp_path):
     assert summary.counters["batches"] == -(-rows // 128)
     # The reader itself hands out record batches of at most --read_batch_rows rows.
     read = list(_ReadRowGroup(["id", "x"], 500).process((str(tmp_path / "in.parquet"), 0)))
-    assert [batch.num_rows for _, batch in read] == [500] * 6
+    assert [element.batch.num_rows for element in read] == [500] * 6
 
 
 def test_files_that_disagree_with_the_first_are_named_before_any_compute(tmp_path):
