@@ -1,15 +1,20 @@
 """Our parser accepts exactly what Airflow's Beam operator passes: its real argv, recorded from a real run."""
 
 import json
+import os
 import sys
+import tempfile
 
-import pytest
-from airflow.providers.apache.beam.hooks.beam import beam_options_to_args
-from airflow.providers.apache.beam.operators.beam import BeamRunPythonPipelineOperator
-from airflow.version import version as airflow_version
-from apache_beam.options.pipeline_options import GoogleCloudOptions, StandardOptions
+# Importing Airflow makes its home folder (default ~/airflow); keep it out of the user's home.
+os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="airflow-home-"))
 
-from pipeline.options import GradientOptions, OptionsError, parse, parse_map, split_list
+import pytest  # noqa: E402
+from airflow.providers.apache.beam.hooks.beam import beam_options_to_args  # noqa: E402
+from airflow.providers.apache.beam.operators.beam import BeamRunPythonPipelineOperator  # noqa: E402
+from airflow.version import version as airflow_version  # noqa: E402
+from apache_beam.options.pipeline_options import GoogleCloudOptions, StandardOptions  # noqa: E402
+
+from pipeline.options import GradientOptions, OptionsError, parse, parse_map, split_list  # noqa: E402
 
 # A stand-in pipeline file: writes its argv to the file its --record flag names.
 RECORD_ARGV = """import json, sys
