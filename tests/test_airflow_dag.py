@@ -4,8 +4,10 @@ Airflow runs in a subprocess (tests/airflow_dag_run.py) with its own AIRFLOW_HOM
 operator starts our job with this venv's Python; the output partition is checked here.
 """
 
+import ast
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -105,3 +107,32 @@ def test_dag_runs_one_day_into_its_partition_and_a_rerun_replaces_it(tmp_path, a
     for head in ("classes", "brightness"):
         assert_close(tensor_column(again, f"gradient__{head}"), tensor_column(out, f"gradient__{head}"))
     assert read_output(tmp_path / f"out-rejected/dt={DAY}/rejected").num_rows == 1
+
+
+def test_an_airflow_variable_selects_dataflow(airflow_env):
+    """Airflow's own `tasks render`: what the operator would get on Dataflow (which cannot be reached offline)."""
+    env = {
+        **airflow_env,
+        "AIRFLOW_VAR_BEAM_GRADIENTS_RUNNER": "DataflowRunner",
+        "AIRFLOW_VAR_BEAM_GRADIENTS_PROJECT": "proj",
+    }
+    airflow = pathlib.Path(sys.executable).parent / "airflow"
+    done = subprocess.run(
+        [str(airflow), "tasks", "render", "beam_gradients", "gradients", "2024-05-03"],  # a day with no run yet
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    fields = dict(re.findall(r"^# property: (\w+)\n# -+\n(.*)$", done.stdout, re.M))
+    assert fields["runner"] == "DataflowRunner"
+    assert ast.literal_eval(fields["dataflow_config"]) == {
+        "project_id": "proj",
+        "location": "us-central1",
+        "job_name": "beam-gradients-20240503",
+    }
+    options = ast.literal_eval(fields["pipeline_options"])
+    assert options["input"] == "/data/examples/dt=2024-05-03/*.parquet"
+    assert options["output"] == "/data/gradients/dt=2024-05-03/gradients"
+    assert options["batch_size"] is None  # left out: the job's own default
