@@ -33,6 +33,11 @@ setup(
             "pytest==9.0.3",
             "pytest-timeout==2.4.0",
             "gcp-storage-emulator==2026.7.19",
+            # tests/test_airflow_dag.py runs dags/gradients_dag.py in this same venv. The Beam
+            # provider's operator refuses to construct without the Google provider installed.
+            "apache-airflow==3.3.2",
+            "apache-airflow-providers-apache-beam==6.3.1",
+            "apache-airflow-providers-google==22.8.0",
         ],
     },
     entry_points={"console_scripts": ["beam-gradients=pipeline.run:main"]},

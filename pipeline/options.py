@@ -8,6 +8,7 @@ the command line overrides the file. Beam's own options (`runner`,
 from __future__ import annotations
 
 import argparse
+import json
 from typing import Sequence
 
 import yaml
@@ -16,6 +17,8 @@ from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentP
 from transforms.gradients import EMITS, KERAS_LOSSES, TARGETS, UNCONNECTED_MODES, GradientSpec
 
 DEFAULT_BATCH_SIZE = 256
+# Options that hold a comma-separated list: given more than once, their values add up.
+LIST_OPTIONS = ("feature_columns", "keep_columns", "emit", "input_map")
 
 
 class OptionsError(ValueError):
@@ -71,6 +74,13 @@ def split_list(value: str | None) -> list[str]:
 
 
 def parse_map(value: str | None) -> dict[str, str]:
+    """`name=column,...`, or a JSON object: what Airflow's Beam operator passes for a dict option."""
+    if value and value.lstrip().startswith("{"):
+        try:
+            mapping = json.loads(value)
+        except json.JSONDecodeError as err:
+            raise OptionsError(f"--input_map: not a valid JSON object ({err.msg})") from err
+        return {str(name): str(column) for name, column in mapping.items()}
     mapping = {}
     for item in split_list(value):
         name, sep, column = item.partition("=")
@@ -138,6 +148,25 @@ def _config_path(argv: Sequence[str]) -> str | None:
     return paths[0] if paths else None
 
 
+def _join_repeated(argv: Sequence[str]) -> list[str]:
+    """`--emit=a --emit b` -> `--emit=a,b` for the list options; argparse alone would keep only the last.
+
+    Airflow's Beam operator passes a list as one flag per item. Joined before a config file's flags
+    are put in front, so a list on the command line still replaces the file's list as a whole.
+    """
+    flags = {f"--{name}": [] for name in LIST_OPTIONS}
+    rest, i = [], 0
+    while i < len(argv):
+        flag, sep, value = argv[i].partition("=")
+        if flag in flags and (sep or i + 1 < len(argv)):
+            flags[flag].append(value if sep else argv[i + 1])
+            i += 1 if sep else 2
+        else:
+            rest.append(argv[i])
+            i += 1
+    return rest + [f"{flag}={','.join(values)}" for flag, values in flags.items() if values]
+
+
 def help_text() -> str:
     parser = argparse.ArgumentParser(
         prog="beam-gradients",
@@ -151,7 +180,7 @@ def help_text() -> str:
 
 def parse(argv: Sequence[str]) -> PipelineOptions:
     """Flags (after those of any --config file) -> PipelineOptions; unknown flags are errors."""
-    argv = list(argv)
+    argv = _join_repeated(argv)
     parser = _all_options_parser()
     config = _config_path(argv)
     if config:

@@ -1,0 +1,80 @@
+"""Per-example gradients, once a day: one Beam job per logical date, one output partition per day.
+
+A run for day D reads `<input_base>/dt=D/*.parquet` and writes `<output_base>/dt=D/gradients-*.parquet`
+(rejected rows under `<output_base>-rejected/dt=D/`, so a reader of the partition sees one schema).
+The job deletes its earlier shards under that prefix before writing, so rerunning or clearing a day
+replaces that day's partition instead of adding to it; days never touch each other.
+
+Every setting is the run's param if given (trigger with config), else the Airflow Variable
+`beam_gradients_<name>`, else the default below, so a deployment is configured without editing this
+file. The job runs on the DirectRunner unless `runner` says DataflowRunner; then `project`/`region`
+go to Dataflow and `config` names a YAML file of the job's options (staging, worker image, GPUs).
+The job is `python -m pipeline` with the Airflow worker's own Python, where beam-gradients is installed.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import pendulum
+from airflow.providers.apache.beam.operators.beam import BeamRunPythonPipelineOperator
+from airflow.sdk import DAG, Param
+
+DEFAULTS = {
+    "runner": "DirectRunner",
+    "input_base": "/data/examples",
+    "output_base": "/data/gradients",
+    "model": "/models/model.keras",
+    "feature_columns": None,  # the job's default: the model's input names
+    "keep_columns": "id",
+    "target": "sum",
+    "emit": None,
+    "batch_size": None,
+    "project": None,
+    "region": "us-central1",
+    "config": None,
+}
+DAY = "dt={{ ds }}"
+
+
+def setting(name: str) -> str:
+    """Jinja for one setting: the run's param, else its Variable, else the default (None: not passed)."""
+    return "{{ params.%s or var.value.get('beam_gradients_%s', %r) }}" % (name, name, DEFAULTS[name])
+
+
+with DAG(
+    dag_id="beam_gradients",
+    description="Per-example gradients of a Keras model over one day's Parquet partition",
+    schedule="@daily",
+    start_date=pendulum.datetime(2024, 1, 1, tz="UTC"),
+    catchup=False,
+    # Native rendering keeps None as None (the operator then leaves the flag out) and lists as lists.
+    render_template_as_native_obj=True,
+    params={name: Param(None, type=["null", "string", "integer", "array"]) for name in DEFAULTS},
+    doc_md=__doc__,
+    tags=["beam", "gradients"],
+) as dag:
+    BeamRunPythonPipelineOperator(
+        task_id="gradients",
+        py_interpreter=sys.executable,
+        py_options=["-m"],
+        py_file="pipeline",
+        runner=setting("runner"),
+        pipeline_options={
+            "input": setting("input_base") + f"/{DAY}/*.parquet",
+            "output": setting("output_base") + f"/{DAY}/gradients",
+            "rejected": setting("output_base") + f"-rejected/{DAY}/rejected",
+            "model": setting("model"),
+            "feature_columns": setting("feature_columns"),
+            "keep_columns": setting("keep_columns"),
+            "target": setting("target"),
+            "emit": setting("emit"),
+            "batch_size": setting("batch_size"),
+            "config": setting("config"),
+        },
+        dataflow_config={
+            "project_id": setting("project"),
+            "location": setting("region"),
+            "job_name": "beam-gradients-{{ ds_nodash }}",
+        },
+    )
