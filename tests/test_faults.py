@@ -207,3 +207,17 @@ def test_two_runs_on_the_same_input_give_identical_outputs(tmp_path):
     one, two = by_key(read_output(tmp_path / "one/g")), by_key(read_output(tmp_path / "two/g"))
     assert one.schema.equals(two.schema, check_metadata=True)
     assert one.equals(two)  # bit for bit, not within a tolerance
+
+
+def test_empty_input_is_not_an_error_the_output_has_zero_rows_and_its_schema(tmp_path):
+    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(3)])
+    for i in range(2):
+        write_parquet(tmp_path / f"in/{i}.parquet", {"id": np.arange(0), "x": np.zeros((0, 6), np.float32)})
+    summary = run_on(tmp_path, model, "--emit", "norm")
+    out = read_output(tmp_path / "out/g")
+    assert out.num_rows == 0
+    assert out.schema.names == ["id", "gradient", "norm__gradient"]
+    assert out.schema.field("gradient").type.shape == [6]
+    assert out.schema.metadata[b"beam_gradients.model_sha256"]
+    c = summary.counters
+    assert c["rows_in"] == c["rows_out"] == c["rows_rejected"] == c["batches"] == 0
