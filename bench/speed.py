@@ -277,6 +277,7 @@ def tables(all_results: dict, rows_by_name: dict, args) -> str:
         "pipeline/limit wall": lambda r: ratio(r, "pipeline", "limit", "wall"),
         "pipeline/limit CPU": lambda r: ratio(r, "pipeline", "limit", "cpu"),
         "seed/pipeline wall": lambda r: ratio(r, "seed", "pipeline", "wall"),
+        "seed/pipeline CPU": lambda r: ratio(r, "seed", "pipeline", "cpu"),
         "pipeline RSS 3x/1x": lambda r: ratio(r, "pipeline 3x", "pipeline", "rss_mib"),
     }
     for label, f in figures.items():
