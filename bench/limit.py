@@ -6,7 +6,7 @@ retraces) and writes one Parquet file of `id` + `gradient`. Nothing of the
 project is imported, so this is the floor the job is measured against, not a
 copy of it. bench/speed.py runs it as a child process; by hand:
 
-    .venv/bin/python bench/limit.py --input bench/work/mlp-300000.parquet --model bench/work/mlp.keras \
+    .venv/bin/python bench/limit.py --input bench/work/mlp-300000-rg50000.parquet --model bench/work/mlp.keras \
         --output /tmp/limit.parquet --feature_column x --batch_size 256 [--jit]
 """
 

@@ -69,7 +69,7 @@ def main(argv=None) -> int:
     group = max(1, math.ceil(rows / 10))  # the same row-group size in every file: 1 group small, 10 large
 
     def data(n: int, bad: bool) -> str:
-        path = os.path.join(work, f"tabular{FEATURES}-{n}{'-bad' if bad else ''}.parquet")
+        path = os.path.join(work, f"tabular{FEATURES}-{n}-rg{group}{'-bad' if bad else ''}.parquet")
         return write_parquet(path, n, group, scalar_chunk(FEATURES, bad))
 
     print("preparing data and model ...", file=sys.stderr, flush=True)

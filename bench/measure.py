@@ -2,9 +2,10 @@
 
 Why whole processes: start-up (importing TensorFlow and Beam, loading the model,
 tracing) is part of what a user waits for, and peak RSS is only meaningful per
-process. Each child is reaped with `os.wait4`, whose rusage is that child's own
-(plus any descendants it reaped): CPU time is user + sys, peak RSS is
-`ru_maxrss` (the largest single process, not a sum over processes).
+process. Each command is forked from a small launcher and reaped with
+`os.wait4`, whose rusage is that command's own (plus any descendants it
+reaped): CPU time is user + sys, peak RSS is `ru_maxrss` (the largest single
+process, not a sum over processes).
 
 This module imports neither TensorFlow nor Beam at the top, so the benchmark's
 own process stays light; Keras is imported only to build a missing model.
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import glob
+import json
 import math
 import os
 import re
@@ -21,7 +23,6 @@ import shlex
 import statistics
 import subprocess
 import sys
-import time
 from typing import Callable, Sequence
 
 import numpy as np
@@ -80,20 +81,49 @@ class Stats:
         return f"{min(walls):.1f}-{max(walls):.1f}" if len(walls) > 1 else ""
 
 
+# Spawns the measured command from a small process and reports its rusage as JSON.
+# Why not Popen + wait4 here: Linux keeps a process's peak RSS across exec, and
+# Popen's vfork lends the child this (large) process's memory until exec, so the
+# child's ru_maxrss would start at this process's own peak. A real fork() of a
+# ~10 MiB launcher gives the command a clean count.
+LAUNCHER = """
+import json, os, sys, time
+started = time.time()
+t0 = time.perf_counter()
+pid = os.fork()
+if pid == 0:
+    try:
+        os.execvp(sys.argv[2], sys.argv[2:])
+    except OSError as err:
+        print(f"cannot run {sys.argv[2]}: {err}", file=sys.stderr, flush=True)
+    os._exit(127)
+_, status, usage = os.wait4(pid, 0)
+wall = time.perf_counter() - t0
+result = dict(wall=wall, cpu=usage.ru_utime + usage.ru_stime, rss_kib=usage.ru_maxrss,
+              status=os.waitstatus_to_exitcode(status), started=started)
+with open(sys.argv[1], "w") as fh:
+    json.dump(result, fh)
+"""
+
+
 def run_process(argv: Sequence[str], log: str, env: dict | None = None) -> Run:
     """Run `argv` to the end, stdout and stderr into `log`; raise BenchError on a non-zero exit."""
     os.makedirs(os.path.dirname(log), exist_ok=True)
+    report = log + ".json"
     with open(log, "wb") as out:
-        started = time.time()
-        t0 = time.perf_counter()
-        proc = subprocess.Popen(list(argv), stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO)
-        _, status, usage = os.wait4(proc.pid, 0)
-        wall = time.perf_counter() - t0
-    proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here; tell Popen so it does not wait again
-    run = Run(wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, log, started)
-    if proc.returncode != 0:
+        subprocess.run(
+            [sys.executable, "-S", "-c", LAUNCHER, report, *argv],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=REPO,
+        )
+    with open(report) as fh:
+        got = json.load(fh)
+    run = Run(got["wall"], got["cpu"], got["rss_kib"] / 1024, log, got["started"])
+    if got["status"] != 0:
         tail = "\n".join(run.text().splitlines()[-15:])
-        raise BenchError(f"exit status {proc.returncode}: {shlex.join(argv)}\nlog {log}:\n{tail}")
+        raise BenchError(f"exit status {got['status']}: {shlex.join(argv)}\nlog {log}:\n{tail}")
     return run
 
 

@@ -8,7 +8,7 @@ FnApiRunner, named directly (plain DirectRunner may first try Prism, which
 downloads a binary and fails offline), the engine our job runs on too.
 bench/speed.py runs it as a child process; by hand:
 
-    .venv/bin/python bench/seed_recipe.py --input bench/work/mlp-300000.parquet --model bench/work/mlp.keras \
+    .venv/bin/python bench/seed_recipe.py --input bench/work/mlp-300000-rg50000.parquet --model bench/work/mlp.keras \
         --output /tmp/seed --feature_column x --batch_size 256
 """
 

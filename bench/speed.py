@@ -124,7 +124,7 @@ class Bench:
         os.makedirs(self.out, exist_ok=True)
 
     def data(self, rows: int) -> str:
-        path = os.path.join(self.args.work, f"{self.w.name}-{rows}.parquet")
+        path = os.path.join(self.args.work, f"{self.w.name}-{rows}-rg{self.row_group_rows}.parquet")
         return write_parquet(path, rows, self.row_group_rows, tensor_chunk(self.w.shape))
 
     def pipeline_argv(self, data: str, output: str, program: list[str]) -> list[str]:
