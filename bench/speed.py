@@ -282,12 +282,16 @@ def tables(all_results: dict, rows_by_name: dict, args) -> str:
     }
     for label, f in figures.items():
         values = [f(all_results[n]) for n in names]
+        if all(math.isnan(v) for v in values):
+            continue  # a part left out with --skip
         target, at_most = TARGETS.get(label, (None, True))
         goal = "" if target is None else f"{'≤' if at_most else '≥'} {target}"
         met = "" if target is None else ", ".join(f"{n}: {verdict(v, target, at_most)}" for n, v in zip(names, values))
         ratio_rows.append([label, *[f"{v:.2f}" if not math.isnan(v) else "-" for v in values], goal, met])
     for key, label in (("imports", "start-up: imports done, s"), ("first_batch", "start-up: first batch, s")):
         values = [all_results[n].get("startup", {}).get(key) for n in names]
+        if all(v is None for v in values):
+            continue
         ratio_rows.append([label, *[f"{v:.1f}" if v is not None else "-" for v in values], "small", ""])
     ratios = markdown(["figure", *names, "target", "met?"], ratio_rows)
     flags = f"batch_size {args.batch_size}, jit_compile {'on' if args.jit else 'off'}"
