@@ -42,8 +42,8 @@ def make_data(folder: str) -> None:
         pq.write_table(table, os.path.join(folder, f"part-{f:05d}.parquet"), row_group_size=400)
 
 
-def demo_options(argv: list[str]) -> list[str]:
-    """Make the demo files (once) and put the demo's options before the user's own."""
+def demo_options() -> list[str]:
+    """Make the demo files (once); the demo's options, which the user's own override."""
     model = os.path.join(DEMO_DIR, "model.keras")
     data = os.path.join(DEMO_DIR, "data")
     if not os.path.exists(model):
@@ -51,7 +51,7 @@ def demo_options(argv: list[str]) -> list[str]:
         make_model(model)
     if not os.path.exists(data):
         make_data(data)
-    defaults = [
+    return [
         "--runner=DirectRunner",
         f"--input={data}/*.parquet",
         f"--model={model}",
@@ -61,4 +61,3 @@ def demo_options(argv: list[str]) -> list[str]:
         "--target=per_output",
         "--emit=predictions,norm",
     ]
-    return defaults + [a for a in argv if a != "--demo"]

@@ -178,13 +178,17 @@ def help_text() -> str:
     return parser.format_help()
 
 
-def parse(argv: Sequence[str]) -> PipelineOptions:
-    """Flags (after those of any --config file) -> PipelineOptions; unknown flags are errors."""
+def parse(argv: Sequence[str], defaults: Sequence[str] = ()) -> PipelineOptions:
+    """Flags -> PipelineOptions; unknown flags are errors.
+
+    Later flags win: `defaults` (the demo's), then any --config file's, then
+    `argv`. Repeated list flags are joined within `argv` only, so a list given
+    there replaces a default or config list instead of adding to it.
+    """
     argv = _join_repeated(argv)
     parser = _all_options_parser()
     config = _config_path(argv)
-    if config:
-        argv = _config_args(config, parser) + argv
+    argv = list(defaults) + (_config_args(config, parser) if config else []) + argv
     _, unknown = parser.parse_known_args(argv)
     if unknown:
         raise OptionsError(f"unknown option {' '.join(unknown)}; see --help")

@@ -97,6 +97,11 @@ class Summary:
         return "\n".join(lines)
 
 
+def runner_name(options) -> str:
+    """--runner in lower case, without a module path ('' when not given)."""
+    return str(options.view_as(StandardOptions).runner or "").rsplit(".", 1)[-1].lower()
+
+
 def resolve_runner(options):
     """DirectRunner -> Beam's FnApiRunner, the engine DirectRunner itself ends on for batch jobs.
 
@@ -104,8 +109,7 @@ def resolve_runner(options):
     binary at run time and so fails (slowly, or not at all) on machines offline.
     Multi-processing (--direct_num_workers, --direct_running_mode) works the same.
     """
-    name = options.view_as(StandardOptions).runner
-    if name not in (None, "DirectRunner", "direct"):
+    if runner_name(options) not in ("", "directrunner", "direct"):
         return None  # Beam resolves every other runner by name
     from apache_beam.portability.api import beam_provision_api_pb2
     from apache_beam.runners.portability.fn_api_runner import fn_runner
@@ -127,8 +131,7 @@ def is_dry_run(options) -> bool:
         return False
     if str(value).lower() != "true":  # Beam dry-runs on any value, "False" included
         raise OptionsError(f"--dry_run takes True only, not {value!r}; leave it out to run the job")
-    runner = str(options.view_as(StandardOptions).runner or "").rsplit(".", 1)[-1].lower()
-    if runner not in ("dataflowrunner", "dataflow"):
+    if runner_name(options) not in ("dataflowrunner", "dataflow"):
         raise OptionsError("--dry_run works with --runner DataflowRunner only; other runners would run the job")
     return True
 
@@ -201,7 +204,7 @@ def run_options(options, argv: Sequence[str] = ()) -> Summary:
     if job.demo:
         from pipeline.demo import demo_options
 
-        options = parse(demo_options(list(argv)))
+        options = parse([a for a in argv if a != "--demo"], defaults=demo_options())
         job = options.view_as(GradientOptions)
     check_required(job)
     dry_run = is_dry_run(options)

@@ -150,7 +150,10 @@ def test_console_script_is_installed():
             r"column 'meta' holds shape \(3,\) per row, but model input 'img' needs shape \(2, 2\)",
         ),
         (["--target", "sideways"], r"argument --target: invalid choice: 'sideways'"),
-        (["--feature_columns", "pixels"], r"feature column 'pixels' not found in .*a.parquet; its columns are: id, img"),
+        (
+            ["--feature_columns", "pixels"],
+            r"feature column 'pixels' not found in .*a.parquet; its columns are: id, img",
+        ),
         (
             ["--input_map", "img=img,meta=meta", "--target", "loss", "--loss", "mse", "--label_column", "label"],
             r"label column 'label' not found in .*a.parquet; its columns are: id, img, meta, y",
@@ -183,3 +186,11 @@ def test_inputs_that_match_nothing_or_are_not_parquet(tmp_path, job, capsys):
     assert main(args + ["--input", str(tmp_path / "cut.parquet")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "cut.parquet is not a readable Parquet file" in err[0]
+
+
+def test_a_list_given_on_the_command_line_replaces_the_defaults_list_not_adds_to_it():
+    defaults = ["--emit=predictions,norm", "--feature_columns=image", "--keep_columns=id"]
+    job = parse(["--emit", "norm", "--keep_columns=id", "--keep_columns=day"], defaults=defaults).view_as(
+        GradientOptions
+    )
+    assert (job.emit, job.feature_columns, job.keep_columns) == ("norm", "image", "id,day")
