@@ -1,9 +1,10 @@
-"""Beam coders for the job's Arrow elements, which measure them by Arrow's byte count.
+"""Beam coders for the job's Arrow elements, which measure them by their Arrow buffers' size.
 
 Beam samples elements to estimate each PCollection's size, and for a type it
 has no coder for, it pickles the element to measure it: a whole record batch or
 output table copied only to be counted (about 15% of an MLP job's time). These
-coders answer from `nbytes` instead, and where an element really crosses a
+coders answer from the size of the Arrow buffers instead (which may overcount a
+slice; a size estimate only), and where an element really crosses a
 process boundary, tables travel in Arrow's IPC format.
 """
 

@@ -249,7 +249,7 @@ class _GradientsFn(beam.DoFn):
         self._rows_out.inc(table.num_rows)
         self._out.append(table)
         self._out_rows += table.num_rows
-        self._out_bytes += table.get_total_buffer_size()
+        self._out_bytes += table.nbytes
         yield from self._flush(force=False)
 
     def _flush(self, force: bool):
@@ -259,10 +259,11 @@ class _GradientsFn(beam.DoFn):
 
     def _reject_unreadable(self, unread: UnreadableRows, source: str):
         keys = unread.keys
-        if keys is None:  # the key columns could not be read either: null keys, the count still holds
+        if not self._plan.key_columns:
+            keys = _rows_only(unread.rows)
+        elif keys is None:  # the key columns could not be read either: null keys, the count still holds
             fields = [f for f in self._plan.rejected_schema if f.name in self._plan.key_columns]
             keys = pa.table([pa.nulls(unread.rows, f.type) for f in fields], schema=pa.schema(fields))
-            keys = keys if fields else _rows_only(unread.rows)
         reasons = Reasons(unread.rows)
         reasons.add(np.ones(unread.rows, bool), "read", unread.reason)
         yield from self._reject(keys, reasons, reasons.bad, source)

@@ -19,6 +19,7 @@ from typing import Callable, Generic, TypeVar
 
 from apache_beam.utils.shared import Shared
 
+from transforms import error_line
 from transforms.gradients import ModelFunction, from_keras, from_saved_model
 
 LOG = logging.getLogger(__name__)
@@ -139,8 +140,7 @@ def load_model(path: str, trust_model_code: bool = False) -> ModelFunction:
                 f"model {shown} uses {missing.group(1)!r}, which is not registered here: import the module "
                 "that defines it (decorated with @keras.saving.register_keras_serializable) in the workers"
             ) from err
-        first_line = text.strip().splitlines()[0] if text.strip() else type(err).__name__
-        raise ModelError(f"model {shown} could not be loaded: {first_line}") from err
+        raise ModelError(f"model {shown} could not be loaded: {error_line(err)}") from err
 
 
 def pick_device() -> str:

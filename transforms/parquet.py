@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.parquetio import WriteToParquetBatched
 
-from transforms import METRICS
+from transforms import METRICS, error_line
 from transforms.tensors import SCALARS, Feed, FeedError, tensor_type, to_tensor_array
 
 # A record batch read from Parquet aims at this many bytes (decoded), within row bounds.
@@ -137,11 +137,17 @@ class _ReadRowGroup(beam.DoFn):
                 self._rows_in.inc(batch.num_rows)
                 done += batch.num_rows
                 yield SourceBatch(path, batch)
+        except pa.ArrowMemoryError:
+            raise  # the worker, not the data: let the runner retry the bundle
         except (pa.ArrowException, OSError) as err:
+            column, detail = self._corrupt_column(parquet, index)
+            if column is None:  # every column reads on its own: a passing fault (network, disk), not the data
+                raise InputError(f"{path}: row group {index} cannot be read ({error_line(err)})") from err
             unread = parquet.metadata.row_group(index).num_rows - done
             self._rows_in.inc(unread)
             keys = self._keys(parquet, index, done, unread)
-            yield SourceBatch(path, UnreadableRows(unread, keys, self._why(parquet, index, err)))
+            reason = f"row group {index} cannot be read: column {column!r} is corrupt ({detail})"
+            yield SourceBatch(path, UnreadableRows(unread, keys, reason))
 
     def _keys(self, parquet: pq.ParquetFile, index: int, start: int, rows: int) -> pa.Table | None:
         if not self._key_columns:
@@ -151,17 +157,15 @@ class _ReadRowGroup(beam.DoFn):
         except (pa.ArrowException, OSError):
             return None
 
-    def _why(self, parquet: pq.ParquetFile, index: int, err: Exception) -> str:
-        """A sentence naming the first column of the row group that fails to decode on its own."""
-        detail = _first_line(err)
+    def _corrupt_column(self, parquet: pq.ParquetFile, index: int) -> tuple[str | None, str]:
+        """The first column of the row group that fails to decode on its own, and its error."""
         for column in self._columns:
             try:
                 for _ in parquet.iter_batches(batch_size=65536, row_groups=[index], columns=[column]):
                     pass
-            except (pa.ArrowException, OSError) as column_err:
-                detail = _first_line(column_err)
-                return f"row group {index} cannot be read: column {column!r} is corrupt ({detail})"
-        return f"row group {index} cannot be read ({detail})"
+            except (pa.ArrowException, OSError) as err:
+                return column, error_line(err)
+        return None, ""
 
 
 class ReadParquetBatches(beam.PTransform):
@@ -212,15 +216,16 @@ def remove_output(prefix: str) -> None:
     old = output_files(prefix)
     folder, name = FileSystems.split(prefix)
     temp_folders = FileSystems.join(folder, f"beam-temp-{name}-" + "?" * 32)  # Beam adds a uuid1's hex
-    try:
-        old += [m.path for m in FileSystems.match([FileSystems.join(temp_folders, "*")])[0].metadata_list]
-    except Exception:  # nothing there yet
-        pass
-    if old:
-        FileSystems.delete(old)
-    if "://" not in prefix:  # object stores have no folders left; a local disk keeps empty ones
+    if "://" in prefix:  # an object store: the temp "folders" are their objects
+        try:
+            old += [m.path for m in FileSystems.match([FileSystems.join(temp_folders, "*")])[0].metadata_list]
+        except Exception:  # nothing there yet
+            pass
+    else:  # a local disk keeps the folders, empty or not
         for path in glob.glob(temp_folders):
             shutil.rmtree(path, ignore_errors=True)
+    if old:
+        FileSystems.delete(old)
 
 
 def check_writable(prefix: str, option: str) -> None:
@@ -235,14 +240,7 @@ def check_writable(prefix: str, option: str) -> None:
         FileSystems.create(probe).close()
         FileSystems.delete([probe])
     except Exception as err:
-        raise InputError(f"{option} {prefix!r}: cannot write there ({_first_line(err)})") from err
-
-
-def _first_line(err: Exception) -> str:
-    """An error's first line, printable: decoders quote the garbage bytes they choked on."""
-    text = str(err).strip()
-    line = "".join(ch for ch in (text.splitlines()[0] if text else "") if ch.isprintable()).strip(" :")
-    return line or type(err).__name__
+        raise InputError(f"{option} {prefix!r}: cannot write there ({error_line(err)})") from err
 
 
 # ---------------------------------------------------------------- the output schema
