@@ -15,11 +15,14 @@ COPY --from=beam /opt/apache/beam /opt/apache/beam
 # setup.py installs `tensorflow` (CUDA-capable) instead of `tensorflow-cpu` when this is set.
 ENV BEAM_GRADIENTS_TENSORFLOW=tensorflow
 WORKDIR /opt/beam-gradients
-COPY setup.py README.md ./
+# The dependencies first, in a layer of their own, so an edit to the code does not reinstall TensorFlow.
+# One resolve: TensorFlow with its CUDA libraries, and setup.py's other pins (apache-beam among them);
+# with no code copied yet, `.` here is the package's dependencies and an empty shell of it.
+COPY setup.py ./
+RUN pip install --no-cache-dir "tensorflow[and-cuda]==${TENSORFLOW_VERSION}" "keras==${KERAS_VERSION}" .
 COPY pipeline pipeline
 COPY transforms transforms
-# One resolve: TensorFlow with its CUDA libraries, and the package with its pins (apache-beam among them).
-RUN pip install --no-cache-dir "tensorflow[and-cuda]==${TENSORFLOW_VERSION}" "keras==${KERAS_VERSION}" . \
+RUN pip install --no-cache-dir --no-deps --force-reinstall . \
     && cd / && python -c "import apache_beam, keras, tensorflow, pipeline.run"
 
 # Dataflow and Flink start workers through Beam's boot; `--worker_pool` makes it an external worker pool.
