@@ -27,7 +27,7 @@ DEFAULTS = {
     "model": "/models/model.keras",
     "feature_columns": None,  # the job's default: the model's input names
     "keep_columns": "id",
-    "target": "sum",
+    "target": None,  # the job's default: sum
     "emit": None,
     "batch_size": None,
     "project": None,

@@ -51,7 +51,7 @@ def test_dataflow_gpu_config_dry_run_builds_the_job_with_gpu_image_and_steps(tmp
     ).proto
     description = json.loads(job.json())  # what Dataflow's CreateJob request carries
     environment = description["environment"]
-    assert description["type"] == "JOB_TYPE_BATCH" and description["name"] == settings["job_name"]
+    assert description["type"] == "JOB_TYPE_BATCH" and description["name"].startswith("beamapp-")  # a name per run
     assert environment["serviceOptions"] == ["worker_accelerator=type:nvidia-tesla-t4;count:1;install-nvidia-driver"]
     assert "no_use_multiple_sdk_containers" in environment["experiments"]
     assert "use_multiple_sdk_containers" not in environment["experiments"]
