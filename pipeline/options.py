@@ -63,14 +63,28 @@ class GradientOptions(PipelineOptions):
         add("--jit_compile", action="store_true", help="Compile the gradient function with XLA.")
         add("--no_jit_compile", dest="jit_compile", action="store_false", help="Undo a config's jit_compile.")
         add("--read_batch_rows", type=int, help="Rows per Parquet record batch read (default: about 32 MiB).")
-        add("--rejected", help="Prefix of the rejected-rows output (default: <output>-rejected).")
+        add("--rejected", help="Prefix of the rejected-rows output (default: <output>_rejected).")
+        add(
+            "--max_rejected_fraction",
+            type=float,
+            help="Exit with status 3 (after writing everything) when more than this fraction of rows is rejected.",
+        )
+        add(
+            "--num_shards",
+            type=int,
+            help="Shards per output (default: the runner decides); a fixed count costs a shuffle.",
+        )
         add("--config", help="YAML file of options; flags on the command line override it.")
         add("--debug", action="store_true", help="Show tracebacks on errors.")
         add("--demo", action="store_true", help="Make a demo model and data under ./demo and run on them.")
 
 
-def split_list(value: str | None) -> list[str]:
-    return [v.strip() for v in (value or "").split(",") if v.strip()]
+def split_list(value: str | None, strip: bool = True) -> list[str]:
+    """A comma-separated list. Column names keep their spaces (`strip=False`): a column may be named ' x'.
+
+    Planning then matches each name exactly, or with its spaces trimmed where no column has the exact name.
+    """
+    return [v.strip() if strip else v for v in (value or "").split(",") if v.strip()]
 
 
 def parse_map(value: str | None) -> dict[str, str]:
@@ -86,7 +100,7 @@ def parse_map(value: str | None) -> dict[str, str]:
         name, sep, column = item.partition("=")
         if not sep or not name.strip() or not column.strip():
             raise OptionsError(f"--input_map takes name=column pairs, not {item!r}")
-        mapping[name.strip()] = column.strip()
+        mapping[name.strip()] = column
     return mapping
 
 
@@ -212,5 +226,9 @@ def check_required(job: GradientOptions) -> None:
         raise OptionsError(f"missing {', '.join('--' + m for m in missing)}; see --help (or try --demo)")
     if job.batch_size is None or job.batch_size < 1:
         raise OptionsError(f"--batch_size must be 1 or more, not {job.batch_size}")
+    if job.max_rejected_fraction is not None and not 0 <= job.max_rejected_fraction <= 1:
+        raise OptionsError(f"--max_rejected_fraction must be between 0 and 1, not {job.max_rejected_fraction}")
+    if job.num_shards is not None and job.num_shards < 0:
+        raise OptionsError(f"--num_shards must be 0 (the runner decides) or more, not {job.num_shards}")
     if job.read_batch_rows is not None and job.read_batch_rows < 1:
         raise OptionsError(f"--read_batch_rows must be 1 or more, not {job.read_batch_rows}")

@@ -7,15 +7,20 @@ failed job.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
+import os
+import re
 import sys
+import tempfile
 import time
+import traceback
 from typing import Sequence
 
 import apache_beam as beam
 from apache_beam.metrics.metric import MetricsFilter
-from apache_beam.options.pipeline_options import StandardOptions, TestOptions
+from apache_beam.options.pipeline_options import StandardOptions, TestOptions, WorkerOptions
 
 from pipeline.options import (
     GradientOptions,
@@ -27,24 +32,29 @@ from pipeline.options import (
     spec_from,
     split_list,
 )
-from transforms import METRICS
+from transforms import FAILURE_TAG, METRICS, op_error_line
 from transforms.compute import REJECTED, RESULTS, ComputeGradients, JobPlan
 from transforms.gradients import SpecError
 from transforms.model import ModelError, ProcessModel
+from pipeline.outputs import StagedOutputs, check_no_clash
 from transforms.parquet import (
     InputError,
+    InputFiles,
     ReadParquetBatches,
     check_same_columns,
     check_writable,
     match_files,
-    output_files,
+    read_footers,
     read_schemas,
-    remove_output,
     write_parquet,
 )
-from transforms.tensors import FeedError
+from transforms.tensors import FeedError, exact_column
 
 LOG = logging.getLogger("beam_gradients")
+OUTPUT, REJECTED_OPTION = "--output", "--rejected"
+# Not "-rejected": `<output>-rejected-00000-of-00001.parquet` matches the output's own
+# shard pattern `<output>-*-of-00001.parquet`, which Beam's sink deletes as it finalizes.
+REJECTED_SUFFIX = "_rejected"
 # Errors that mean "an option or an input is wrong": one line, no traceback.
 USER_ERRORS = (OptionsError, SpecError, FeedError, ModelError, InputError)
 COUNTERS = (
@@ -60,40 +70,53 @@ COUNTERS = (
 )
 
 
+class RowsUnaccounted(RuntimeError):
+    """The written files hold fewer (or more) rows than the input files: some were lost on the way."""
+
+
 @dataclasses.dataclass
 class Summary:
+    """What a finished job did. Row counts come from Parquet footers, so they need no runner's metrics."""
+
+    rows_in: int
+    rows_out: int
+    rows_rejected: int
     counters: dict[str, int] | None  # None where the runner reports no metrics
     load_pids: tuple[int, int] | None  # lowest and highest pid that loaded the model
     wall_seconds: float
     outputs: list[str]
     rejected: list[str]
+    skipped: list[str] = dataclasses.field(default_factory=list)  # zero-byte input files
     result: object = None  # the runner's PipelineResult; a Dataflow dry run's holds the job it built (.job)
     dry_run: bool = False
+
+    @property
+    def rejected_fraction(self) -> float:
+        return self.rows_rejected / self.rows_in if self.rows_in else 0.0
 
     def __str__(self) -> str:
         if self.dry_run:
             return f"dry run: the job was built and checked in {self.wall_seconds:.1f} s, not run; nothing was written"
-        if self.counters is None:  # say so rather than print zeros that look like an empty job
-            return "\n".join(
-                [
-                    "rows: the runner reported no counters; see its own job page",
-                    f"wall time: {self.wall_seconds:.1f} s",
-                    "output: " + (", ".join(self.outputs) or "(none)"),
-                    "rejected rows: " + (", ".join(self.rejected) or "(none)"),
-                ]
-            )
+        lines = []
+        if self.rows_in and not self.rows_out:
+            lines.append(f"EVERY ROW WAS REJECTED ({self.rows_rejected}): see the reasons in the rejected rows")
+        rate = self.rows_in / self.wall_seconds if self.wall_seconds else 0.0
+        lines.append(f"rows: {self.rows_in} in, {self.rows_out} out, {self.rows_rejected} rejected")
+        if self.skipped:
+            lines.append(f"skipped {len(self.skipped)} empty (0-byte) input file(s): {', '.join(self.skipped[:3])}")
         c = self.counters
-        rate = c["rows_in"] / self.wall_seconds if self.wall_seconds else 0.0
-        lines = [
-            f"rows: {c['rows_in']} in, {c['rows_out']} out, {c['rows_rejected']} rejected",
-            f"batches: {c['batches']} ({c['padded_rows']} padded rows, {c['gpu_batches']} on GPU); "
-            f"None gradients: {c['none_gradients']}; model loads: {c['model_loads']}",
+        if c is None:  # say so rather than print zeros that look like an empty job
+            lines.append("batches: the runner reported no counters; see its own job page")
+        else:
+            lines.append(
+                f"batches: {c['batches']} ({c['padded_rows']} padded rows, {c['gpu_batches']} on GPU); "
+                f"None gradients: {c['none_gradients']}; model loads: {c['model_loads']}"
+            )
+        lines += [
             f"wall time: {self.wall_seconds:.1f} s ({rate:,.0f} rows/s)",
             "output: " + (", ".join(self.outputs) or "(none)"),
             "rejected rows: " + (", ".join(self.rejected) or "(none)"),
         ]
-        if c["rows_in"] != c["rows_out"] + c["rows_rejected"]:
-            lines.insert(1, "WARNING: rows in != rows out + rows rejected; some rows are unaccounted for")
         return "\n".join(lines)
 
 
@@ -111,6 +134,10 @@ def resolve_runner(options):
     """
     if runner_name(options) not in ("", "directrunner", "direct"):
         return None  # Beam resolves every other runner by name
+    workers = options.view_as(WorkerOptions)
+    if not options.view_as(GradientOptions).debug and workers.default_sdk_harness_log_level is None:
+        # Local worker processes print to this terminal: a failed bundle's stack is for --debug only.
+        workers.default_sdk_harness_log_level = "CRITICAL"
     from apache_beam.portability.api import beam_provision_api_pb2
     from apache_beam.runners.portability.fn_api_runner import fn_runner
     from apache_beam.runners.portability.portable_runner import JobServiceHandle
@@ -118,6 +145,35 @@ def resolve_runner(options):
     encoded = JobServiceHandle.encode_pipeline_options(options.get_all_options())
     info = fn_runner.ExtendedProvisionInfo(beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded))
     return fn_runner.FnApiRunner(provision_info=info)
+
+
+@contextlib.contextmanager
+def local_worker_output(options):
+    """Without --debug, the DirectRunner's worker processes write their stderr to a log file, not the terminal.
+
+    Beam's SDK workers print every failed bundle's whole stack to stderr
+    themselves (not through logging), and they inherit ours; the job's one
+    line says what failed. The log is kept, and named, only when the job fails.
+    """
+    if options.view_as(GradientOptions).debug or runner_name(options) not in ("", "directrunner", "direct"):
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    log = tempfile.NamedTemporaryFile("w+b", prefix="beam-gradients-workers-", suffix=".log", delete=False)
+    os.dup2(log.fileno(), 2)
+    try:
+        yield
+    except BaseException as err:
+        err.add_note(f"worker output: {log.name}")
+        raise
+    else:
+        os.unlink(log.name)
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        log.close()
 
 
 def is_dry_run(options) -> bool:
@@ -136,37 +192,49 @@ def is_dry_run(options) -> bool:
     return True
 
 
-def plan_job(job: GradientOptions) -> tuple[JobPlan, object, list[str]]:
-    """Check every option against the files and the model; nothing is computed yet."""
-    files = match_files(job.input)
-    schemas = read_schemas(files)
+def plan_job(job: GradientOptions) -> tuple[JobPlan, object, InputFiles, int]:
+    """Check every option against the files and the model; nothing is computed yet.
+
+    Also counts the input's rows from the footers: the number every run must account for.
+    """
+    inputs = match_files(job.input)
+    footers = read_footers(inputs.paths)
+    schemas = read_schemas(inputs.paths, footers)
+    schema = schemas[0]
+
+    def columns(value: str | None) -> list[str]:
+        return [exact_column(schema, name) for name in split_list(value, strip=False)]
+
+    input_map = {name: "+".join(exact_column(schema, c) for c in value.split("+")) for name, value in parse_map(job.input_map).items()}
     plan, loaded = JobPlan.build(
-        schemas[0],
-        files[0],
+        schema,
+        inputs.paths[0],
         ProcessModel(job.model, job.trust_model_code),
         spec_from(job),
         job.batch_size,
-        feature_columns=split_list(job.feature_columns),
-        input_map=parse_map(job.input_map),
-        label_column=job.label_column,
-        key_columns=split_list(job.keep_columns),
+        feature_columns=columns(job.feature_columns),
+        input_map=input_map,
+        label_column=exact_column(schema, job.label_column) if job.label_column else None,
+        key_columns=columns(job.keep_columns),
     )
-    check_same_columns(files, schemas, plan.read_columns)
-    return plan, loaded, files
+    check_same_columns(inputs.paths, schemas, plan.read_columns)
+    return plan, loaded, inputs, sum(meta.num_rows for meta in footers)
 
 
-def build(pipeline: beam.Pipeline, job: GradientOptions, plan: JobPlan, files: Sequence[str]) -> None:
-    """Read -> compute -> write results and rejected rows."""
+def build(pipeline: beam.Pipeline, job: GradientOptions, plan: JobPlan, files: Sequence[str], prefixes: dict) -> None:
+    """Read -> compute -> write results and rejected rows (to `prefixes`, the staging names)."""
     batches = pipeline | "ReadParquet" >> ReadParquetBatches(
         files, plan.read_columns, job.read_batch_rows, plan.key_columns
     )
     computed = batches | "Gradients" >> ComputeGradients(plan)
-    computed[RESULTS] | "WriteGradients" >> write_parquet(job.output, plan.layout.schema)
-    computed[REJECTED] | "WriteRejected" >> write_parquet(rejected_prefix(job), plan.rejected_schema)
+    shards = job.num_shards or 0
+    computed[RESULTS] | "WriteGradients" >> write_parquet(prefixes[OUTPUT], plan.layout.schema, shards)
+    computed[REJECTED] | "WriteRejected" >> write_parquet(prefixes[REJECTED_OPTION], plan.rejected_schema, shards)
 
 
-def rejected_prefix(job: GradientOptions) -> str:
-    return job.rejected or f"{job.output}-rejected"
+def output_prefixes(job: GradientOptions) -> dict[str, str]:
+    """Every output prefix of the job, by the option that names it."""
+    return {OUTPUT: job.output, REJECTED_OPTION: job.rejected or f"{job.output}{REJECTED_SUFFIX}"}
 
 
 def read_counters(result) -> tuple[dict[str, int] | None, tuple[int, int] | None]:
@@ -209,64 +277,121 @@ def run_options(options, argv: Sequence[str] = ()) -> Summary:
     check_required(job)
     dry_run = is_dry_run(options)
     started = time.monotonic()
-    plan, loaded, files = plan_job(job)
+    prefixes = output_prefixes(job)
+    check_no_clash(prefixes)
+    plan, loaded, inputs, rows_in = plan_job(job)
     if not dry_run:  # a dry run writes nothing, and may be built where the output is out of reach
-        check_writable(job.output, "--output")
-        check_writable(rejected_prefix(job), "--rejected")
+        for option, prefix in prefixes.items():
+            check_writable(prefix, option)
+    staged = StagedOutputs(prefixes)
     pipeline = beam.Pipeline(runner=resolve_runner(options), options=options)
-    build(pipeline, job, plan, files)
-    if not dry_run:
-        remove_output(job.output)
-        remove_output(rejected_prefix(job))
-    result = pipeline.run()
+    build(pipeline, job, plan, inputs.paths, staged.staging)
     if dry_run:
-        return Summary(None, None, time.monotonic() - started, [], [], result=result, dry_run=True)
-    result.wait_until_finish()
+        result = pipeline.run()
+        return Summary(0, 0, 0, None, None, time.monotonic() - started, [], [], result=result, dry_run=True)
+    try:
+        with local_worker_output(options):
+            result = pipeline.run()
+            result.wait_until_finish()
+        written = staged.count_rows()
+        rows_out, rows_rejected = written[OUTPUT], written[REJECTED_OPTION]
+        if rows_in != rows_out + rows_rejected:
+            missing = rows_in - rows_out - rows_rejected
+            raise RowsUnaccounted(
+                f"{abs(missing)} row(s) unaccounted for: the input files hold {rows_in}, the job wrote "
+                f"{rows_out} out and {rows_rejected} rejected; nothing was moved into place "
+                f"(an earlier output under {job.output!r} is left as it was)"
+            )
+        counters, pids = read_counters(result)
+        marker = {"rows_in": rows_in, "rows_out": rows_out, "rows_rejected": rows_rejected, "skipped": inputs.empty}
+        placed = staged.commit(marker)
+    except BaseException:
+        staged.discard()
+        raise
     del loaded  # kept alive until here so an in-process runner reuses the launcher's model
-    counters, pids = read_counters(result)
     return Summary(
+        rows_in,
+        rows_out,
+        rows_rejected,
         counters,
         pids,
         time.monotonic() - started,
-        output_files(job.output),
-        output_files(rejected_prefix(job)),
+        placed[OUTPUT],
+        placed[REJECTED_OPTION],
+        skipped=inputs.empty,
         result=result,
     )
 
 
+EXIT_OK, EXIT_FAILED, EXIT_OPTIONS, EXIT_TOO_MANY_REJECTED, EXIT_UNACCOUNTED = 0, 1, 2, 3, 4
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """The console entry point: `beam-gradients` and `python -m pipeline`."""
+    """The console entry point: `beam-gradients` and `python -m pipeline`. Exit codes: see the README."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if "-h" in argv or "--help" in argv:
         print(help_text())
-        return 0
+        return EXIT_OK
     debug = "--debug" in argv
     try:
         options = parse(argv)
-        debug = options.view_as(GradientOptions).debug  # a config file may turn it on too
-        logging.basicConfig(
-            level=logging.INFO if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
-        )
+        job = options.view_as(GradientOptions)
+        debug = job.debug  # a config file may turn it on too
+        _quiet_logs(debug)
         summary = run_options(options, argv)
     except USER_ERRORS as err:
-        if debug:
-            raise
-        print(f"beam-gradients: error: {err}", file=sys.stderr)
-        return 2
+        return _fail(f"error: {err}", EXIT_OPTIONS, debug)
+    except RowsUnaccounted as err:
+        return _fail(f"error: {err}", EXIT_UNACCOUNTED, debug)
     except Exception as err:  # the job itself failed; keep the cause, not the runner's stack
-        if debug:
-            raise
+        notes = "; ".join(getattr(err, "__notes__", ()))
+        hint = "" if debug else f" ({notes + '; ' if notes else ''}rerun with --debug for the traceback)"
+        return _fail(f"the job failed: {failure_line(err)}{hint}", EXIT_FAILED, debug)
+    print(summary)
+    limit = job.max_rejected_fraction
+    if limit is not None and not summary.dry_run and summary.rejected_fraction > limit:
         print(
-            f"beam-gradients: the job failed: {_root_cause(err)} (rerun with --debug for the traceback)",
+            f"beam-gradients: error: {summary.rejected_fraction:.1%} of rows were rejected "
+            f"({summary.rows_rejected} of {summary.rows_in}), above --max_rejected_fraction {limit}; "
+            "the output was written",
             file=sys.stderr,
         )
-        return 1
-    print(summary)
-    return 0
+        return EXIT_TOO_MANY_REJECTED
+    return EXIT_OK
 
 
-def _root_cause(err: BaseException) -> str:
-    while err.__cause__ is not None or err.__context__ is not None:
+def _fail(line: str, code: int, debug: bool) -> int:
+    """Print one line (after the traceback with --debug) and return the exit code."""
+    if debug:
+        traceback.print_exc()
+    print(f"beam-gradients: {line}", file=sys.stderr)
+    return code
+
+
+def _quiet_logs(debug: bool) -> None:
+    """Beam logs a failed bundle's whole stack at ERROR; without --debug the one line we print is enough."""
+    logging.basicConfig(level=logging.INFO if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if not debug:
+        logging.getLogger("apache_beam").setLevel(logging.CRITICAL)
+
+
+def failure_line(err: BaseException) -> str:
+    """The one line that says why a job failed.
+
+    A worker's failure reaches us as text inside the runner's own exceptions
+    (in-process, subprocess or remote alike), so look for our tagged line in
+    every exception of the chain first; else the root cause's last line.
+    """
+    chain = []
+    while err is not None and err not in chain:
+        chain.append(err)
         err = err.__cause__ or err.__context__
-    text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[-1] if text else ''}"
+    for link in chain:
+        found = re.findall(re.escape(FAILURE_TAG) + r"((?:(?!" + re.escape(FAILURE_TAG) + r").)*)", str(link))
+        if found:  # the innermost; runners append "[while running 'step']"
+            return re.sub(r"\s*\[while running [^\]]*\]\s*$", "", found[-1]).strip()
+    root = chain[-1]
+    text = [line.strip() for line in str(root).strip().splitlines() if line.strip()]
+    if isinstance(root, Exception) and type(root).__module__.startswith("tensorflow"):
+        return op_error_line(root)
+    return f"{type(root).__name__}: {text[0] if text else ''}"

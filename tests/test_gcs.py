@@ -88,7 +88,7 @@ def test_gs_input_model_and_output_through_the_emulator(tmp_path, gcs_emulator):
         out = by_key(pq.read_table(fh))
     with fs.open(written[0], "rb") as fh:
         metadata = pq.read_schema(fh).metadata
-    with fs.open(f"{BUCKET}/out/g-rejected-00000-of-00001.parquet", "rb") as fh:
+    with fs.open(f"{BUCKET}/out/g_rejected-00000-of-00001.parquet", "rb") as fh:
         rejected = pq.read_table(fh)
     assert rejected.column("id").to_pylist() == [7]
     good = np.delete(np.arange(ROWS), 7)

@@ -72,7 +72,7 @@ def test_bad_rows_go_to_the_rejected_output_and_their_neighbours_are_computed(tm
     pq.write_table(table, tmp_path / "in.parquet", row_group_size=25)
     summary = run_on(tmp_path, model, "--batch_size", 16, data="in.parquet")
     bad = {3: "is null", 10: "has 5 values", 11: "NaN or infinity", 20: "NaN or infinity", 21: "null value"}
-    rejected = by_key(read_output(tmp_path / "out/g-rejected"))
+    rejected = by_key(read_output(tmp_path / "out/g_rejected"))
     assert rejected.column("id").to_pylist() == sorted(bad)
     for row_id, reason in zip(rejected.column("id").to_pylist(), rejected.column("reason").to_pylist()):
         assert bad[row_id] in reason and "'x'" in reason

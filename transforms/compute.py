@@ -21,7 +21,7 @@ import pyarrow as pa
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import GlobalWindows
 
-from transforms import METRICS, __version__
+from transforms import METRICS, BatchFailed, __version__, op_error_line
 from transforms import coders  # noqa: F401  (registers the Arrow coders the ParDos' type hints select)
 from transforms.gradients import GradientEngine, GradientSpec, ModelFunction, SpecError
 from transforms.model import Loaded, ProcessModel, redact
@@ -162,13 +162,13 @@ class _GradientsFn(beam.DoFn):
         self._bundles.inc()
         self._filled = 0
         self._keys: list[pa.Table] = []
-        self._sources: list[tuple[str, int]] = []
+        self._sources: list[tuple[str, int, int, int]] = []  # (file, rows, first and last row there) per piece
         self._out: list[pa.Table] = []
         self._out_rows = self._out_bytes = 0
         self._first = True
 
     def process(self, element):
-        source, batch = element.source, element.batch
+        source, batch, first_row = element.source, element.batch, element.first_row
         plan = self._plan
         if self._first:
             self._first = False
@@ -191,7 +191,10 @@ class _GradientsFn(beam.DoFn):
             values = [v[good_rows] for v in values]
             label_values = label_values[good_rows] if label_values is not None else None
             keys = keys.take(good_rows)
-        yield from self._fill(values, label_values, keys, source)
+        positions = np.arange(first_row, first_row + batch.num_rows)
+        if bad.any():
+            positions = positions[good_rows]
+        yield from self._fill(values, label_values, keys, source, positions)
 
     def finish_bundle(self):
         outputs = list(self._run()) if self._filled else []
@@ -202,7 +205,7 @@ class _GradientsFn(beam.DoFn):
             else:
                 yield GlobalWindows.windowed_value(output)
 
-    def _fill(self, values, label_values, keys: pa.Table, source: str):
+    def _fill(self, values, label_values, keys: pa.Table, source: str, positions: np.ndarray):
         """Copy rows into the batch buffers; run the engine each time they are full."""
         size, start, rows = self._plan.batch_size, 0, keys.num_rows
         while start < rows:
@@ -213,7 +216,7 @@ class _GradientsFn(beam.DoFn):
             if self._label is not None:
                 self._label[self._filled : stop] = label_values[start:end]
             self._keys.append(keys.slice(start, take))
-            self._sources.append((source, take))
+            self._sources.append((source, take, int(positions[start]), int(positions[end - 1])))
             self._filled, start = stop, end
             if self._filled == size:
                 yield from self._run()
@@ -228,19 +231,20 @@ class _GradientsFn(beam.DoFn):
             if self._label is not None:
                 self._label[rows:] = 0
             self._padded.inc(padding)
-        result = self._engine(self._inputs, self._label)
+        try:
+            result = self._engine(self._inputs, self._label)
+        except Exception as err:  # the model itself failed: one line that keeps the cause, the op and the rows
+            raise BatchFailed(f"{op_error_line(err)}, in a batch of {self._where()}") from err
         self._batches.inc()
         if self._loaded.device.startswith("/GPU"):
             self._gpu_batches.inc()
         self._none_gradients.inc(rows * len(self._engine.unconnected))
         keys = pa.concat_tables(self._keys)
         table = plan.layout.table(keys, result, rows)
-        non_finite = ~_finite_rows(result, rows)
+        reasons = _non_finite(result, rows, bool(plan.spec.loss))
+        non_finite = reasons.bad
         if non_finite.any():
-            sources = np.repeat([s for s, _ in self._sources], [n for _, n in self._sources])
-            reasons = Reasons(rows)
-            what = "loss or gradient" if plan.spec.loss else "gradient"
-            reasons.add(non_finite, "compute", f"the {what} is NaN or infinite for this row")
+            sources = np.repeat([s[0] for s in self._sources], [s[1] for s in self._sources])
             for source in np.unique(sources[non_finite]):
                 mask = non_finite & (sources == source)
                 yield from self._reject(keys.filter(pa.array(mask)), reasons, mask, str(source))
@@ -251,6 +255,14 @@ class _GradientsFn(beam.DoFn):
         self._out_rows += table.num_rows
         self._out_bytes += table.nbytes
         yield from self._flush(force=False)
+
+    def _where(self) -> str:
+        """The rows of the current batch, by file: 'rows 256-511 of data/a.parquet'."""
+        spans: dict[str, list[int]] = {}
+        for source, _, first, last in self._sources:
+            low, high = spans.get(source, (first, last))
+            spans[source] = [min(low, first), max(high, last)]
+        return "; ".join(f"rows {low}-{high} of {source}" for source, (low, high) in spans.items())
 
     def _flush(self, force: bool):
         if self._out and (force or self._out_rows >= OUTPUT_ROWS or self._out_bytes >= OUTPUT_BYTES):
@@ -302,14 +314,16 @@ def _rows_only(rows: int) -> pa.Table:
     return pa.table({"__rows": pa.nulls(rows)})
 
 
-def _finite_rows(result: dict, rows: int) -> np.ndarray:
-    """Per row: every gradient (and the loss, if computed) is finite."""
-    finite = np.ones(rows, bool)
-    for g in result["gradients"]:
-        finite &= np.isfinite(g[:rows].reshape(rows, -1)).all(axis=1)
-    if "loss" in result:
-        finite &= np.isfinite(result["loss"][:rows])
-    return finite
+def _non_finite(result: dict, rows: int, has_loss: bool) -> Reasons:
+    """Per row: which value the job computed for it is NaN or infinite, whatever column it goes to."""
+    reasons = Reasons(rows)
+    gradient = "loss or gradient" if has_loss else "gradient"
+    names = {"gradients": gradient, "loss": gradient, "norms": gradient, "predictions": "prediction"}
+    for kind, value in result.items():
+        for array in value if isinstance(value, list) else [value]:
+            bad = ~np.isfinite(array[:rows].reshape(rows, -1)).all(axis=1)
+            reasons.add(bad, "compute", f"the {names.get(kind, kind)} is NaN or infinite for this row")
+    return reasons
 
 
 class ComputeGradients(beam.PTransform):

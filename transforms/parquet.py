@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
-import glob
-import shutil
 import uuid
 from typing import Sequence
 
@@ -36,16 +34,32 @@ class InputError(ValueError):
     """Input files that cannot be read; the message names the file."""
 
 
-def match_files(pattern: str) -> list[str]:
-    """Every file `pattern` matches (local or remote, Beam's filesystems), sorted."""
+@dataclasses.dataclass(frozen=True)
+class InputFiles:
+    """The files an --input pattern matches: those to read, and the zero-byte ones skipped."""
+
+    paths: list[str]
+    empty: list[str]
+
+
+def match_files(pattern: str) -> InputFiles:
+    """Every file `pattern` matches (local or remote, Beam's filesystems), sorted.
+
+    Zero-byte files are what a failed writer leaves behind: they are skipped
+    (and reported), not read; a file with content that is not Parquet stays an error.
+    """
     try:
         result = FileSystems.match([pattern])[0]
     except Exception as err:  # BeamIOError and friends: the filesystem says why
         raise InputError(f"--input {pattern!r}: cannot list files ({err})") from err
-    paths = sorted(m.path for m in result.metadata_list)
-    if not paths:
+    found = sorted(result.metadata_list, key=lambda m: m.path)
+    if not found:
         raise InputError(f"--input {pattern!r} matches no file")
-    return paths
+    paths = [m.path for m in found if m.size_in_bytes]
+    empty = [m.path for m in found if not m.size_in_bytes]
+    if not paths:
+        raise InputError(f"--input {pattern!r}: every file it matches is empty (0 bytes): {', '.join(empty[:3])}")
+    return InputFiles(paths, empty)
 
 
 def open_parquet(path: str) -> pq.ParquetFile:
@@ -57,10 +71,30 @@ def open_parquet(path: str) -> pq.ParquetFile:
         raise InputError(f"{path} is not a readable Parquet file ({err})") from err
 
 
-def read_schemas(paths: Sequence[str]) -> list[pa.Schema]:
-    """Every file's schema, from its footer alone, read in parallel (remote footers are slow one by one)."""
+def read_footers(paths: Sequence[str]) -> list[pq.FileMetaData]:
+    """Every file's footer, read in parallel (remote footers are slow one by one)."""
+    if not paths:
+        return []
     with concurrent.futures.ThreadPoolExecutor(max_workers=min(16, len(paths))) as pool:
-        return list(pool.map(lambda p: open_parquet(p).schema_arrow, paths))
+        return list(pool.map(lambda p: open_parquet(p).metadata, paths))
+
+
+def read_schemas(paths: Sequence[str], footers: Sequence[pq.FileMetaData] | None = None) -> list[pa.Schema]:
+    """Every file's Arrow schema, from its footer alone; a column named twice is refused here."""
+    schemas = [meta.schema.to_arrow_schema() for meta in (footers or read_footers(paths))]
+    for path, schema in zip(paths, schemas):
+        twice = sorted({n for n in schema.names if schema.names.count(n) > 1})
+        if twice:
+            raise InputError(
+                f"{path} has the column {twice[0]!r} twice; Parquet readers cannot tell the two apart "
+                "(rewrite the file with unique column names)"
+            )
+    return schemas
+
+
+def parquet_rows(paths: Sequence[str]) -> int:
+    """Rows in these Parquet files, from their footers: a count that needs no runner's metrics."""
+    return sum(meta.num_rows for meta in read_footers(paths))
 
 
 def check_same_columns(paths: Sequence[str], schemas: Sequence[pa.Schema], columns: Sequence[str]) -> None:
@@ -111,6 +145,7 @@ class SourceBatch:
 
     source: str
     batch: pa.RecordBatch | UnreadableRows
+    first_row: int = 0  # the batch's first row's position in its file, for error messages
 
 
 class _ReadRowGroup(beam.DoFn):
@@ -131,12 +166,13 @@ class _ReadRowGroup(beam.DoFn):
         path, index = element
         parquet = open_parquet(path)
         rows = self._rows or read_batch_rows(parquet.metadata.row_group(index))
+        first = sum(parquet.metadata.row_group(i).num_rows for i in range(index))
         done = 0
         try:
             for batch in parquet.iter_batches(batch_size=rows, row_groups=[index], columns=self._columns):
                 self._rows_in.inc(batch.num_rows)
+                yield SourceBatch(path, batch, first + done)
                 done += batch.num_rows
-                yield SourceBatch(path, batch)
         except pa.ArrowMemoryError:
             raise  # the worker, not the data: let the runner retry the bundle
         except (pa.ArrowException, OSError) as err:
@@ -147,7 +183,7 @@ class _ReadRowGroup(beam.DoFn):
             self._rows_in.inc(unread)
             keys = self._keys(parquet, index, done, unread)
             reason = f"row group {index} cannot be read: column {column!r} is corrupt ({detail})"
-            yield SourceBatch(path, UnreadableRows(unread, keys, reason))
+            yield SourceBatch(path, UnreadableRows(unread, keys, reason), first + done)
 
     def _keys(self, parquet: pq.ParquetFile, index: int, start: int, rows: int) -> pa.Table | None:
         if not self._key_columns:
@@ -191,10 +227,18 @@ class ReadParquetBatches(beam.PTransform):
         )
 
 
-def write_parquet(prefix: str, schema: pa.Schema) -> beam.PTransform:
-    """Sharded `<prefix>-SSSSS-of-NNNNN.parquet` through Beam's file sink (temp files, then rename)."""
+def write_parquet(prefix: str, schema: pa.Schema, num_shards: int = 0) -> beam.PTransform:
+    """Sharded `<prefix>-SSSSS-of-NNNNN.parquet` through Beam's file sink (temp files, then rename).
+
+    `num_shards` 0 lets the runner choose; a fixed count costs a shuffle.
+    """
     return WriteToParquetBatched(
-        prefix, schema=schema, codec="snappy", file_name_suffix=SUFFIX, shard_name_template=SHARD_TEMPLATE
+        prefix,
+        schema=schema,
+        codec="snappy",
+        file_name_suffix=SUFFIX,
+        shard_name_template=SHARD_TEMPLATE,
+        num_shards=num_shards,
     )
 
 
@@ -205,27 +249,6 @@ def output_files(prefix: str) -> list[str]:
         return sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list)
     except Exception:  # a prefix in a folder that does not exist yet matches nothing
         return []
-
-
-def remove_output(prefix: str) -> None:
-    """Delete an earlier run's shards under `prefix`, so a rerun replaces them rather than mixing in.
-
-    Only names of the job's own shard pattern are touched, and the temp folders
-    Beam's sink leaves beside them when a run is killed before it finishes.
-    """
-    old = output_files(prefix)
-    folder, name = FileSystems.split(prefix)
-    temp_folders = FileSystems.join(folder, f"beam-temp-{name}-" + "?" * 32)  # Beam adds a uuid1's hex
-    if "://" in prefix:  # an object store: the temp "folders" are their objects
-        try:
-            old += [m.path for m in FileSystems.match([FileSystems.join(temp_folders, "*")])[0].metadata_list]
-        except Exception:  # nothing there yet
-            pass
-    else:  # a local disk keeps the folders, empty or not
-        for path in glob.glob(temp_folders):
-            shutil.rmtree(path, ignore_errors=True)
-    if old:
-        FileSystems.delete(old)
 
 
 def check_writable(prefix: str, option: str) -> None:

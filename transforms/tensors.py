@@ -129,6 +129,11 @@ def _columns_list(schema: pa.Schema) -> str:
     return ", ".join(schema.names)
 
 
+def exact_column(schema: pa.Schema, name: str) -> str:
+    """`name` as the file spells it: exactly, else with surrounding spaces trimmed (`a, b` lists)."""
+    return name if name in schema.names else name.strip()
+
+
 def check_columns(schema: pa.Schema, columns: Sequence[str], what: str, source: str) -> None:
     """Fail with the list of columns that exist when one asked for does not."""
     missing = [c for c in columns if c not in schema.names]
