@@ -146,7 +146,7 @@ def check_rows(name: str, rows: int, log: str, output: str, bad: bool) -> None:
     rows_in, rows_out, rejected = summary_rows(log)
     want_rejected = expected_bad(rows) if bad else 0
     written = parquet_rows(output + "-?????-of-?????.parquet")
-    written_rejected = parquet_rows(output + "-rejected-?????-of-?????.parquet")
+    written_rejected = parquet_rows(output + "_rejected-?????-of-?????.parquet")
     if (rows_in, rows_out, rejected) != (rows, rows - want_rejected, want_rejected):
         raise BenchError(
             f"{name}: summary says {rows_in} in, {rows_out} out, {rejected} rejected; "

@@ -2,8 +2,11 @@
 
 A run for day D reads `<input_base>/dt=D/*.parquet` and writes `<output_base>/dt=D/gradients-*.parquet`
 (rejected rows under `<output_base>-rejected/dt=D/`, so a reader of the partition sees one schema).
-The job deletes its earlier shards under that prefix before writing, so rerunning or clearing a day
-replaces that day's partition instead of adding to it; days never touch each other.
+The job stages its shards and moves them into place only when complete, replacing the earlier run's
+shards of that day, then writes `<output_base>/dt=D/gradients_SUCCESS`: rerunning or clearing a day
+replaces that day's partition instead of adding to it, a failed rerun leaves the earlier one, and
+days never touch each other. The `complete` task after the job checks the marker and logs its counts;
+downstream DAGs wait for that marker (a FileSensor or GCSObjectExistenceSensor on it).
 
 Every setting is the run's param if given (trigger with config), else the Airflow Variable
 `beam_gradients_<name>`, else the default below, so a deployment is configured without editing this
@@ -18,7 +21,7 @@ import sys
 
 import pendulum
 from airflow.providers.apache.beam.operators.beam import BeamRunPythonPipelineOperator
-from airflow.sdk import DAG, Param
+from airflow.sdk import DAG, Param, task
 
 DEFAULTS = {
     "runner": "DirectRunner",
@@ -54,7 +57,7 @@ with DAG(
     doc_md=__doc__,
     tags=["beam", "gradients"],
 ) as dag:
-    BeamRunPythonPipelineOperator(
+    gradients = BeamRunPythonPipelineOperator(
         task_id="gradients",
         py_interpreter=sys.executable,
         py_options=["-m"],
@@ -78,3 +81,16 @@ with DAG(
             "job_name": "beam-gradients-{{ ds_nodash }}",
         },
     )
+
+    @task(task_id="complete")
+    def complete(output: str) -> dict:
+        """The partition is complete only with its _SUCCESS marker; its counts go to the task log and XCom."""
+        from pipeline.outputs import read_marker
+
+        marker = read_marker(output)
+        if marker is None:
+            raise RuntimeError(f"{output}: no _SUCCESS marker, so the output is not complete")
+        print(f"{output}: {marker['rows_in']} in, {marker['rows_out']} out, {marker['rows_rejected']} rejected")
+        return {key: marker[key] for key in ("rows_in", "rows_out", "rows_rejected")}
+
+    gradients >> complete(setting("output_base") + f"/{DAY}/gradients")

@@ -128,3 +128,26 @@ def test_flink_config_on_the_portable_runner_with_external_worker_pool_matches_e
     out = by_key(read_output(tmp_path / "out/g"))
     assert out.column("id").to_pylist() == list(range(ROWS))
     assert_close(tensor_column(out, "gradient"), eager_gradients(model, x), rtol=1e-4, atol=1e-6)
+
+
+def test_rejected_rows_survive_on_the_portable_runner_with_equal_shard_counts(tmp_path, portable_services):
+    """Two outputs of two shards each, bad rows present: both finalize, neither deletes the other's files."""
+    job_port, pool_port, _ = portable_services
+    x = keras.Input((3,), name="x")
+    model = keras.Model(x, keras.layers.Dense(1, activation="tanh")(x))
+    values = np.random.default_rng(4).normal(size=(60, 3)).astype(np.float32)
+    values[[5, 41], 0] = np.nan
+    write_parquet(tmp_path / "in/a.parquet", {"id": np.arange(60), "x": values}, row_group_size=20)
+    summary = run(
+        ["--runner", "PortableRunner", "--job_endpoint", f"localhost:{job_port}", "--environment_type", "EXTERNAL"]
+        + ["--environment_config", f"localhost:{pool_port}", "--num_shards", "2", "--batch_size", "16"]
+        + ["--input", str(tmp_path / "in/*.parquet"), "--output", str(tmp_path / "out/g"), "--keep_columns", "id"]
+        + ["--model", save(model, tmp_path)]
+    )
+    assert len(summary.outputs) == len(summary.rejected) == 2
+    assert sorted(read_output(tmp_path / "out/g_rejected").column("id").to_pylist()) == [5, 41]
+    out = by_key(read_output(tmp_path / "out/g"))
+    good = [i for i in range(60) if i not in (5, 41)]
+    assert out.column("id").to_pylist() == good
+    assert_close(tensor_column(out, "gradient"), eager_gradients(model, values[good]), rtol=1e-5)
+    assert (summary.rows_in, summary.rows_out, summary.rows_rejected) == (60, 58, 2)
