@@ -21,15 +21,19 @@ from pipeline.options import (
     GradientOptions,
     OptionsError,
     check_required,
+    flag_error,
     help_text,
     parse,
     parse_map,
+    row_columns,
     spec_from,
     split_list,
 )
 from transforms import METRICS
-from transforms.compute import REJECTED, RESULTS, ComputeGradients, JobPlan
+from transforms.compute import REJECTED, RESULTS, ComputeGradients
+from transforms.counters import COUNTERS, MODEL_LOAD_PID
 from transforms.gradients import SpecError
+from transforms.plan import Fault, JobPlan
 from transforms.model import ModelError, ProcessModel
 from transforms.parquet import (
     InputError,
@@ -47,17 +51,6 @@ from transforms.tensors import FeedError
 LOG = logging.getLogger("beam_gradients")
 # Errors that mean "an option or an input is wrong": one line, no traceback.
 USER_ERRORS = (OptionsError, SpecError, FeedError, ModelError, InputError)
-COUNTERS = (
-    "rows_in",
-    "rows_out",
-    "rows_rejected",
-    "batches",
-    "gpu_batches",
-    "padded_rows",
-    "none_gradients",
-    "model_loads",
-    "bundles",
-)
 
 
 @dataclasses.dataclass
@@ -140,17 +133,20 @@ def plan_job(job: GradientOptions) -> tuple[JobPlan, object, list[str]]:
     """Check every option against the files and the model; nothing is computed yet."""
     files = match_files(job.input)
     schemas = read_schemas(files)
-    plan, loaded = JobPlan.build(
-        schemas[0],
-        files[0],
-        ProcessModel(job.model, job.trust_model_code),
-        spec_from(job),
-        job.batch_size,
-        feature_columns=split_list(job.feature_columns),
-        input_map=parse_map(job.input_map),
-        label_column=job.label_column,
-        key_columns=split_list(job.keep_columns),
-    )
+    try:
+        plan, loaded = JobPlan.build(
+            schemas[0],
+            files[0],
+            ProcessModel(job.model, job.trust_model_code),
+            spec_from(job),
+            job.batch_size,
+            feature_columns=split_list(job.feature_columns),
+            input_map=parse_map(job.input_map),
+            row_columns=row_columns(job),
+            key_columns=split_list(job.keep_columns),
+        )
+    except SpecError as err:
+        raise flag_error(err) from None
     check_same_columns(files, schemas, plan.read_columns)
     return plan, loaded, files
 
@@ -188,18 +184,18 @@ def read_counters(result) -> tuple[dict[str, int] | None, tuple[int, int] | None
     pids = None
     for dist in metrics["distributions"]:
         value = dist.committed or dist.attempted
-        if dist.key.metric.name == "model_load_pid" and value and value.count:
+        if dist.key.metric.name == MODEL_LOAD_PID and value and value.count:
             low, high = (value.min, value.max) if pids is None else (min(pids[0], value.min), max(pids[1], value.max))
             pids = (low, high)
     return counters, pids
 
 
-def run(argv: Sequence[str]) -> Summary:
-    """Parse, check, build, run; the summary of what happened."""
-    return run_options(parse(argv), argv)
+def run(argv: Sequence[str], fault: Fault | None = None) -> Summary:
+    """Parse, check, build, run; the summary of what happened. `fault` is for tests (see JobPlan.fault)."""
+    return run_options(parse(argv), argv, fault)
 
 
-def run_options(options, argv: Sequence[str] = ()) -> Summary:
+def run_options(options, argv: Sequence[str] = (), fault: Fault | None = None) -> Summary:
     job = options.view_as(GradientOptions)
     if job.demo:
         from pipeline.demo import demo_options
@@ -210,6 +206,7 @@ def run_options(options, argv: Sequence[str] = ()) -> Summary:
     dry_run = is_dry_run(options)
     started = time.monotonic()
     plan, loaded, files = plan_job(job)
+    plan.fault = fault
     if not dry_run:  # a dry run writes nothing, and may be built where the output is out of reach
         check_writable(job.output, "--output")
         check_writable(rejected_prefix(job), "--rejected")

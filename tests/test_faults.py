@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import tensorflow as tf
 
 from tests.conftest import assert_close, by_key, read_output, run_on, save, tensor_column, write_parquet
-from transforms.compute import FAULT_ENV
+from tests.faults import FailFirstAttempt
 
 GROUP = 30
 
@@ -179,13 +179,14 @@ def test_a_killed_run_leaves_no_partial_output_and_a_rerun_writes_every_row_once
     assert_close(tensor_column(out, "gradient")[sample], tape.gradient(total, kernel_check).numpy(), rtol=1e-4)
 
 
-def test_a_transient_error_is_retried_and_every_key_is_written_once(tmp_path, monkeypatch):
+def test_a_transient_error_is_retried_and_every_key_is_written_once(tmp_path):
     rows = 600
     model, x = _mlp_data(tmp_path, rows, files=3)
     faults = tmp_path / "faults"
     faults.mkdir()
-    monkeypatch.setenv(FAULT_ENV, str(faults))
-    summary = run_on(tmp_path, model, "--batch_size", 32, "--runner", "BundleBasedDirectRunner")  # it retries bundles
+    fault = FailFirstAttempt(faults)
+    # BundleBasedDirectRunner retries bundles.
+    summary = run_on(tmp_path, model, "--batch_size", 32, "--runner", "BundleBasedDirectRunner", fault=fault)
 
     assert len(os.listdir(faults)) >= 1  # bundles did fail once each, and were retried
     out = read_output(tmp_path / "out/g")
