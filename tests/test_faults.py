@@ -52,7 +52,7 @@ def test_every_kind_of_bad_row_is_rejected_with_its_reason_and_every_row_is_coun
         13: ("decode", "column 'b' is null"),
         17: ("decode", "column 'a' holds a value too large for float32"),
         19: ("decode", "column 'y' is null"),
-        23: ("compute", "the loss or gradient is NaN or infinite"),
+        23: ("compute", "the computed loss is NaN or infinite"),  # its gradient may still be finite
         31: ("validate", "column 'b' holds NaN or infinity"),
     }
     xs[2] = None

@@ -96,7 +96,7 @@ class JobPlan:
             column = row_columns.get(row_input.column)
             if not column:
                 raise SpecError(
-                    "{" + row_input.needed_by + "} needs {" + row_input.column + "}: the column holding each row's {name}",
+                    "{%s} needs {%s}: the column holding each row's {name}" % (row_input.needed_by, row_input.column),
                     name=row_input.name,
                 )
             check_columns(schema, [column], row_input.name, source)

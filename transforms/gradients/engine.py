@@ -99,7 +99,8 @@ class GradientEngine:
         values = self.wrt.columns(attribution.gradients)
         values.update(attribution.columns)
         if "predictions" in self.spec.emit:
-            values.update({f"prediction__{t.name}": tf.cast(o, tf.float32) for t, o in zip(self.model.outputs, forward.outputs)})
+            for t, o in zip(self.model.outputs, forward.outputs):
+                values[f"prediction__{t.name}"] = tf.cast(o, tf.float32)
         if self.loss is not None:
             values["loss"] = forward.loss
         values.update(self.target.columns(forward))

@@ -18,7 +18,10 @@ class TensorInfo(NamedTuple):
 
 
 class ModelFunction:
-    """`call` takes a list of batched tensors in `inputs` order and returns a list in `outputs` order, in inference mode."""
+    """`call` takes a list of batched tensors in `inputs` order and returns a list in `outputs` order.
+
+    It runs the model in inference mode.
+    """
 
     def __init__(self, inputs: Sequence[TensorInfo], outputs: Sequence[TensorInfo], call: Callable, keep=None):
         self.inputs = list(inputs)
@@ -38,7 +41,9 @@ class ModelFunction:
 def _per_example(shape) -> tuple[int, ...]:
     dims = tuple(shape)[1:]
     if any(d is None for d in dims):
-        raise SpecError("a model tensor has an unknown dimension in {shape}; fixed shapes are needed", shape=tuple(shape))
+        raise SpecError(
+            "a model tensor has an unknown dimension in {shape}; fixed shapes are needed", shape=tuple(shape)
+        )
     return tuple(int(d) for d in dims)
 
 

@@ -2,9 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import ClassVar, Iterable
 
 from transforms.gradients.errors import SpecError
+
+
+class Answer:
+    """What every target, method and wrt class shares: a registry name, the model and the spec."""
+
+    name: ClassVar[str]  # its registry key: the spec value that picks it
+
+    def __init__(self, model, spec):
+        self.model = model  # a ModelFunction
+        self.spec = spec  # a GradientSpec
+
+    @classmethod
+    def check_spec(cls, spec) -> None:
+        """Refuse spec values this answer cannot use, before any model is loaded."""
 
 
 class Registry(dict):

@@ -49,7 +49,9 @@ class GradientSpec:
             )
         unknown = sorted(set(self.emit) - set(EMITS))
         if unknown:
-            raise SpecError("{emit} takes {choices}; unknown: {unknown}", choices=", ".join(EMITS), unknown=", ".join(unknown))
+            raise SpecError(
+                "{emit} takes {choices}; unknown: {unknown}", choices=", ".join(EMITS), unknown=", ".join(unknown)
+            )
         if "loss" in self.emit and not self.loss:
             raise SpecError("{emit} loss needs {loss} and {label_column}")
 

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
-
 import tensorflow as tf
 
 from transforms.gradients.forward import Forward
-from transforms.gradients.model_function import ModelFunction
 from transforms.gradients.outputs import Output, RowInput
+from transforms.gradients.registry import Answer
 
-
-class Target:
+class Target(Answer):
     """Of what: per example, one scalar per head, read from a forward pass.
 
     A subclass sets `name` (its registry key, the `target` spec value) and
@@ -22,16 +19,6 @@ class Target:
     inputs only: one backward pass over the batch sum then gives every
     example's own gradient.
     """
-
-    name: ClassVar[str]
-
-    def __init__(self, model: ModelFunction, spec):
-        self.model = model
-        self.spec = spec
-
-    @classmethod
-    def check_spec(cls, spec) -> None:
-        """Refuse spec values this target cannot use, before any model is loaded."""
 
     @property
     def heads(self) -> list[str | None]:
@@ -55,7 +42,6 @@ class Target:
     def describe(self, head: str | None) -> str:
         """What one head differentiates, in words, for error messages."""
         raise NotImplementedError
-
 
 def per_example_sum(tensor: tf.Tensor) -> tf.Tensor:
     """[batch, ...] -> [batch] float32: the sum of each example's values."""

@@ -1,4 +1,4 @@
-"""With respect to what the gradient is taken: one class per answer, one file each; WRT lists them (the CLI's choices)."""
+"""With respect to what the gradient is taken: one class per answer, one file each; WRT lists them (CLI choices)."""
 
 from transforms.gradients.registry import Registry
 from transforms.gradients.wrt.base import ForwardFn, Wrt

@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Callable, ClassVar
+from typing import Callable
 
 import tensorflow as tf
 
 from transforms.gradients.forward import Forward
 from transforms.gradients.model_function import ModelFunction
 from transforms.gradients.outputs import Output
+from transforms.gradients.registry import Answer
 from transforms.gradients.targets.base import Target
 
 # (points, row extras) -> the forward pass at the points, the target's scalars set.
 ForwardFn = Callable[[list[tf.Tensor], dict[str, tf.Tensor]], Forward]
 
-
-class Wrt:
+class Wrt(Answer):
     """With respect to what: the tensors differentiated, and the columns their per-example gradients become.
 
     A subclass sets `name` (its registry key, the `wrt` spec value) and
@@ -27,17 +27,10 @@ class Wrt:
     norm, a projection).
     """
 
-    name: ClassVar[str]
-
     def __init__(self, model: ModelFunction, spec, target: Target):
-        self.model = model
-        self.spec = spec
+        super().__init__(model, spec)
         self.target = target
         self.unconnected: set[tuple[str, str | None]] = set()  # (tensor, head) pairs written as zeros
-
-    @classmethod
-    def check_spec(cls, spec) -> None:
-        """Refuse spec values this answer cannot use, before any model is loaded."""
 
     def declare(self) -> list[Output]:
         raise NotImplementedError
