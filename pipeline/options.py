@@ -14,7 +14,7 @@ from typing import Sequence
 import yaml
 from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
 
-from transforms.gradients import EMITS, KERAS_LOSSES, TARGETS, UNCONNECTED_MODES, GradientSpec
+from transforms.gradients import EMITS, KERAS_LOSSES, TARGETS, UNCONNECTED_MODES, GradientSpec, SpecError
 
 DEFAULT_BATCH_SIZE = 256
 # Options that hold a comma-separated list: given more than once, their values add up.
@@ -41,7 +41,12 @@ class GradientOptions(PipelineOptions):
         )
         add("--keep_columns", help="Key columns copied unchanged to every output row (comma-separated).")
         add("--input_map", help="name=column,... maps model inputs to columns; join scalar columns with +.")
-        add("--target", default="sum", choices=TARGETS, help="What to differentiate: sum, per_output or loss.")
+        add(
+            "--target",
+            default="sum",
+            choices=TARGETS.names,
+            help=f"What to differentiate: {', '.join(TARGETS.names)}.",
+        )
         add("--label_column", help="Column holding each row's label, for --loss.")
         add("--loss", help=f"Per-example loss: {', '.join(KERAS_LOSSES)} or module.path:function.")
         add("--clip_norm", type=float, help="Rescale each example's own gradient to this L2 norm at most.")
@@ -218,6 +223,16 @@ def spec_from(job: GradientOptions) -> GradientSpec:
         emit=tuple(split_list(job.emit)),
         jit_compile=job.jit_compile,
     )
+
+
+def row_columns(job: GradientOptions) -> dict[str, str | None]:
+    """The columns of the row inputs the engine may ask for, by the spec field that names each."""
+    return {"label_column": job.label_column}
+
+
+def flag_error(err: SpecError) -> SpecError:
+    """An engine error with its spec fields named as the CLI's flags (every field the engine names is a flag)."""
+    return err.named({field: f"--{field}" for field in err.fields})
 
 
 def check_required(job: GradientOptions) -> None:

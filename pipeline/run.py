@@ -26,15 +26,19 @@ from pipeline.options import (
     GradientOptions,
     OptionsError,
     check_required,
+    flag_error,
     help_text,
     parse,
     parse_map,
+    row_columns,
     spec_from,
     split_list,
 )
 from transforms import FAILURE_TAG, METRICS, op_error_line
-from transforms.compute import REJECTED, RESULTS, ComputeGradients, JobPlan
+from transforms.compute import REJECTED, RESULTS, ComputeGradients
+from transforms.counters import COUNTERS, MODEL_LOAD_PID
 from transforms.gradients import SpecError
+from transforms.plan import Fault, JobPlan
 from transforms.model import ModelError, ProcessModel
 from pipeline.outputs import StagedOutputs, check_no_clash
 from transforms.parquet import (
@@ -57,17 +61,6 @@ OUTPUT, REJECTED_OPTION = "--output", "--rejected"
 REJECTED_SUFFIX = "_rejected"
 # Errors that mean "an option or an input is wrong": one line, no traceback.
 USER_ERRORS = (OptionsError, SpecError, FeedError, ModelError, InputError)
-COUNTERS = (
-    "rows_in",
-    "rows_out",
-    "rows_rejected",
-    "batches",
-    "gpu_batches",
-    "padded_rows",
-    "none_gradients",
-    "model_loads",
-    "bundles",
-)
 
 
 class RowsUnaccounted(RuntimeError):
@@ -205,18 +198,25 @@ def plan_job(job: GradientOptions) -> tuple[JobPlan, object, InputFiles, int]:
     def columns(value: str | None) -> list[str]:
         return [exact_column(schema, name) for name in split_list(value, strip=False)]
 
-    input_map = {name: "+".join(exact_column(schema, c) for c in value.split("+")) for name, value in parse_map(job.input_map).items()}
-    plan, loaded = JobPlan.build(
-        schema,
-        inputs.paths[0],
-        ProcessModel(job.model, job.trust_model_code),
-        spec_from(job),
-        job.batch_size,
-        feature_columns=columns(job.feature_columns),
-        input_map=input_map,
-        label_column=exact_column(schema, job.label_column) if job.label_column else None,
-        key_columns=columns(job.keep_columns),
-    )
+    input_map = {
+        name: "+".join(exact_column(schema, c) for c in value.split("+"))
+        for name, value in parse_map(job.input_map).items()
+    }
+    rows = {field: exact_column(schema, c) if c else c for field, c in row_columns(job).items()}
+    try:
+        plan, loaded = JobPlan.build(
+            schema,
+            inputs.paths[0],
+            ProcessModel(job.model, job.trust_model_code),
+            spec_from(job),
+            job.batch_size,
+            feature_columns=columns(job.feature_columns),
+            input_map=input_map,
+            row_columns=rows,
+            key_columns=columns(job.keep_columns),
+        )
+    except SpecError as err:
+        raise flag_error(err) from None
     check_same_columns(inputs.paths, schemas, plan.read_columns)
     return plan, loaded, inputs, sum(meta.num_rows for meta in footers)
 
@@ -256,18 +256,18 @@ def read_counters(result) -> tuple[dict[str, int] | None, tuple[int, int] | None
     pids = None
     for dist in metrics["distributions"]:
         value = dist.committed or dist.attempted
-        if dist.key.metric.name == "model_load_pid" and value and value.count:
+        if dist.key.metric.name == MODEL_LOAD_PID and value and value.count:
             low, high = (value.min, value.max) if pids is None else (min(pids[0], value.min), max(pids[1], value.max))
             pids = (low, high)
     return counters, pids
 
 
-def run(argv: Sequence[str]) -> Summary:
-    """Parse, check, build, run; the summary of what happened."""
-    return run_options(parse(argv), argv)
+def run(argv: Sequence[str], fault: Fault | None = None) -> Summary:
+    """Parse, check, build, run; the summary of what happened. `fault` is for tests (see JobPlan.fault)."""
+    return run_options(parse(argv), argv, fault)
 
 
-def run_options(options, argv: Sequence[str] = ()) -> Summary:
+def run_options(options, argv: Sequence[str] = (), fault: Fault | None = None) -> Summary:
     job = options.view_as(GradientOptions)
     if job.demo:
         from pipeline.demo import demo_options
@@ -280,6 +280,7 @@ def run_options(options, argv: Sequence[str] = ()) -> Summary:
     prefixes = output_prefixes(job)
     check_no_clash(prefixes)
     plan, loaded, inputs, rows_in = plan_job(job)
+    plan.fault = fault
     if not dry_run:  # a dry run writes nothing, and may be built where the output is out of reach
         for option, prefix in prefixes.items():
             check_writable(prefix, option)
@@ -326,8 +327,11 @@ def run_options(options, argv: Sequence[str] = ()) -> Summary:
 EXIT_OK, EXIT_FAILED, EXIT_OPTIONS, EXIT_TOO_MANY_REJECTED, EXIT_UNACCOUNTED = 0, 1, 2, 3, 4
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """The console entry point: `beam-gradients` and `python -m pipeline`. Exit codes: see the README."""
+def main(argv: Sequence[str] | None = None, fault: Fault | None = None) -> int:
+    """The console entry point: `beam-gradients` and `python -m pipeline`. Exit codes: see the README.
+
+    `fault` is for tests only (see JobPlan.fault).
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     if "-h" in argv or "--help" in argv:
         print(help_text())
@@ -338,7 +342,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         job = options.view_as(GradientOptions)
         debug = job.debug  # a config file may turn it on too
         _quiet_logs(debug)
-        summary = run_options(options, argv)
+        summary = run_options(options, argv, fault)
     except USER_ERRORS as err:
         return _fail(f"error: {err}", EXIT_OPTIONS, debug)
     except RowsUnaccounted as err:

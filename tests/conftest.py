@@ -37,9 +37,9 @@ def save(model, folder, name="model.keras") -> str:
     return path
 
 
-def run_job(*args, runner="DirectRunner"):
-    """Run the job in-process on a real Beam runner; the summary."""
-    return run([f"--runner={runner}", *[str(a) for a in args]])
+def run_job(*args, runner="DirectRunner", fault=None):
+    """Run the job in-process on a real Beam runner; the summary. `fault`: a hook from tests/faults.py."""
+    return run([f"--runner={runner}", *[str(a) for a in args]], fault=fault)
 
 
 def read_output(prefix) -> pa.Table:
@@ -83,7 +83,7 @@ def pytest_configure(config):
     config.addinivalue_line("filterwarnings", "ignore:__array__ implementation doesn't accept a copy keyword")
 
 
-def run_on(tmp_path, model, *extra, data="in/*.parquet", output="out/g", features="x", keys="id"):
+def run_on(tmp_path, model, *extra, data="in/*.parquet", output="out/g", features="x", keys="id", fault=None):
     """The job over tmp_path/<data> into tmp_path/<output>; `model` is a Keras model (saved here) or a path."""
     path = save(model, tmp_path) if isinstance(model, keras.Model) else model
     args = ["--input", tmp_path / data, "--output", tmp_path / output, "--model", path]
@@ -91,4 +91,4 @@ def run_on(tmp_path, model, *extra, data="in/*.parquet", output="out/g", feature
         args += ["--feature_columns", features]
     if keys:
         args += ["--keep_columns", keys]
-    return run_job(*args, *extra)
+    return run_job(*args, *extra, fault=fault)

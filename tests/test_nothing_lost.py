@@ -28,6 +28,7 @@ from tests.conftest import (
     tensor_column,
     write_parquet,
 )
+from tests.faults import DropFirstOutput, FailFirstAttempt
 
 ROWS = 90
 BAD = {4, 33, 61}  # rows holding NaN: rejected at validation
@@ -212,17 +213,31 @@ def test_a_failing_model_on_the_multi_process_runner_is_one_line_too(tmp_path):
     assert not glob.glob(str(tmp_path / "out/g*"))
 
 
-def test_the_injected_fault_on_the_direct_runner_is_one_line(tmp_path, capsys, monkeypatch):
-    from transforms.compute import FAULT_ENV
-
+def test_the_injected_fault_on_the_direct_runner_is_one_line(tmp_path, capfd):
     _data_with_bad_rows(tmp_path)
     faults = tmp_path / "faults"
     faults.mkdir()
-    monkeypatch.setenv(FAULT_ENV, str(faults))
     args = ["--runner=DirectRunner", "--input", str(tmp_path / "in/*.parquet"), "--model", save(_mlp(), tmp_path)]
-    assert main([*args, "--output", str(tmp_path / "out/g")]) == 1
-    err = capsys.readouterr().err.strip().splitlines()
+    assert main([*args, "--output", str(tmp_path / "out/g")], fault=FailFirstAttempt(faults)) == 1
+    err = _one_line_stderr(capfd.readouterr().err)
     assert len(err) == 1 and err[0].startswith("beam-gradients: the job failed: InjectedFault: injected transient fault")
+
+
+def test_rows_lost_after_they_were_counted_fail_the_job_naming_the_missing_count(tmp_path, capsys):
+    """A table dropped on its way to the sink: the counters saw its rows, the output's footers do not."""
+    x = _data_with_bad_rows(tmp_path)
+    args = ["--runner=DirectRunner", "--input", str(tmp_path / "in/*.parquet"), "--model", save(_mlp(), tmp_path)]
+    args += ["--output", str(tmp_path / "out/g"), "--batch_size", "16"]
+    assert main(args) == 0
+    first = _files(tmp_path / "out/g")
+    assert main(args, fault=DropFirstOutput()) == 4
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("beam-gradients: error: ")
+    lost = int(err[0].split("error: ")[1].split()[0])
+    assert 0 < lost < ROWS and f"the input files hold {ROWS}, the job wrote {ROWS - len(BAD) - lost} out" in err[0]
+    assert _files(tmp_path / "out/g") == first  # nothing moved into place
+    assert not glob.glob(str(tmp_path / "out/.*"))
+    del x
 
 
 def test_a_column_named_twice_is_an_option_error_naming_the_file_and_column(tmp_path, capsys):
@@ -275,9 +290,9 @@ def test_a_row_whose_prediction_overflows_is_rejected(tmp_path):
     summary = run_on(tmp_path, model, "--emit", "predictions")
     rejected = read_output(tmp_path / "out/g_rejected").to_pylist()
     assert [(r["id"], r["stage"]) for r in rejected] == [(6, "compute")]
-    assert "prediction is NaN or infinite" in rejected[0]["reason"]
     out = read_output(tmp_path / "out/g")
     [prediction] = [c for c in out.column_names if c.startswith("prediction__")]
+    assert rejected[0]["reason"] == f"the computed {prediction} is NaN or infinite for this row"
     assert np.isfinite(tensor_column(out, prediction)).all()
     assert summary.rows_out == 9 and 6 not in out.column("id").to_pylist()
 

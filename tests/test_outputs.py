@@ -125,7 +125,7 @@ def test_engine_agrees_with_central_finite_differences():
     model = keras.Model(inp, keras.layers.Dense(2, activation="softplus", dtype="float64")(hidden))
     x = RNG.normal(size=(5, 3))
     engine = GradientEngine(from_keras(model), GradientSpec(), batch_size=5)
-    grads = engine([x])["gradients"][0]
+    grads = engine([x])["gradient"]
     eps = 1e-6
     numeric = np.zeros_like(x)
     for j in range(3):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import uuid
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import apache_beam as beam
 import numpy as np
@@ -20,8 +20,12 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.parquetio import WriteToParquetBatched
 
-from transforms import METRICS, error_line
+from transforms import error_line
+from transforms.counters import Counters
 from transforms.tensors import SCALARS, Feed, FeedError, tensor_type, to_tensor_array
+
+if TYPE_CHECKING:  # the layout reads the engine's declarations; this file needs no TensorFlow
+    from transforms.gradients import Output
 
 # A record batch read from Parquet aims at this many bytes (decoded), within row bounds.
 READ_BATCH_BYTES = 32 << 20
@@ -160,7 +164,7 @@ class _ReadRowGroup(beam.DoFn):
         self._columns = list(columns)
         self._rows = rows
         self._key_columns = list(key_columns)
-        self._rows_in = beam.metrics.Metrics.counter(METRICS, "rows_in")
+        self._counters = Counters()
 
     def process(self, element):
         path, index = element
@@ -170,7 +174,7 @@ class _ReadRowGroup(beam.DoFn):
         done = 0
         try:
             for batch in parquet.iter_batches(batch_size=rows, row_groups=[index], columns=self._columns):
-                self._rows_in.inc(batch.num_rows)
+                self._counters.inc("rows_in", batch.num_rows)
                 yield SourceBatch(path, batch, first + done)
                 done += batch.num_rows
         except pa.ArrowMemoryError:
@@ -180,7 +184,7 @@ class _ReadRowGroup(beam.DoFn):
             if column is None:  # every column reads on its own: a passing fault (network, disk), not the data
                 raise InputError(f"{path}: row group {index} cannot be read ({error_line(err)})") from err
             unread = parquet.metadata.row_group(index).num_rows - done
-            self._rows_in.inc(unread)
+            self._counters.inc("rows_in", unread)
             keys = self._keys(parquet, index, done, unread)
             reason = f"row group {index} cannot be read: column {column!r} is corrupt ({detail})"
             yield SourceBatch(path, UnreadableRows(unread, keys, reason), first + done)
@@ -273,57 +277,42 @@ def check_writable(prefix: str, option: str) -> None:
 class _Column:
     name: str
     type: pa.DataType
-    source: str  # key | gradient | prediction | loss | norm
-    index: int = 0
+    source: str | None  # the engine output it is filled from; None for a key column
     feature: int | None = None  # for a stacked scalar input: which feature
 
 
-def gradient_column(input_name: str, output: str | None, multi_input: bool, feature: str | None = None) -> str:
-    """`gradient`, `gradient__<input>` or `gradient__<feature>`, then `__<output>` for per_output."""
-    parts = ["gradient"]
-    if feature is not None:
-        parts.append(feature)
-    elif multi_input:
-        parts.append(input_name)
-    if output is not None:
-        parts.append(output)
-    return "__".join(parts)
+def _arrow_type(output: Output) -> pa.DataType:
+    value = pa.from_numpy_dtype(np.dtype(output.dtype))
+    return tensor_type(output.shape, value) if len(output.shape) else value
 
 
 class OutputLayout:
-    """The output columns, their types and how each is filled from the engine's results."""
+    """The output columns, their types and how each is filled, from the engine's declared outputs.
+
+    Key columns first, then every output the engine writes, in its order. An
+    output per model input that is fed by stacked scalar columns becomes one
+    float column per feature.
+    """
 
     def __init__(
         self,
         key_fields: Sequence[pa.Field],
-        gradient_keys: Sequence[tuple[str, str | None]],
+        outputs: Sequence[Output],
         feeds: Sequence[Feed],
-        predictions: Sequence[tuple[str, Sequence[int]]] = (),
-        loss: bool = False,
-        norms: bool = False,
         metadata: dict[str, str] | None = None,
     ):
         by_input = {f.input: f for f in feeds}
-        multi_input = len(feeds) > 1
-        columns = [_Column(f.name, f.type, "key") for f in key_fields]
-        for i, (input_name, output) in enumerate(gradient_keys):
-            feed = by_input[input_name]
-            if feed.kind == SCALARS:
+        columns = [_Column(f.name, f.type, None) for f in key_fields]
+        for output in outputs:
+            if not output.write:
+                continue
+            feed = by_input.get(output.input)
+            if feed is not None and feed.kind == SCALARS and output.per_feature:
+                value = pa.from_numpy_dtype(np.dtype(output.dtype))
                 for j, feature in enumerate(feed.columns):
-                    name = gradient_column(input_name, output, multi_input, feature)
-                    columns.append(_Column(name, pa.float32(), "gradient", i, j))
+                    columns.append(_Column(output.per_feature.format(feature=feature), value, output.name, j))
             else:
-                name = gradient_column(input_name, output, multi_input)
-                columns.append(_Column(name, tensor_type(feed.shape), "gradient", i))
-        for i, (output, shape) in enumerate(predictions):
-            kind = tensor_type(shape) if len(shape) else pa.float32()
-            columns.append(_Column(f"prediction__{output}", kind, "prediction", i))
-        if loss:
-            columns.append(_Column("loss", pa.float32(), "loss"))
-        if norms:
-            for i, (input_name, output) in enumerate(gradient_keys):
-                name = "norm__" + gradient_column(input_name, output, multi_input)
-                columns.append(_Column(name, pa.float32(), "norm", i))
+                columns.append(_Column(output.name, _arrow_type(output), output.name))
         names = [c.name for c in columns]
         clashes = sorted({n for n in names if names.count(n) > 1})
         if clashes:
@@ -341,23 +330,16 @@ class OutputLayout:
         """The output rows for the first `rows` rows of a batch (padding never reaches the output)."""
         arrays = []
         for c in self.columns:
-            if c.source == "key":
+            if c.source is None:
                 arrays.append(keys.column(c.name))
                 continue
-            if c.source == "gradient":
-                values = result["gradients"][c.index][:rows]
-            elif c.source == "prediction":
-                values = result["predictions"][c.index][:rows]
-            elif c.source == "loss":
-                values = result["loss"][:rows]
-            else:
-                values = result["norms"][c.index][:rows]
+            values = result[c.source][:rows]
             if c.feature is not None:
                 values = values.reshape(rows, -1)[:, c.feature]
             if isinstance(c.type, pa.FixedShapeTensorType):
-                arrays.append(to_tensor_array(values.reshape((rows, *c.type.shape))))
+                arrays.append(to_tensor_array(values.reshape((rows, *c.type.shape)), c.type.value_type))
             else:
-                arrays.append(pa.array(np.asarray(values, np.float32).reshape(rows)))
+                arrays.append(pa.array(np.asarray(values, c.type.to_pandas_dtype()).reshape(rows)))
         return pa.Table.from_arrays(arrays, schema=self.schema)
 
 

@@ -413,14 +413,14 @@ def merge_reasons(decoded: Sequence[Decoded]) -> Reasons:
 # ---------------------------------------------------------------- numpy -> Arrow
 
 
-def tensor_type(shape: Sequence[int]) -> pa.DataType:
+def tensor_type(shape: Sequence[int], value: pa.DataType = pa.float32()) -> pa.DataType:
     """The output type of a gradient or prediction of per-example `shape`."""
-    return pa.fixed_shape_tensor(pa.float32(), list(shape))
+    return pa.fixed_shape_tensor(value, list(shape))
 
 
-def to_tensor_array(values: np.ndarray) -> pa.Array:
-    """(rows, *shape) float32 -> fixed_shape_tensor<float32>, without copying."""
-    values = np.ascontiguousarray(values, dtype=np.float32)
+def to_tensor_array(values: np.ndarray, value: pa.DataType = pa.float32()) -> pa.Array:
+    """(rows, *shape) -> fixed_shape_tensor<value> (float32 by default), without copying where the type allows."""
+    values = np.ascontiguousarray(values, dtype=value.to_pandas_dtype())
     shape = values.shape[1:]
     storage = pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), math.prod(shape))
-    return pa.ExtensionArray.from_storage(tensor_type(shape), storage)
+    return pa.ExtensionArray.from_storage(tensor_type(shape, value), storage)

@@ -1,0 +1,120 @@
+"""The engine: a model and a spec -> one compiled function, called once per padded batch of numpy arrays."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from transforms.gradients.errors import SpecError
+from transforms.gradients.forward import Forward
+from transforms.gradients.losses import PerExampleLoss
+from transforms.gradients.methods import METHODS
+from transforms.gradients.model_function import ModelFunction
+from transforms.gradients.ops import example_norm
+from transforms.gradients.outputs import Output, RowInput
+from transforms.gradients.spec import GradientSpec
+from transforms.gradients.targets import TARGETS
+from transforms.gradients.wrt import WRT
+
+
+class GradientEngine:
+    """One compiled gradient function for a model, a spec and a batch size.
+
+    The spec's target, method and wrt answers are built here and composed in
+    `_compute`: the method asks for gradients at its points, the wrt answer
+    runs the forward pass (model, then target) and differentiates it, and
+    turns the combined gradients into columns. `outputs` declares every value
+    returned, by name, before any data.
+
+    Call it with numpy arrays of exactly `batch_size` rows (pad the last batch:
+    a fixed signature means the function is traced once and never again).
+
+    >>> import keras, numpy as np
+    >>> model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    >>> engine = GradientEngine(from_keras(model), GradientSpec(), batch_size=2)
+    >>> engine([np.ones((2, 3), np.float32)])["gradient"].shape
+    (2, 3)
+    """
+
+    def __init__(self, model: ModelFunction, spec: GradientSpec, batch_size: int, device: str | None = None):
+        if batch_size < 1:
+            raise SpecError("{batch_size} must be 1 or more, not {value}", value=batch_size)
+        self.model = model
+        self.spec = spec
+        self.batch_size = batch_size
+        self.device = device
+        self.loss = PerExampleLoss(spec.loss, model) if spec.loss else None
+        self.target = TARGETS[spec.target](model, spec)
+        self.method = METHODS[spec.method](model, spec)
+        self.wrt = WRT[spec.wrt](model, spec, self.target)
+        self.row_inputs: list[RowInput] = ([self.loss.label] if self.loss else []) + self.target.row_inputs
+        self.outputs: list[Output] = self._declare()
+        signature = [tf.TensorSpec((batch_size, *t.shape), t.dtype, name=t.name) for t in model.inputs]
+        signature += [tf.TensorSpec((batch_size, *r.shape), r.dtype, name=r.name) for r in self.row_inputs]
+        # autograph off: the Python loops here run once, at trace time, by design.
+        self._fn = tf.function(self._compute, input_signature=signature, jit_compile=spec.jit_compile, autograph=False)
+        self._concrete = None  # called directly: skips tf.function's per-call signature lookup
+
+    @property
+    def unconnected(self) -> set:
+        """(tensor, head) pairs the target does not depend on, written as zeros; known once traced."""
+        return self.wrt.unconnected
+
+    def _declare(self) -> list[Output]:
+        gradients = self.wrt.declare()
+        outputs = gradients + self.method.declare(self.target.heads)
+        if "predictions" in self.spec.emit:
+            outputs += [Output(f"prediction__{o.name}", "prediction", o.shape) for o in self.model.outputs]
+        if self.loss is not None:  # always computed: a row whose loss is not finite is rejected, emitted or not
+            outputs.append(Output("loss", "loss", (), write="loss" in self.spec.emit))
+        outputs += self.target.declare()
+        if "norm" in self.spec.emit:
+            outputs += [Output(f"norm__{g.name}", "norm", (), of=g.name) for g in gradients if g.kind == "gradient"]
+        return outputs
+
+    def trace(self) -> "GradientEngine":
+        """Trace now: finds unconnected inputs (and fails in `error` mode) before any data."""
+        if self._concrete is None:
+            with tf.device(self.device) if self.device else contextlib.nullcontext():
+                self._concrete = self._fn.get_concrete_function()
+        return self
+
+    def _forward(self, points: list[tf.Tensor], extras: dict[str, tf.Tensor]) -> Forward:
+        forward = Forward(self.model.call(points), extras, self.loss)
+        forward.scalars = self.target(forward)
+        return forward
+
+    def _differentiate(self, points, extras):
+        return self.wrt.differentiate(self._forward, points, extras)
+
+    def _compute(self, *args):
+        n = len(self.model.inputs)
+        inputs = list(args[:n])
+        extras = {r.name: x for r, x in zip(self.row_inputs, args[n:])}
+        attribution = self.method.attribute(self._differentiate, inputs, extras)
+        forward = attribution.forward or self._forward(inputs, extras)
+        values = self.wrt.columns(attribution.gradients)
+        values.update(attribution.columns)
+        if "predictions" in self.spec.emit:
+            for t, o in zip(self.model.outputs, forward.outputs):
+                values[f"prediction__{t.name}"] = tf.cast(o, tf.float32)
+        if self.loss is not None:
+            values["loss"] = forward.loss
+        values.update(self.target.columns(forward))
+        for o in self.outputs:
+            if o.kind == "norm":
+                values[o.name] = example_norm([values[o.of]])
+        return {o.name: values[o.name] for o in self.outputs}
+
+    def __call__(self, inputs: Sequence[np.ndarray], extras: Sequence[np.ndarray] = ()) -> dict[str, np.ndarray]:
+        """One full batch -> every declared output by name, [batch_size, *shape] numpy arrays.
+
+        `extras` are the row inputs in `row_inputs` order (the label).
+        """
+        self.trace()
+        with tf.device(self.device) if self.device else contextlib.nullcontext():
+            result = self._concrete(*inputs, *extras)
+        return {o.name: result[o.name].numpy() for o in self.outputs}  # in declared order

@@ -1,0 +1,87 @@
+"""Per-example losses: a Keras loss name, or a function the user named (`module.path:function`)."""
+
+from __future__ import annotations
+
+import importlib
+import re
+from typing import Callable
+
+import tensorflow as tf
+
+from transforms.gradients.errors import SpecError
+from transforms.gradients.model_function import ModelFunction
+from transforms.gradients.outputs import RowInput
+
+KERAS_LOSSES = (
+    "mse",
+    "mae",
+    "binary_crossentropy",
+    "categorical_crossentropy",
+    "sparse_categorical_crossentropy",
+    "huber",
+)
+_DOTTED = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
+
+
+def check_loss_name(name: str) -> None:
+    if name not in KERAS_LOSSES and ":" not in name:
+        raise SpecError(
+            "unknown {loss} {value!r}: use one of {choices} or module.path:function",
+            value=name,
+            choices=", ".join(KERAS_LOSSES),
+        )
+
+
+def resolve_loss(name: str) -> Callable:
+    """The loss function. Only the module the user named is imported; nothing is evaluated."""
+    if ":" in name:
+        module_name, _, attr = name.partition(":")
+        if not _DOTTED.fullmatch(module_name) or not attr.isidentifier():
+            raise SpecError("{loss} {value!r}: give a Keras loss name or module.path:function", value=name)
+        try:
+            fn = getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError) as err:
+            raise SpecError(
+                "{loss} {value!r}: cannot import {attr!r} from {module!r} ({err})",
+                value=name,
+                attr=attr,
+                module=module_name,
+                err=str(err),
+            ) from err
+        if not callable(fn):
+            raise SpecError("{loss} {value!r} is not a function", value=name)
+        return fn
+    import keras
+
+    return keras.losses.get(name)
+
+
+class PerExampleLoss:
+    """One loss per example between the row's label and the single model output."""
+
+    def __init__(self, name: str, model: ModelFunction):
+        if len(model.outputs) != 1:
+            raise SpecError(
+                "a {loss} needs a single-output model; this one has {count} ({names})",
+                count=len(model.outputs),
+                names=", ".join(model.output_names),
+            )
+        self.name = name
+        self._fn = resolve_loss(name)
+        out = model.outputs[0]
+        shape = out.shape[:-1] if name == "sparse_categorical_crossentropy" else out.shape
+        self.label = RowInput("label", shape, tf.float32, column="label_column", needed_by="loss")
+
+    def __call__(self, outputs: list[tf.Tensor], label: tf.Tensor) -> tf.Tensor:
+        prediction = outputs[0]
+        if prediction.shape.rank == 1:  # one number per example: losses reduce the last axis, so add one
+            prediction, label = prediction[:, None], label[:, None]
+        loss = tf.cast(self._fn(label, prediction), tf.float32)
+        if loss.shape.rank == 0:
+            raise SpecError(
+                "{loss} {value!r} reduced the batch to one number; it must return one loss per example",
+                value=self.name,
+            )
+        if loss.shape.rank > 1:
+            loss = tf.reduce_sum(tf.reshape(loss, (tf.shape(loss)[0], -1)), axis=1)
+        return loss

@@ -1,0 +1,59 @@
+"""What to differentiate, as plain values: it travels to workers and into the output's metadata."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+from transforms.gradients.errors import SpecError
+from transforms.gradients.losses import check_loss_name
+from transforms.gradients.methods import METHODS
+from transforms.gradients.targets import TARGETS
+from transforms.gradients.wrt import WRT
+
+UNCONNECTED_MODES = ("zeros", "error")
+EMITS = ("predictions", "loss", "norm")
+
+
+@dataclasses.dataclass(frozen=True)
+class GradientSpec:
+    """The answers to the engine's three questions (target, method, wrt) and their settings.
+
+    Checked on construction, before any model is loaded; errors name these fields.
+
+    >>> GradientSpec(target="per_output", emit=("norm",)).method
+    'gradient'
+    """
+
+    target: str = "sum"
+    loss: str | None = None
+    clip_norm: float | None = None
+    unconnected: str = "zeros"
+    emit: tuple[str, ...] = ()
+    jit_compile: bool = False
+    method: str = "gradient"
+    wrt: str = "inputs"
+
+    def __post_init__(self):
+        for registry in (TARGETS, METHODS, WRT):
+            registry.check(getattr(self, registry.field)).check_spec(self)
+        if self.loss:
+            check_loss_name(self.loss)
+        if self.clip_norm is not None and not self.clip_norm > 0:
+            raise SpecError("{clip_norm} must be above 0, not {value}", value=self.clip_norm)
+        if self.unconnected not in UNCONNECTED_MODES:
+            raise SpecError(
+                "{unconnected} must be one of {choices}, not {value!r}",
+                choices=", ".join(UNCONNECTED_MODES),
+                value=self.unconnected,
+            )
+        unknown = sorted(set(self.emit) - set(EMITS))
+        if unknown:
+            raise SpecError(
+                "{emit} takes {choices}; unknown: {unknown}", choices=", ".join(EMITS), unknown=", ".join(unknown)
+            )
+        if "loss" in self.emit and not self.loss:
+            raise SpecError("{emit} loss needs {loss} and {label_column}")
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)

@@ -1,0 +1,23 @@
+"""`loss`: the per-example loss between the row's label and the prediction."""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from transforms.gradients.errors import SpecError
+from transforms.gradients.targets.base import Target
+
+
+class Loss(Target):
+    name = "loss"
+
+    @classmethod
+    def check_spec(cls, spec):
+        if not spec.loss:
+            raise SpecError("{target} loss needs {loss} (a Keras loss name or module.path:function)")
+
+    def __call__(self, forward) -> list[tf.Tensor]:
+        return [forward.loss]  # the engine feeds the label whenever the spec has a loss
+
+    def describe(self, head):
+        return "the loss"

@@ -1,0 +1,21 @@
+"""`per_output`: one scalar per model output (head), the sum of that output, per example."""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from transforms.gradients.targets.base import Target, per_example_sum
+
+
+class PerOutput(Target):
+    name = "per_output"
+
+    @property
+    def heads(self):
+        return self.model.output_names
+
+    def __call__(self, forward) -> list[tf.Tensor]:
+        return [per_example_sum(o) for o in forward.outputs]
+
+    def describe(self, head):
+        return f"output {head!r}"

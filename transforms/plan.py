@@ -1,0 +1,125 @@
+"""Planning: everything a worker needs, decided once from the options, the input schema and the model.
+
+Nothing here runs per row. `JobPlan.build` checks the spec against the model
+(by building and tracing the engine) and the columns against the first file's
+schema, and lays out the output from what the engine declares.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from transforms import __version__
+from transforms.gradients import GradientEngine, GradientSpec, ModelFunction, SpecError
+from transforms.model import Loaded, ProcessModel, redact
+from transforms.parquet import OutputLayout, rejected_schema
+from transforms.tensors import Feed, check_columns, plan_feed, plan_input_feeds
+
+class Fault:
+    """A hook a test passes in to make the job misbehave; production plans have none.
+
+    Subclasses (tests/faults.py) override what they need. They must pickle:
+    multi-process runners ship the plan to their workers.
+    """
+
+    def bundle_started(self, source: str, batch) -> None:
+        """Called with a bundle's first element; raise to fail the bundle."""
+
+    def output(self, table: pa.Table) -> pa.Table | None:
+        """Called with each output table, already counted, on its way to the sink; None drops it."""
+        return table
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineRecipe:
+    """How to build the gradient engine on a worker: once per process, shared by its threads."""
+
+    model: ProcessModel
+    spec: GradientSpec
+    batch_size: int
+
+    def build(self, model: ModelFunction, device: str) -> GradientEngine:
+        return GradientEngine(model, self.spec, self.batch_size, device).trace()
+
+    def acquire(self) -> Loaded[GradientEngine]:
+        return self.model.acquire(self.build, tag=f"{self.spec.to_json()}|{self.batch_size}")
+
+
+@dataclasses.dataclass
+class JobPlan:
+    """Everything a worker needs, decided once before any data is read. Picklable."""
+
+    engine: EngineRecipe
+    feeds: list[Feed]
+    extras: list[Feed]  # the engine's row inputs (the label), in its order
+    key_columns: list[str]
+    layout: OutputLayout
+    rejected_schema: pa.Schema
+    fault: Fault | None = None
+
+    @property
+    def batch_size(self) -> int:
+        return self.engine.batch_size
+
+    @property
+    def spec(self) -> GradientSpec:
+        return self.engine.spec
+
+    @property
+    def read_columns(self) -> list[str]:
+        columns = [c for f in self.feeds + self.extras for c in f.columns] + list(self.key_columns)
+        return list(dict.fromkeys(columns))
+
+    @classmethod
+    def build(
+        cls,
+        schema: pa.Schema,
+        source: str,
+        model: ProcessModel,
+        spec: GradientSpec,
+        batch_size: int,
+        feature_columns: Sequence[str] = (),
+        input_map: dict[str, str] | None = None,
+        row_columns: dict[str, str | None] | None = None,
+        key_columns: Sequence[str] = (),
+    ) -> tuple["JobPlan", Loaded[GradientEngine]]:
+        """Check options against the input schema and the model; return the plan and the loaded engine.
+
+        `row_columns` names the column of each row input the engine may ask
+        for, by its spec field (`{"label_column": "y"}`). The caller keeps the
+        loaded engine alive while the job runs, so an in-process runner reuses
+        it instead of loading the model again.
+        """
+        row_columns = {k: v for k, v in (row_columns or {}).items() if v}
+        check_columns(schema, key_columns, "key", source)
+        recipe = EngineRecipe(model, spec, batch_size)
+        loaded = recipe.acquire()  # loads the model and traces: the spec is checked against it here
+        engine: GradientEngine = loaded.value
+        inputs = [(t.name, t.shape, t.dtype.as_numpy_dtype) for t in engine.model.inputs]
+        feeds = plan_input_feeds(schema, inputs, feature_columns, input_map or {}, source)
+        extras = []
+        for row_input in engine.row_inputs:
+            column = row_columns.get(row_input.column)
+            if not column:
+                raise SpecError(
+                    "{%s} needs {%s}: the column holding each row's {name}" % (row_input.needed_by, row_input.column),
+                    name=row_input.name,
+                )
+            check_columns(schema, [column], row_input.name, source)
+            dtype = row_input.dtype.as_numpy_dtype
+            extras.append(plan_feed(schema, row_input.name, [column], row_input.shape, dtype, source))
+        metadata = {
+            "beam_gradients.version": __version__,
+            "beam_gradients.model_path": redact(model.path),
+            "beam_gradients.model_sha256": model.sha256,
+            "beam_gradients.spec": spec.to_json(),
+            "beam_gradients.batch_size": str(batch_size),
+        }
+        key_fields = [schema.field(c) for c in key_columns]
+        layout = OutputLayout(key_fields, engine.outputs, feeds, metadata=metadata)
+        plan = cls(recipe, feeds, extras, list(key_columns), layout, rejected_schema(key_fields))
+        return plan, loaded
