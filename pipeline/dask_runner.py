@@ -12,6 +12,9 @@ alone empties the job's output (tests/test_dask.py shows all three):
 - Only the last transform's bag is computed; every other branch of the graph
   (the job has two sinks) never runs.
 
+And a Reshuffle is a no-op there, so every row group of the input was read and
+computed in one task on one worker; here it spreads them over the cluster's threads.
+
 Side inputs are also read by computing their bag again inside each task that
 uses them, which reruns everything upstream of them (for a file sink: the
 whole job, once more per side input). Here a side input is a task dependency:
@@ -28,9 +31,10 @@ import itertools
 import dask
 from apache_beam import pvalue
 from apache_beam.pipeline import AppliedPTransform, PipelineVisitor
+from apache_beam.runners.runner import PipelineState
 from apache_beam.runners.common import DoFnContext, DoFnInvoker, DoFnSignature, Receiver, _OutputHandler
 from apache_beam.runners.dask import dask_runner
-from apache_beam.runners.dask.overrides import dask_overrides
+from apache_beam.runners.dask.overrides import _Reshuffle, dask_overrides
 from apache_beam.runners.dask.transform_evaluator import TRANSLATIONS, Flatten, NoOp, ParDo, get_windowed_value
 from apache_beam.transforms.core import DoFn
 from apache_beam.transforms.sideinputs import SideInputMap
@@ -38,6 +42,9 @@ from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.windowed_value import WindowedValue
 
 DaskOptions = dask_runner.DaskOptions  # --dask_client_address and friends: Beam declares them
+# A Reshuffle spreads its elements (the input's row groups) over this many partitions per worker
+# thread (or --dask_npartitions): more than one, so a slow or lost worker's share is small.
+SPREAD_PER_THREAD = 2
 
 
 class _Collect(Receiver):
@@ -112,8 +119,9 @@ def _value(pair):
 class _BagVisitor(PipelineVisitor):
     """Every leaf transform -> a dask bag; a ParDo's bag holds (tag, value) pairs."""
 
-    def __init__(self, bag_kwargs: dict):
+    def __init__(self, bag_kwargs: dict, spread: int):
         self.bag_kwargs = bag_kwargs
+        self.spread = spread  # partitions a Reshuffle spreads its elements over
         self.bags: dict[AppliedPTransform, object] = {}
         self.consumed: set[AppliedPTransform] = set()
 
@@ -132,6 +140,9 @@ class _BagVisitor(PipelineVisitor):
         bags = [self.bag_of(i) for i in inputs]
         if _is_pardo(node):
             self.bags[node] = self._pardo(node, bags[0])
+            return
+        if isinstance(transform, _Reshuffle):  # Beam's Dask translation makes it a no-op: no spread at all
+            self.bags[node] = bags[0].repartition(npartitions=self.spread)
             return
         op = TRANSLATIONS.get(type(transform), NoOp)(node, bag_kwargs=self.bag_kwargs)
         if not bags:
@@ -157,6 +168,17 @@ class _BagVisitor(PipelineVisitor):
         return [bag for node, bag in self.bags.items() if node not in self.consumed]
 
 
+class DaskResult(dask_runner.DaskRunnerResult):
+    """Beam's result, which also closes the client (and a local cluster it started) once the job ends."""
+
+    def wait_until_finish(self, duration=None) -> str:
+        try:
+            return super().wait_until_finish(duration)
+        finally:
+            if self.state in (PipelineState.DONE, PipelineState.FAILED):
+                self.client.close()
+
+
 class DaskRunner(dask_runner.DaskRunner):
     """Runs the job on a Dask cluster: `--dask_client_address HOST:PORT`, or a local cluster without it."""
 
@@ -167,9 +189,10 @@ class DaskRunner(dask_runner.DaskRunner):
         bag_kwargs = DaskOptions._extract_bag_kwargs(dask_options)
         client = ddist.Client(**dask_options)
         pipeline.replace_all(dask_overrides())
-        visitor = _BagVisitor(bag_kwargs)
+        threads = sum(client.nthreads().values())
+        visitor = _BagVisitor(bag_kwargs, bag_kwargs.get("npartitions") or SPREAD_PER_THREAD * max(1, threads))
         pipeline.visit(visitor)
         # One graph, not optimised: dask's fusing renames shared tasks per collection, which reran the
         # file sinks' InitializeWrite once per side input that reads it (three temp folders, lost shards).
         futures = client.compute(visitor.sinks(), optimize_graph=False)
-        return dask_runner.DaskRunnerResult(client, futures)
+        return DaskResult(client, futures)
