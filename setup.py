@@ -11,6 +11,7 @@ from setuptools import find_packages, setup
 # "tensorflow"; everywhere else the CPU wheel is enough (and a tenth of the size).
 TENSORFLOW = os.environ.get("BEAM_GRADIENTS_TENSORFLOW", "tensorflow-cpu")
 TENSORFLOW_VERSION = "2.21.0"
+DASK = ["apache-beam[dask]==2.77.0", "dask==2026.8.0", "distributed==2026.8.0"]
 
 setup(
     name="beam-gradients",
@@ -29,7 +30,10 @@ setup(
         "pyyaml==6.0.3",
     ],
     extras_require={
+        # Beam's Dask runner and a Dask cluster's scheduler and workers (`dask scheduler`, `dask worker`).
+        "dask": DASK,
         "tests": [
+            *DASK,  # tests/test_dask.py runs the job on a real Dask cluster
             "pytest==9.0.3",
             "pytest-timeout==2.4.0",
             "gcp-storage-emulator==2026.7.19",

@@ -19,6 +19,8 @@ from transforms.gradients import EMITS, KERAS_LOSSES, TARGETS, UNCONNECTED_MODES
 DEFAULT_BATCH_SIZE = 256
 # Options that hold a comma-separated list: given more than once, their values add up.
 LIST_OPTIONS = ("feature_columns", "keep_columns", "emit", "input_map")
+# --runner values (any module path before them, any case) that run on Dask.
+DASK_RUNNERS = ("daskrunner", "dask")
 
 
 class OptionsError(ValueError):
@@ -115,6 +117,24 @@ class _Parser(_BeamArgumentParser):
         raise OptionsError(message)
 
 
+def _wants_dask(argv: Sequence[str]) -> bool:
+    """A Dask runner or a --dask_ flag named: only then is Dask imported (it costs every start-up 0.5 s)."""
+    runners = [argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg == "--runner"]
+    runners += [arg.split("=", 1)[1] for arg in argv if arg.startswith("--runner=")]
+    named = any(r.rsplit(".", 1)[-1].lower() in DASK_RUNNERS for r in runners)
+    return named or any(arg.startswith("--dask_") for arg in argv)
+
+
+def _register_dask_options() -> None:
+    """Beam's DaskOptions (--dask_client_address, ...) join the parser once their module is imported."""
+    try:
+        import apache_beam.runners.dask.dask_runner  # noqa: F401  (declares DaskOptions)
+    except ImportError as err:
+        raise OptionsError(
+            f"the Dask runner needs Dask installed ({err.msg}): pip install 'beam-gradients[dask]'"
+        ) from err
+
+
 def _all_options_parser() -> argparse.ArgumentParser:
     """Every option Beam knows, ours included: what PipelineOptions itself parses with."""
     parser = _Parser(allow_abbrev=False)
@@ -123,8 +143,8 @@ def _all_options_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _config_args(path: str, parser: argparse.ArgumentParser) -> list[str]:
-    """A YAML mapping of option names -> values, as flags."""
+def _load_config(path: str) -> dict:
+    """The YAML mapping of option names -> values in `path`."""
     try:
         with open(path) as fh:
             config = yaml.safe_load(fh) or {}
@@ -136,6 +156,11 @@ def _config_args(path: str, parser: argparse.ArgumentParser) -> list[str]:
         raise OptionsError(f"--config {path}: not valid YAML{where} ({getattr(err, 'problem', None) or err})") from err
     if not isinstance(config, dict):
         raise OptionsError(f"--config {path}: expected a mapping of option names to values")
+    return config
+
+
+def _config_args(path: str, config: dict, parser: argparse.ArgumentParser) -> list[str]:
+    """A config's options as flags."""
     actions = {s: a for a in parser._actions for s in a.option_strings}
     args = []
     for key, value in config.items():
@@ -205,9 +230,12 @@ def parse(argv: Sequence[str], defaults: Sequence[str] = ()) -> PipelineOptions:
     there replaces a default or config list instead of adding to it.
     """
     argv = _join_repeated(argv)
+    path = _config_path(argv)
+    config = _load_config(path) if path else {}
+    if _wants_dask(list(defaults) + argv + [f"--{key}={value}" for key, value in config.items()]):
+        _register_dask_options()
     parser = _all_options_parser()
-    config = _config_path(argv)
-    argv = list(defaults) + (_config_args(config, parser) if config else []) + argv
+    argv = list(defaults) + (_config_args(path, config, parser) if path else []) + argv
     _, unknown = parser.parse_known_args(argv)
     if unknown:
         raise OptionsError(f"unknown option {' '.join(unknown)}; see --help")

@@ -23,6 +23,7 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import StandardOptions, TestOptions, WorkerOptions
 
 from pipeline.options import (
+    DASK_RUNNERS,
     GradientOptions,
     OptionsError,
     check_required,
@@ -124,7 +125,13 @@ def resolve_runner(options):
     Naming it directly skips DirectRunner's first try, Prism, which downloads a
     binary at run time and so fails (slowly, or not at all) on machines offline.
     Multi-processing (--direct_num_workers, --direct_running_mode) works the same.
+    DaskRunner (by any name, Beam's module path included) -> ours, whose
+    translation loses no rows (pipeline/dask_runner.py).
     """
+    if runner_name(options) in DASK_RUNNERS:
+        from pipeline.dask_runner import DaskRunner
+
+        return DaskRunner()
     if runner_name(options) not in ("", "directrunner", "direct"):
         return None  # Beam resolves every other runner by name
     workers = options.view_as(WorkerOptions)

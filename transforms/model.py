@@ -158,6 +158,21 @@ def pick_device() -> str:
     return device
 
 
+_loads = 0
+_loads_lock = threading.Lock()
+
+
+def process_loads() -> int:
+    """How many models this process has loaded: readable on a worker where the runner reports no counters."""
+    return _loads
+
+
+def _count_load() -> None:
+    global _loads
+    with _loads_lock:
+        _loads += 1
+
+
 class Loaded(Generic[T]):
     """What was built on a loaded model, plus whether its load has been counted yet."""
 
@@ -203,6 +218,7 @@ class ProcessModel:
                         f"(sha256 {self.sha256[:12]}... then, {sha[:12]}... now); rerun the job"
                     )
             device = pick_device()
+            _count_load()
             return Loaded(build(load_model(self.path, self.trust_model_code), device), device)
 
         return self._shared.acquire(construct, tag=tag)
