@@ -23,6 +23,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from pipeline.dask_runner import DaskOptions, DaskRunner
 from pipeline.options import parse
 from pipeline.run import main, resolve_runner, run
+from pipeline.outputs import read_marker
 from tests.conftest import assert_close, by_key, eager_gradients, read_output, save, tensor_column, write_parquet
 from transforms.model import process_loads
 
@@ -105,13 +106,9 @@ def _model_and_data(tmp_path, files: int, rows: int, width: int, hidden: int, ro
 
 
 def _job(tmp_path, model_path, output, *extra):
-    # --rejected outside `<output>-*`: Beam's sink deletes every `<output>-*-of-NNNNN` file it finds before
-    # renaming its own shards, so with the default prefix it deleted the rejected shards whenever both
-    # outputs had the same shard count and the rejected sink finished first (on any runner).
     return [
         f"--input={tmp_path}/in/*.parquet",
         f"--output={tmp_path}/{output}",
-        f"--rejected={tmp_path}/{output.replace('/', '-rejected/')}",
         f"--model={model_path}",
         "--feature_columns=x",
         "--keep_columns=id",
@@ -130,14 +127,15 @@ def test_dask_cluster_gives_the_in_process_output_row_for_row_and_loads_once_per
         loads = c.on_workers(process_loads)
 
     assert summary.counters is None  # Beam's Dask result has no metrics: the summary says so
-    out, rejected = by_key(read_output(tmp_path / "dask/g")), by_key(read_output(tmp_path / "dask-rejected/g"))
+    out, rejected = by_key(read_output(tmp_path / "dask/g")), by_key(read_output(tmp_path / "dask/g_rejected"))
     assert out.equals(by_key(read_output(tmp_path / "direct/g")))  # every column, every row, bit for bit
     assert out.schema.metadata == read_output(tmp_path / "direct/g").schema.metadata
-    assert rejected.equals(by_key(read_output(tmp_path / "direct-rejected/g")))
+    assert rejected.equals(by_key(read_output(tmp_path / "direct/g_rejected")))
     bad = sorted(i * 200 + r for i in range(3) for r in (3, 7))
     assert rejected.column("id").to_pylist() == bad
     assert set(rejected.column("stage").to_pylist()) == {"decode", "validate"}
     assert out.num_rows + rejected.num_rows == 600 == direct.counters["rows_in"]
+    assert (summary.rows_in, summary.rows_out, summary.rows_rejected) == (600, 594, 6)  # from the footers
 
     x = [row for f in sorted((tmp_path / "in").glob("*")) for row in pq.read_table(f).column("x").to_pylist()]
     good = [i for i in range(600) if i not in bad]
@@ -170,10 +168,11 @@ def test_a_worker_killed_midway_the_job_finishes_on_the_survivor_with_every_row_
     assert victim.pid not in survivors and list(survivors.values()) == [1]  # the survivor did the rest
     assert status["code"] == 0  # Dask reruns the lost worker's tasks on the survivor
     ids = read_output(tmp_path / "dask/g").column("id").to_pylist()
-    rejected = read_output(tmp_path / "dask-rejected/g").column("id").to_pylist()
+    rejected = read_output(tmp_path / "dask/g_rejected").column("id").to_pylist()
     assert len(ids) == len(set(ids))  # no duplicate keys
     assert sorted(ids + rejected) == list(range(8 * 4000))
-    assert not list(tmp_path.glob("dask/beam-temp-*"))  # the killed worker's partial files were cleared
+    assert not list(tmp_path.glob("dask/.*")) and not list(tmp_path.glob("dask/beam-temp-*"))  # no temp left
+    assert read_marker(str(tmp_path / "dask/g"))["rows_in"] == 8 * 4000
 
 
 def test_dask_runner_keeps_tagged_outputs_apart_and_what_finish_bundle_yields(tmp_path):
