@@ -8,13 +8,19 @@ the command line overrides the file. Beam's own options (`runner`,
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
-from typing import Sequence
+import os
+from typing import TYPE_CHECKING, Sequence
 
 import yaml
 from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
 
-from transforms.gradients import EMITS, KERAS_LOSSES, TARGETS, UNCONNECTED_MODES, GradientSpec, SpecError
+from transforms.gradients.choices import EMITS, KERAS_LOSSES, NAMES, UNCONNECTED_MODES
+from transforms.gradients.errors import SpecError
+
+if TYPE_CHECKING:
+    from transforms.gradients import GradientSpec
 
 DEFAULT_BATCH_SIZE = 256
 # Options that hold a comma-separated list: given more than once, their values add up.
@@ -46,8 +52,8 @@ class GradientOptions(PipelineOptions):
         add(
             "--target",
             default="sum",
-            choices=TARGETS.names,
-            help=f"What to differentiate: {', '.join(TARGETS.names)}.",
+            choices=NAMES["target"],
+            help=f"What to differentiate: {', '.join(NAMES['target'])}.",
         )
         add("--label_column", help="Column holding each row's label, for --loss.")
         add("--loss", help=f"Per-example loss: {', '.join(KERAS_LOSSES)} or module.path:function.")
@@ -81,6 +87,13 @@ class GradientOptions(PipelineOptions):
             type=int,
             help="Shards per output (default: the runner decides); a fixed count costs a shuffle.",
         )
+        add(
+            "--group_column",
+            help="Also aggregate per value of this column (a label or a slice) in <output>-summary.json; "
+            "it is kept in the output like a --keep_columns column.",
+        )
+        add("--top_rows", type=int, default=20, help="Rows listed in <output>-summary.json's top-by-norm and top-by-loss.")
+        add("--quiet", action="store_true", help="No progress lines while the job runs.")
         add("--config", help="YAML file of options; flags on the command line override it.")
         add("--debug", action="store_true", help="Show tracebacks on errors.")
         add("--demo", action="store_true", help="Make a demo model and data under ./demo and run on them.")
@@ -238,11 +251,44 @@ def parse(argv: Sequence[str], defaults: Sequence[str] = ()) -> PipelineOptions:
     argv = list(defaults) + (_config_args(path, config, parser) if path else []) + argv
     _, unknown = parser.parse_known_args(argv)
     if unknown:
-        raise OptionsError(f"unknown option {' '.join(unknown)}; see --help")
-    return PipelineOptions(argv)
+        stray = [arg for arg in unknown if not arg.startswith("-")]
+        if stray and all(arg.endswith(".parquet") or os.path.exists(arg) for arg in stray):
+            raise OptionsError(
+                f"unexpected file name(s) {', '.join(stray[:3])}{' ...' if len(stray) > 3 else ''}: "
+                "the shell expanded an unquoted glob; quote it, e.g. --input 'data/*.parquet'"
+            )
+        flag = unknown[0].split("=", 1)[0]
+        known = [s for a in parser._actions for s in a.option_strings if s.startswith("--")]
+        close = difflib.get_close_matches(flag, known, n=1, cutoff=0.7) if flag.startswith("--") else []
+        hint = f"; did you mean {close[0]}?" if close else "; see --help"
+        raise OptionsError(f"unknown option {' '.join(unknown)}{hint}")
+    options = PipelineOptions(argv)
+    check_runner(options)
+    return options
+
+
+def check_runner(options: PipelineOptions) -> None:
+    """A --runner that Beam cannot resolve is an option error now, with the closest name, not a failure after planning."""
+    from apache_beam.options.pipeline_options import StandardOptions
+    from apache_beam.runners.runner import _RUNNER_MAP
+
+    runner = options.view_as(StandardOptions).runner
+    if not runner or not isinstance(runner, str) or "." in runner:  # a module path: Beam imports it
+        return
+    name = runner.lower()
+    known = set(_RUNNER_MAP) | set(DASK_RUNNERS)
+    if name in known or name + "runner" in known:
+        return
+    names = sorted({path.rsplit(".", 1)[-1] for path in _RUNNER_MAP.values()} | {"DaskRunner"})
+    close = difflib.get_close_matches(runner, names, n=1, cutoff=0.5)
+    close = close or difflib.get_close_matches(runner.lower(), [n.lower() for n in names], n=1, cutoff=0.5)
+    hint = f"; did you mean {next(n for n in names if n.lower() == close[0].lower())}?" if close else ""
+    raise OptionsError(f"--runner {runner!r} is not a runner Beam knows{hint} (known: {', '.join(names)})")
 
 
 def spec_from(job: GradientOptions) -> GradientSpec:
+    from transforms.gradients import GradientSpec  # TensorFlow: only once a model is needed
+
     return GradientSpec(
         target=job.target,
         loss=job.loss,
@@ -273,5 +319,7 @@ def check_required(job: GradientOptions) -> None:
         raise OptionsError(f"--max_rejected_fraction must be between 0 and 1, not {job.max_rejected_fraction}")
     if job.num_shards is not None and job.num_shards < 0:
         raise OptionsError(f"--num_shards must be 0 (the runner decides) or more, not {job.num_shards}")
+    if job.top_rows is None or job.top_rows < 0:
+        raise OptionsError(f"--top_rows must be 0 or more, not {job.top_rows}")
     if job.read_batch_rows is not None and job.read_batch_rows < 1:
         raise OptionsError(f"--read_batch_rows must be 1 or more, not {job.read_batch_rows}")

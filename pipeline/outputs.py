@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import glob
 import json
+import os
 import re
 import shutil
 import time
@@ -86,6 +87,11 @@ def _split(prefix: str) -> tuple[str, str]:
     return folder, name
 
 
+def _absolute(path: str) -> str:
+    """One spelling per file: a relative glob matches relative paths, while FileSystems.split makes them absolute."""
+    return path if "://" in path else os.path.abspath(path)
+
+
 def _under(folder: str) -> list[str]:
     """Every file below a folder (local or remote)."""
     if "://" not in folder:
@@ -113,13 +119,15 @@ class StagedOutputs:
     'out/.g.staging-.../g'
     """
 
-    def __init__(self, prefixes: Mapping[str, str], run_id: str | None = None):
+    def __init__(self, prefixes: Mapping[str, str], run_id: str | None = None, files: Mapping[str, str] | None = None):
+        """`files`: single named files (e.g. {"summary": "out/g-summary.json"}), staged and moved the same way."""
         self.prefixes = dict(prefixes)
+        self.files = dict(files or {})
         self.run_id = run_id or uuid.uuid4().hex[:12]
         self.staging = {}
         self._folders = {}
-        for option, prefix in self.prefixes.items():
-            folder, name = _split(prefix)
+        for option, path in {**self.prefixes, **self.files}.items():
+            folder, name = _split(path)
             staging_folder = FileSystems.join(folder, f".{name}{STAGING}{self.run_id}")
             self._folders[option] = staging_folder
             self.staging[option] = FileSystems.join(staging_folder, name)
@@ -145,16 +153,22 @@ class StagedOutputs:
             staged = self.staged_files(option)
             folder, _ = _split(prefix)
             targets = [FileSystems.join(folder, _split(path)[1]) for path in staged]
-            old = set(output_files(prefix))
+            old = {_absolute(p) for p in output_files(prefix)}
             if staged:
                 FileSystems.rename(staged, targets)
-            leftovers = sorted(old - set(targets))
+            leftovers = sorted(old - {_absolute(p) for p in targets})
             if leftovers:
                 FileSystems.delete(leftovers)
             placed[option] = targets
+        for name, path in self.files.items():
+            if FileSystems.exists(path):
+                FileSystems.delete([path])
+            if FileSystems.exists(self.staging[name]):
+                FileSystems.rename([self.staging[name]], [path])
         self.discard()
         self._remove_stale()
-        body = dict(marker, outputs=placed, version=__version__, finished=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+        files = {name: path for name, path in self.files.items() if FileSystems.exists(path)}
+        body = dict(marker, outputs=placed, files=files, version=__version__, finished=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
         with FileSystems.create(marker_path(first)) as fh:
             fh.write(json.dumps(body, indent=2, sort_keys=True).encode())
         return placed
@@ -169,7 +183,7 @@ class StagedOutputs:
 
     def _remove_stale(self) -> None:
         """Staging folders that killed runs left beside the same prefixes."""
-        for prefix in self.prefixes.values():
+        for prefix in [*self.prefixes.values(), *self.files.values()]:
             folder, name = _split(prefix)
             pattern = FileSystems.join(folder, f".{name}{STAGING}*")
             if "://" not in prefix:

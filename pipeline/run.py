@@ -35,7 +35,10 @@ from pipeline.options import (
     spec_from,
     split_list,
 )
+from pipeline import PROCESS_STARTED
+from pipeline.progress import Progress
 from transforms import FAILURE_TAG, METRICS, op_error_line
+from transforms.aggregates import AggregatesFn, AggregateSpec, to_json
 from transforms.compute import REJECTED, RESULTS, ComputeGradients
 from transforms.counters import COUNTERS, MODEL_LOAD_PID
 from transforms.gradients import SpecError
@@ -60,6 +63,8 @@ OUTPUT, REJECTED_OPTION = "--output", "--rejected"
 # Not "-rejected": `<output>-rejected-00000-of-00001.parquet` matches the output's own
 # shard pattern `<output>-*-of-00001.parquet`, which Beam's sink deletes as it finalizes.
 REJECTED_SUFFIX = "_rejected"
+# Dataset-wide aggregates, beside the shards: `<output>-summary.json` (schema in the README).
+SUMMARY_SUFFIX, SUMMARY = "-summary.json", "summary"
 # Errors that mean "an option or an input is wrong": one line, no traceback.
 USER_ERRORS = (OptionsError, SpecError, FeedError, ModelError, InputError)
 
@@ -77,10 +82,12 @@ class Summary:
     rows_rejected: int
     counters: dict[str, int] | None  # None where the runner reports no metrics
     load_pids: tuple[int, int] | None  # lowest and highest pid that loaded the model
-    wall_seconds: float
+    wall_seconds: float  # the whole process's, from the command line (or from the call to run())
     outputs: list[str]
     rejected: list[str]
     skipped: list[str] = dataclasses.field(default_factory=list)  # zero-byte input files
+    startup_seconds: float = 0.0  # of the wall time: imports, model load and planning, before any row is read
+    summary: str | None = None  # the aggregates file written
     result: object = None  # the runner's PipelineResult; a Dataflow dry run's holds the job it built (.job)
     dry_run: bool = False
 
@@ -94,7 +101,8 @@ class Summary:
         lines = []
         if self.rows_in and not self.rows_out:
             lines.append(f"EVERY ROW WAS REJECTED ({self.rows_rejected}): see the reasons in the rejected rows")
-        rate = self.rows_in / self.wall_seconds if self.wall_seconds else 0.0
+        job_seconds = self.wall_seconds - self.startup_seconds
+        rate = self.rows_in / job_seconds if job_seconds > 0 else 0.0
         lines.append(f"rows: {self.rows_in} in, {self.rows_out} out, {self.rows_rejected} rejected")
         if self.skipped:
             lines.append(f"skipped {len(self.skipped)} empty (0-byte) input file(s): {', '.join(self.skipped[:3])}")
@@ -107,10 +115,13 @@ class Summary:
                 f"None gradients: {c['none_gradients']}; model loads: {c['model_loads']}"
             )
         lines += [
-            f"wall time: {self.wall_seconds:.1f} s ({rate:,.0f} rows/s)",
+            f"wall time: {self.wall_seconds:.1f} s: start-up {self.startup_seconds:.1f} s (imports, model, planning), "
+            f"job {job_seconds:.1f} s ({rate:,.0f} rows/s)",
             "output: " + (", ".join(self.outputs) or "(none)"),
             "rejected rows: " + (", ".join(self.rejected) or "(none)"),
         ]
+        if self.summary:
+            lines.append(f"summary: {self.summary}")
         return "\n".join(lines)
 
 
@@ -148,19 +159,14 @@ def resolve_runner(options):
 
 
 @contextlib.contextmanager
-def local_worker_output(options):
-    """Without --debug, the DirectRunner's worker processes write their stderr to a log file, not the terminal.
+def stderr_to_log(prefix: str):
+    """Send this process's stderr (file descriptor 2, which C++ libraries and child processes write to) to a log.
 
-    Beam's SDK workers print every failed bundle's whole stack to stderr
-    themselves (not through logging), and they inherit ours; the job's one
-    line says what failed. The log is kept, and named, only when the job fails.
+    The log is kept, and named in the error, only when the block fails.
     """
-    if options.view_as(GradientOptions).debug or runner_name(options) not in ("", "directrunner", "direct"):
-        yield
-        return
     sys.stderr.flush()
     saved = os.dup(2)
-    log = tempfile.NamedTemporaryFile("w+b", prefix="beam-gradients-workers-", suffix=".log", delete=False)
+    log = tempfile.NamedTemporaryFile("w+b", prefix=prefix, suffix=".log", delete=False)
     os.dup2(log.fileno(), 2)
     try:
         yield
@@ -174,6 +180,44 @@ def local_worker_output(options):
         os.dup2(saved, 2)
         os.close(saved)
         log.close()
+
+
+@contextlib.contextmanager
+def quiet_native_start(debug: bool):
+    """Without --debug, TensorFlow's C++ start-up lines (oneDNN, absl's "before InitializeLog") stay off the terminal.
+
+    They are printed by C++ straight to file descriptor 2 as TensorFlow loads,
+    whatever TF_CPP_MIN_LOG_LEVEL says, so TensorFlow is imported (and the model
+    planned) with that descriptor sent to a log. Python errors are raised, not
+    printed, so the job's own one-line errors are unaffected.
+    """
+    if debug or "tensorflow" in sys.modules:
+        yield
+        return
+    with stderr_to_log("beam-gradients-start-"):
+        import tensorflow  # noqa: F401
+
+        yield
+
+
+@contextlib.contextmanager
+def local_worker_output(options):
+    """Without --debug, the DirectRunner's worker processes write their stderr to a log file, not the terminal.
+
+    Beam's SDK workers print every failed bundle's whole stack to stderr
+    themselves (not through logging), and they inherit ours; the job's one
+    line says what failed. The log is kept, and named, only when the job fails.
+    """
+    if options.view_as(GradientOptions).debug or not is_local(options):
+        yield
+        return
+    with stderr_to_log("beam-gradients-workers-"):
+        yield
+
+
+def is_local(options) -> bool:
+    """The DirectRunner (in-process or multi-process): workers on this machine."""
+    return runner_name(options) in ("", "directrunner", "direct")
 
 
 def is_dry_run(options) -> bool:
@@ -210,6 +254,10 @@ def plan_job(job: GradientOptions) -> tuple[JobPlan, object, InputFiles, int]:
         for name, value in parse_map(job.input_map).items()
     }
     rows = {field: exact_column(schema, c) if c else c for field, c in row_columns(job).items()}
+    keys = columns(job.keep_columns)
+    if job.group_column:  # kept in the output so the aggregates (and any reader) can group by it
+        group = exact_column(schema, job.group_column)
+        keys += [group] if group not in keys else []
     try:
         plan, loaded = JobPlan.build(
             schema,
@@ -220,7 +268,7 @@ def plan_job(job: GradientOptions) -> tuple[JobPlan, object, InputFiles, int]:
             feature_columns=columns(job.feature_columns),
             input_map=input_map,
             row_columns=rows,
-            key_columns=columns(job.keep_columns),
+            key_columns=keys,
         )
     except SpecError as err:
         raise flag_error(err) from None
@@ -228,15 +276,29 @@ def plan_job(job: GradientOptions) -> tuple[JobPlan, object, InputFiles, int]:
     return plan, loaded, inputs, sum(meta.num_rows for meta in footers)
 
 
-def build(pipeline: beam.Pipeline, job: GradientOptions, plan: JobPlan, files: Sequence[str], prefixes: dict) -> None:
-    """Read -> compute -> write results and rejected rows (to `prefixes`, the staging names)."""
+def build(
+    pipeline: beam.Pipeline,
+    job: GradientOptions,
+    plan: JobPlan,
+    files: Sequence[str],
+    prefixes: dict,
+    progress=None,
+) -> None:
+    """Read -> compute -> write results, rejected rows and the aggregates (to `prefixes`, the staging names)."""
     batches = pipeline | "ReadParquet" >> ReadParquetBatches(
         files, plan.read_columns, job.read_batch_rows, plan.key_columns
     )
-    computed = batches | "Gradients" >> ComputeGradients(plan)
+    computed = batches | "Gradients" >> ComputeGradients(plan, progress)
     shards = job.num_shards or 0
     computed[RESULTS] | "WriteGradients" >> write_parquet(prefixes[OUTPUT], plan.layout.schema, shards)
     computed[REJECTED] | "WriteRejected" >> write_parquet(prefixes[REJECTED_OPTION], plan.rejected_schema, shards)
+    spec = AggregateSpec.from_layout(plan.layout, plan.key_columns, job.group_column, job.top_rows)
+    (
+        computed[RESULTS]
+        | "Aggregate" >> beam.CombineGlobally(AggregatesFn(spec))
+        | "SummaryJson" >> beam.Map(to_json)
+        | "WriteSummary" >> beam.io.WriteToText(prefixes[SUMMARY], shard_name_template="", num_shards=1)
+    )
 
 
 def output_prefixes(job: GradientOptions) -> dict[str, str]:
@@ -269,12 +331,44 @@ def read_counters(result) -> tuple[dict[str, int] | None, tuple[int, int] | None
     return counters, pids
 
 
-def run(argv: Sequence[str], fault: Fault | None = None) -> Summary:
-    """Parse, check, build, run; the summary of what happened. `fault` is for tests (see JobPlan.fault)."""
-    return run_options(parse(argv), argv, fault)
+def run(argv: Sequence[str] = (), fault: Fault | None = None, **options) -> Summary:
+    """Parse, check, build, run; the summary of what happened. `fault` is for tests (see JobPlan.fault).
+
+    Options come as an argv list, as keyword arguments, or both (keywords after the list):
+
+    >>> run(input="data/*.parquet", output="out/grads", model="model.keras",
+    ...     runner="DirectRunner", keep_columns=["id"], emit=["norm"])  # doctest: +SKIP
+    """
+    argv = list(argv) + keyword_flags(options)
+    return run_options(parse(argv), argv, fault, started=time.monotonic())
 
 
-def run_options(options, argv: Sequence[str] = (), fault: Fault | None = None) -> Summary:
+def keyword_flags(options: dict) -> list[str]:
+    """run()'s keyword arguments as flags: a list is comma-separated, True is the bare flag, False and None leave it out."""
+    flags = []
+    for name, value in options.items():
+        if value is None or value is False:
+            continue
+        if value is True:
+            flags.append(f"--{name}")
+        elif isinstance(value, (list, tuple)):
+            flags.append(f"--{name}={','.join(str(v) for v in value)}")
+        elif isinstance(value, dict):
+            flags.append(f"--{name}={','.join(f'{k}={v}' for k, v in value.items())}")
+        else:
+            flags.append(f"--{name}={value}")
+    return flags
+
+
+def summary_path(output: str) -> str:
+    return output + SUMMARY_SUFFIX
+
+
+def run_options(
+    options, argv: Sequence[str] = (), fault: Fault | None = None, started: float | None = None, progress_every=None
+) -> Summary:
+    """`started`: when the wall time starts (the process's start for the command line)."""
+    started = time.monotonic() if started is None else started
     job = options.view_as(GradientOptions)
     if job.demo:
         from pipeline.demo import demo_options
@@ -283,22 +377,24 @@ def run_options(options, argv: Sequence[str] = (), fault: Fault | None = None) -
         job = options.view_as(GradientOptions)
     check_required(job)
     dry_run = is_dry_run(options)
-    started = time.monotonic()
     prefixes = output_prefixes(job)
     check_no_clash(prefixes)
-    plan, loaded, inputs, rows_in = plan_job(job)
+    with quiet_native_start(job.debug):
+        plan, loaded, inputs, rows_in = plan_job(job)
     plan.fault = fault
     if not dry_run:  # a dry run writes nothing, and may be built where the output is out of reach
         for option, prefix in prefixes.items():
             check_writable(prefix, option)
-    staged = StagedOutputs(prefixes)
+    staged = StagedOutputs(prefixes, files={SUMMARY: summary_path(job.output)})
+    progress = Progress(rows_in, is_local(options) and not job.quiet and not dry_run, **_every(progress_every))
     pipeline = beam.Pipeline(runner=resolve_runner(options), options=options)
-    build(pipeline, job, plan, inputs.paths, staged.staging)
+    build(pipeline, job, plan, inputs.paths, {**staged.staging}, progress.files)
     if dry_run:
         result = pipeline.run()
         return Summary(0, 0, 0, None, None, time.monotonic() - started, [], [], result=result, dry_run=True)
+    startup = time.monotonic() - started
     try:
-        with local_worker_output(options):
+        with progress, local_worker_output(options):
             result = pipeline.run()
             result.wait_until_finish()
         written = staged.count_rows()
@@ -328,18 +424,28 @@ def run_options(options, argv: Sequence[str] = (), fault: Fault | None = None) -
         placed[REJECTED_OPTION],
         skipped=inputs.empty,
         result=result,
+        startup_seconds=startup,
+        summary=summary_path(job.output),
     )
+
+
+def _every(seconds: float | None) -> dict:
+    return {} if seconds is None else {"every": seconds}
 
 
 EXIT_OK, EXIT_FAILED, EXIT_OPTIONS, EXIT_TOO_MANY_REJECTED, EXIT_UNACCOUNTED = 0, 1, 2, 3, 4
 
 
-def main(argv: Sequence[str] | None = None, fault: Fault | None = None) -> int:
+def main(argv: Sequence[str] | None = None, fault: Fault | None = None, progress_every: float | None = None) -> int:
     """The console entry point: `beam-gradients` and `python -m pipeline`. Exit codes: see the README.
 
-    `fault` is for tests only (see JobPlan.fault).
+    `fault` is for tests only (see JobPlan.fault); `progress_every` sets the seconds between progress lines.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["report"]:
+        from pipeline.report import main as report_main
+
+        return report_main(argv[1:])
     if "-h" in argv or "--help" in argv:
         print(help_text())
         return EXIT_OK
@@ -349,7 +455,7 @@ def main(argv: Sequence[str] | None = None, fault: Fault | None = None) -> int:
         job = options.view_as(GradientOptions)
         debug = job.debug  # a config file may turn it on too
         _quiet_logs(debug)
-        summary = run_options(options, argv, fault)
+        summary = run_options(options, argv, fault, started=PROCESS_STARTED, progress_every=progress_every)
     except USER_ERRORS as err:
         return _fail(f"error: {err}", EXIT_OPTIONS, debug)
     except RowsUnaccounted as err:
@@ -359,6 +465,10 @@ def main(argv: Sequence[str] | None = None, fault: Fault | None = None) -> int:
         hint = "" if debug else f" ({notes + '; ' if notes else ''}rerun with --debug for the traceback)"
         return _fail(f"the job failed: {failure_line(err)}{hint}", EXIT_FAILED, debug)
     print(summary)
+    if job.demo and not summary.dry_run:
+        from pipeline.report import write_demo_report
+
+        print(f"report: {write_demo_report(summary)}")
     limit = job.max_rejected_fraction
     if limit is not None and not summary.dry_run and summary.rejected_fraction > limit:
         print(

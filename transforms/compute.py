@@ -10,6 +10,8 @@ rejected-rows output with their reason, and their neighbours go on.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
@@ -18,10 +20,13 @@ from apache_beam.transforms.window import GlobalWindows
 from transforms import BatchFailed, op_error_line
 from transforms import coders  # noqa: F401  (registers the Arrow coders the ParDos' type hints select)
 from transforms.counters import Counters
-from transforms.gradients import GradientEngine
 from transforms.parquet import UnreadableRows, rejected_table
-from transforms.plan import JobPlan
+from transforms.progress import ProgressFiles
 from transforms.tensors import Reasons, decode, merge_reasons
+
+if TYPE_CHECKING:  # planning and the engine need TensorFlow; this module is imported before any model is
+    from transforms.gradients import GradientEngine
+    from transforms.plan import JobPlan
 
 REJECTED = "rejected"
 RESULTS = "results"
@@ -34,8 +39,9 @@ OUTPUT_BYTES = 64 << 20
 class _GradientsFn(beam.DoFn):
     """(source file, record batch) -> output tables, and rejected-row tables tagged REJECTED."""
 
-    def __init__(self, plan: JobPlan):
+    def __init__(self, plan: JobPlan, progress: ProgressFiles | None = None):
         self._plan = plan
+        self._progress = progress
         self._counters = Counters()
 
     def setup(self):
@@ -64,6 +70,8 @@ class _GradientsFn(beam.DoFn):
             self._first = False
             if plan.fault is not None:
                 plan.fault.bundle_started(source, batch)
+        if self._progress is not None:
+            self._progress.add(batch.rows if isinstance(batch, UnreadableRows) else batch.num_rows)
         if isinstance(batch, UnreadableRows):
             yield from self._reject_unreadable(batch, source)
             return
@@ -86,6 +94,8 @@ class _GradientsFn(beam.DoFn):
     def finish_bundle(self):
         outputs = list(self._run()) if self._filled else []
         outputs += list(self._flush(force=True))
+        if self._progress is not None:
+            self._progress.add(0, force=True)
         for output in outputs:
             if isinstance(output, beam.pvalue.TaggedOutput):
                 yield beam.pvalue.TaggedOutput(output.tag, GlobalWindows.windowed_value(output.value))
@@ -191,10 +201,12 @@ def _non_finite(result: dict[str, np.ndarray], rows: int) -> Reasons:
 class ComputeGradients(beam.PTransform):
     """(source file, record batch) -> tagged outputs RESULTS and REJECTED, both pyarrow Tables."""
 
-    def __init__(self, plan: JobPlan):
+    def __init__(self, plan: JobPlan, progress: ProgressFiles | None = None):
+        """`progress`: where local workers tell the launcher how many rows they have taken (None: nowhere)."""
         super().__init__()
         self._plan = plan
+        self._progress = progress
 
     def expand(self, batches):
-        fn = beam.ParDo(_GradientsFn(self._plan)).with_output_types(pa.Table)
+        fn = beam.ParDo(_GradientsFn(self._plan, self._progress)).with_output_types(pa.Table)
         return batches | fn.with_outputs(REJECTED, main=RESULTS)

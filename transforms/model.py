@@ -15,12 +15,14 @@ import re
 import tempfile
 import threading
 import urllib.parse
-from typing import Callable, Generic, TypeVar
+from typing import TYPE_CHECKING, Callable, Generic, TypeVar
 
 from apache_beam.utils.shared import Shared
 
 from transforms import error_line
-from transforms.gradients import ModelFunction, from_keras, from_saved_model
+
+if TYPE_CHECKING:
+    from transforms.gradients import ModelFunction
 
 LOG = logging.getLogger(__name__)
 KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
@@ -109,6 +111,8 @@ def load_model(path: str, trust_model_code: bool = False) -> ModelFunction:
     Keras `safe_mode` stays on unless `trust_model_code`: a model that carries
     code (a `Lambda` layer) is refused, and none of its code runs.
     """
+    from transforms.gradients import from_keras, from_saved_model  # TensorFlow: only once a model is needed
+
     local = local_copy(path)
     shown = redact(path)
     try:

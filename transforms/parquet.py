@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import os
 import uuid
 from typing import TYPE_CHECKING, Sequence
 
@@ -52,6 +53,8 @@ def match_files(pattern: str) -> InputFiles:
     Zero-byte files are what a failed writer leaves behind: they are skipped
     (and reported), not read; a file with content that is not Parquet stays an error.
     """
+    if _is_folder(pattern):  # a folder reads its Parquet files, with or without the trailing slash
+        pattern = pattern.rstrip("/") + "/*" + SUFFIX
     try:
         result = FileSystems.match([pattern])[0]
     except Exception as err:  # BeamIOError and friends: the filesystem says why
@@ -64,6 +67,14 @@ def match_files(pattern: str) -> InputFiles:
     if not paths:
         raise InputError(f"--input {pattern!r}: every file it matches is empty (0 bytes): {', '.join(empty[:3])}")
     return InputFiles(paths, empty)
+
+
+def _is_folder(pattern: str) -> bool:
+    if any(ch in pattern for ch in "*?["):
+        return False
+    if "://" not in pattern:
+        return os.path.isdir(pattern)
+    return pattern.endswith("/")
 
 
 def open_parquet(path: str) -> pq.ParquetFile:
@@ -279,6 +290,8 @@ class _Column:
     type: pa.DataType
     source: str | None  # the engine output it is filled from; None for a key column
     feature: int | None = None  # for a stacked scalar input: which feature
+    kind: str | None = None  # the engine output's kind (gradient, prediction, ...); None for a key column
+    feature_name: str | None = None  # that feature's input column
 
 
 def _arrow_type(output: Output) -> pa.DataType:
@@ -310,9 +323,10 @@ class OutputLayout:
             if feed is not None and feed.kind == SCALARS and output.per_feature:
                 value = pa.from_numpy_dtype(np.dtype(output.dtype))
                 for j, feature in enumerate(feed.columns):
-                    columns.append(_Column(output.per_feature.format(feature=feature), value, output.name, j))
+                    name = output.per_feature.format(feature=feature)
+                    columns.append(_Column(name, value, output.name, j, output.kind, feature))
             else:
-                columns.append(_Column(output.name, _arrow_type(output), output.name))
+                columns.append(_Column(output.name, _arrow_type(output), output.name, kind=output.kind))
         names = [c.name for c in columns]
         clashes = sorted({n for n in names if names.count(n) > 1})
         if clashes:

@@ -8,16 +8,19 @@ schema, and lays out the output from what the engine declares.
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import pyarrow as pa
 
 from transforms import __version__
-from transforms.gradients import GradientEngine, GradientSpec, ModelFunction, SpecError
+from transforms.gradients.errors import SpecError
 from transforms.model import Loaded, ProcessModel, redact
 from transforms.parquet import OutputLayout, rejected_schema
 from transforms.tensors import Feed, check_columns, plan_feed, plan_input_feeds
+
+if TYPE_CHECKING:  # the engine is built on workers and at planning, never at import: --help needs no TensorFlow
+    from transforms.gradients import GradientEngine, GradientSpec, ModelFunction
 
 class Fault:
     """A hook a test passes in to make the job misbehave; production plans have none.
@@ -43,6 +46,8 @@ class EngineRecipe:
     batch_size: int
 
     def build(self, model: ModelFunction, device: str) -> GradientEngine:
+        from transforms.gradients import GradientEngine
+
         return GradientEngine(model, self.spec, self.batch_size, device).trace()
 
     def acquire(self) -> Loaded[GradientEngine]:

@@ -12,34 +12,44 @@ questions, each answer one small class in one file, listed in a registry:
 signature and declares its outputs (`Output`: name, kind, shape, dtype), from
 which a caller builds its schema. Errors (`SpecError`) name spec fields; a
 caller may rename them (`SpecError.named`), as the CLI does with its flags.
+
+Names are imported on first use (PEP 562), so `from transforms.gradients import
+SpecError` or the choices in `choices.py` cost no TensorFlow import: the command
+line answers `--help` and option errors at once.
 """
 
-from transforms.gradients.engine import GradientEngine
-from transforms.gradients.errors import SpecError
-from transforms.gradients.losses import KERAS_LOSSES, resolve_loss
-from transforms.gradients.methods import METHODS
-from transforms.gradients.model_function import ModelFunction, TensorInfo, from_keras, from_saved_model
-from transforms.gradients.outputs import Output, RowInput, gradient_name
-from transforms.gradients.spec import EMITS, UNCONNECTED_MODES, GradientSpec
-from transforms.gradients.targets import TARGETS
-from transforms.gradients.wrt import WRT
+import importlib
 
-__all__ = [
-    "EMITS",
-    "KERAS_LOSSES",
-    "METHODS",
-    "TARGETS",
-    "UNCONNECTED_MODES",
-    "WRT",
-    "GradientEngine",
-    "GradientSpec",
-    "ModelFunction",
-    "Output",
-    "RowInput",
-    "SpecError",
-    "TensorInfo",
-    "from_keras",
-    "from_saved_model",
-    "gradient_name",
-    "resolve_loss",
-]
+# name -> the submodule that defines it
+_WHERE = {
+    "EMITS": "choices",
+    "KERAS_LOSSES": "choices",
+    "UNCONNECTED_MODES": "choices",
+    "SpecError": "errors",
+    "METHODS": "methods",
+    "TARGETS": "targets",
+    "WRT": "wrt",
+    "GradientEngine": "engine",
+    "GradientSpec": "spec",
+    "resolve_loss": "losses",
+    "ModelFunction": "model_function",
+    "TensorInfo": "model_function",
+    "from_keras": "model_function",
+    "from_saved_model": "model_function",
+    "Output": "outputs",
+    "RowInput": "outputs",
+    "gradient_name": "outputs",
+}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return __all__

@@ -8,18 +8,11 @@ from typing import Callable
 
 import tensorflow as tf
 
+from transforms.gradients.choices import KERAS_LOSSES
 from transforms.gradients.errors import SpecError
 from transforms.gradients.model_function import ModelFunction
 from transforms.gradients.outputs import RowInput
 
-KERAS_LOSSES = (
-    "mse",
-    "mae",
-    "binary_crossentropy",
-    "categorical_crossentropy",
-    "sparse_categorical_crossentropy",
-    "huber",
-)
 _DOTTED = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
 
 

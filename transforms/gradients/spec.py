@@ -5,14 +5,13 @@ from __future__ import annotations
 import dataclasses
 import json
 
+from transforms.gradients.choices import EMITS, UNCONNECTED_MODES
 from transforms.gradients.errors import SpecError
 from transforms.gradients.losses import check_loss_name
 from transforms.gradients.methods import METHODS
 from transforms.gradients.targets import TARGETS
 from transforms.gradients.wrt import WRT
 
-UNCONNECTED_MODES = ("zeros", "error")
-EMITS = ("predictions", "loss", "norm")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,0 +1,251 @@
+"""Dataset-wide aggregates of a job's output, computed in the job by a combiner, so they scale with it.
+
+Per gradient output (one tensor column, or one scalar column per feature for a
+tabular input): the mean of |gradient| and of the gradient per element, the row
+count, a histogram of per-row L2 norms over fixed log-spaced bins (so partial
+histograms add up on any worker), and the top rows by norm with their keys;
+the same means per group of `group_column` where one is given; and the top rows
+by loss where the output has a `loss` column. The result is one JSON object,
+written beside the shards as `<output>-summary.json` (its schema is in the README).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Iterable, Sequence
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+
+SUMMARY_VERSION = 1
+# Histogram of per-row norms: 8 bins per decade from 1e-12 to 1e12, plus one bin below and one above.
+HISTOGRAM_EDGES = tuple(float(10.0**e) for e in np.arange(-12, 12 + 1e-9, 1 / 8))
+# Beyond this many distinct groups, per-group means are dropped (and the summary says so).
+MAX_GROUPS = 1000
+LOSS_COLUMN = "loss"
+
+
+@dataclasses.dataclass(frozen=True)
+class GradientBlock:
+    """One gradient output as written: a tensor column, or one scalar column per feature."""
+
+    name: str  # the engine's output name, e.g. gradient__classes
+    columns: tuple[str, ...]
+    shape: tuple[int, ...]  # per row; (features,) for scalar columns
+    features: tuple[str, ...] | None = None  # the input columns, for scalar columns
+
+    def values(self, table: pa.Table) -> np.ndarray:
+        """[rows, elements] float64 values of this output in `table`."""
+        if self.features is None:
+            column = table.column(self.columns[0]).combine_chunks()
+            values = column.to_numpy_ndarray() if isinstance(column.type, pa.FixedShapeTensorType) else column
+            return np.asarray(values, np.float64).reshape(table.num_rows, -1)
+        return np.stack([np.asarray(table.column(c), np.float64) for c in self.columns], axis=1).reshape(
+            table.num_rows, -1
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class AggregateSpec:
+    """What to aggregate: the gradient outputs, the key columns to name top rows by, an optional group column."""
+
+    blocks: tuple[GradientBlock, ...]
+    key_columns: tuple[str, ...] = ()
+    group_column: str | None = None
+    loss_column: str | None = None
+    top: int = 20
+
+    @classmethod
+    def from_layout(cls, layout, key_columns: Sequence[str], group_column: str | None = None, top: int = 20):
+        """From an OutputLayout: every column of kind `gradient`, grouped by the output it comes from."""
+        blocks: dict[str, list] = {}
+        for column in layout.columns:
+            if column.kind == "gradient":
+                blocks.setdefault(column.source, []).append(column)
+        made = []
+        for name, columns in blocks.items():
+            if columns[0].feature is not None:
+                features = tuple(c.feature_name for c in columns)
+                made.append(GradientBlock(name, tuple(c.name for c in columns), (len(columns),), features))
+            else:
+                made.append(GradientBlock(name, (columns[0].name,), tuple(columns[0].type.shape)))
+        loss = LOSS_COLUMN if LOSS_COLUMN in layout.schema.names else None
+        return cls(tuple(made), tuple(key_columns), group_column, loss, top)
+
+
+def row_norms(values: np.ndarray) -> np.ndarray:
+    """Each row's L2 norm (float64)."""
+    return np.sqrt(np.einsum("ij,ij->i", values, values))
+
+
+def histogram_counts(norms: np.ndarray) -> np.ndarray:
+    """Counts per bin of HISTOGRAM_EDGES: [below the first edge, each bin, at or above the last edge]."""
+    index = np.searchsorted(np.asarray(HISTOGRAM_EDGES), norms, side="right")
+    return np.bincount(index, minlength=len(HISTOGRAM_EDGES) + 1).astype(np.int64)
+
+
+def _tie(keys: dict) -> str:
+    return json.dumps(keys, sort_keys=True, default=str)
+
+
+def _best(entries: Iterable[tuple[float, dict]], top: int) -> list[tuple[float, dict]]:
+    """The `top` entries by value, largest first; ties broken by key so any merge order gives the same list."""
+    return sorted(entries, key=lambda e: (-e[0], _tie(e[1])))[:top]
+
+
+def _candidates(table: pa.Table, values: np.ndarray, keys: Sequence[str], top: int) -> list[tuple[float, dict]]:
+    """The rows of `table` that can be among the top (all rows tied with the cut included), with their keys."""
+    if not len(values) or top < 1:
+        return []
+    if len(values) > top:
+        cut = np.partition(values, len(values) - top)[len(values) - top]
+        index = np.flatnonzero(values >= cut)
+    else:
+        index = np.arange(len(values))
+    rows = table.select(list(keys)).take(pa.array(index)).to_pylist() if keys else [{} for _ in index]
+    return [(float(values[i]), row) for i, row in zip(index, rows)]
+
+
+class _Sums:
+    """Count, sum and sum of |values| per element: the part of a mean that adds up."""
+
+    def __init__(self, size: int):
+        self.count = 0
+        self.sum = np.zeros(size)
+        self.sum_abs = np.zeros(size)
+
+    def add(self, values: np.ndarray) -> None:
+        self.count += len(values)
+        self.sum += values.sum(axis=0)
+        self.sum_abs += np.abs(values).sum(axis=0)
+
+    def merge(self, other: "_Sums") -> None:
+        self.count += other.count
+        self.sum += other.sum
+        self.sum_abs += other.sum_abs
+
+    def means(self, shape) -> dict:
+        n = max(self.count, 1)
+        return {
+            "count": self.count,
+            "mean_abs": (self.sum_abs / n).reshape(shape).tolist(),
+            "mean": (self.sum / n).reshape(shape).tolist(),
+        }
+
+
+class _BlockAccumulator:
+    def __init__(self, size: int):
+        self.all = _Sums(size)
+        self.histogram = np.zeros(len(HISTOGRAM_EDGES) + 1, np.int64)
+        self.top_norm: list[tuple[float, dict]] = []
+        self.groups: dict[str, _Sums] | None = {}
+
+
+class Accumulator:
+    def __init__(self, spec: AggregateSpec):
+        self.rows = 0
+        self.blocks = [_BlockAccumulator(int(np.prod(b.shape, dtype=np.int64))) for b in spec.blocks]
+        self.top_loss: list[tuple[float, dict]] = []
+
+
+def _group_names(table: pa.Table, column: str) -> np.ndarray:
+    values = table.column(column).to_pylist()
+    return np.array(["null" if v is None else str(v) for v in values], dtype=object)
+
+
+class AggregatesFn(beam.CombineFn):
+    """Output tables -> the summary dict. Partial results merge on any runner, in any order, to the same result."""
+
+    def __init__(self, spec: AggregateSpec):
+        self.spec = spec
+
+    def create_accumulator(self) -> Accumulator:
+        return Accumulator(self.spec)
+
+    def add_input(self, acc: Accumulator, table: pa.Table) -> Accumulator:
+        spec = self.spec
+        if not table.num_rows:
+            return acc
+        acc.rows += table.num_rows
+        groups = _group_names(table, spec.group_column) if spec.group_column else None
+        for block, block_acc in zip(spec.blocks, acc.blocks):
+            values = block.values(table)
+            block_acc.all.add(values)
+            norms = row_norms(values)
+            block_acc.histogram += histogram_counts(norms)
+            block_acc.top_norm = _best(
+                block_acc.top_norm + _candidates(table, norms, spec.key_columns, spec.top), spec.top
+            )
+            if groups is not None and block_acc.groups is not None:
+                for name in np.unique(groups):
+                    block_acc.groups.setdefault(name, _Sums(values.shape[1])).add(values[groups == name])
+                if len(block_acc.groups) > MAX_GROUPS:
+                    block_acc.groups = None
+        if spec.loss_column:
+            loss = np.asarray(table.column(spec.loss_column), np.float64)
+            acc.top_loss = _best(acc.top_loss + _candidates(table, loss, spec.key_columns, spec.top), spec.top)
+        return acc
+
+    def merge_accumulators(self, accumulators) -> Accumulator:
+        accumulators = iter(accumulators)
+        merged = next(accumulators)
+        for acc in accumulators:
+            merged.rows += acc.rows
+            merged.top_loss = _best(merged.top_loss + acc.top_loss, self.spec.top)
+            for mine, theirs in zip(merged.blocks, acc.blocks):
+                mine.all.merge(theirs.all)
+                mine.histogram += theirs.histogram
+                mine.top_norm = _best(mine.top_norm + theirs.top_norm, self.spec.top)
+                if mine.groups is None or theirs.groups is None:
+                    mine.groups = None
+                    continue
+                for name, sums in theirs.groups.items():
+                    if name in mine.groups:
+                        mine.groups[name].merge(sums)
+                    else:
+                        mine.groups[name] = sums
+                if len(mine.groups) > MAX_GROUPS:
+                    mine.groups = None
+        return merged
+
+    def extract_output(self, acc: Accumulator) -> dict:
+        spec = self.spec
+        gradients = {}
+        for block, block_acc in zip(spec.blocks, acc.blocks):
+            entry = {
+                "columns": list(block.columns),
+                "features": list(block.features) if block.features else None,
+                "shape": list(block.shape),
+                **block_acc.all.means(block.shape),
+                "norm_histogram": {"edges": list(HISTOGRAM_EDGES), "counts": block_acc.histogram.tolist()},
+                "top_by_norm": [{"norm": v, "keys": k} for v, k in block_acc.top_norm],
+                "groups": None,
+            }
+            if spec.group_column and block_acc.groups is not None:
+                entry["groups"] = {g: s.means(block.shape) for g, s in sorted(block_acc.groups.items())}
+            gradients[block.name] = entry
+        dropped = bool(spec.group_column) and any(b.groups is None for b in acc.blocks)
+        return {
+            "version": SUMMARY_VERSION,
+            "rows": acc.rows,
+            "key_columns": list(spec.key_columns),
+            "group_column": spec.group_column,
+            "groups_dropped": dropped,  # more than MAX_GROUPS distinct groups: per-group means left out
+            "gradients": gradients,
+            "top_by_loss": [{"loss": v, "keys": k} for v, k in acc.top_loss] if spec.loss_column else None,
+        }
+
+
+def summarize(tables: Iterable[pa.Table], spec: AggregateSpec) -> dict:
+    """The same summary without Beam: over tables streamed one at a time (the report's fallback)."""
+    fn = AggregatesFn(spec)
+    acc = fn.create_accumulator()
+    for table in tables:
+        acc = fn.add_input(acc, table)
+    return fn.extract_output(acc)
+
+
+def to_json(summary: dict) -> str:
+    return json.dumps(summary, default=str)

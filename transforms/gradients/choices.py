@@ -1,0 +1,23 @@
+"""The names the engine answers to, without TensorFlow: what a command line offers before any model is needed.
+
+Why apart: `--help` and every option error must answer at once, and importing
+TensorFlow costs seconds. Each registry checks, when it is built, that its
+classes' names are exactly the ones listed here, so the two cannot drift.
+"""
+
+# Per registry field (the spec field that picks an answer): its answers' names, in the registry's order.
+NAMES = {
+    "target": ("sum", "per_output", "loss"),
+    "method": ("gradient",),
+    "wrt": ("inputs",),
+}
+UNCONNECTED_MODES = ("zeros", "error")
+EMITS = ("predictions", "loss", "norm")
+KERAS_LOSSES = (
+    "mse",
+    "mae",
+    "binary_crossentropy",
+    "categorical_crossentropy",
+    "sparse_categorical_crossentropy",
+    "huber",
+)
