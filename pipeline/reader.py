@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline.outputs import _shard_regex, read_marker
+from pipeline.outputs import _absolute, _shard_regex, read_marker
 from transforms.parquet import InputError, open_parquet, output_files
 
 # Outputs whose marker is their main output's (`<output>_rejected` -> `<output>_SUCCESS`).
@@ -47,8 +47,8 @@ def find_marker(prefix: str) -> dict | None:
 
 
 def _listed(marker: dict, prefix: str) -> list[str]:
-    pattern = _shard_regex(prefix)
-    return sorted(p for paths in marker.get("outputs", {}).values() for p in paths if pattern.match(p))
+    pattern = _shard_regex(_absolute(prefix))
+    return sorted(p for paths in marker.get("outputs", {}).values() for p in paths if pattern.match(_absolute(p)))
 
 
 def output_shards(prefix: str, require_complete: bool = True) -> list[str]:

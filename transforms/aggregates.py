@@ -20,8 +20,9 @@ import numpy as np
 import pyarrow as pa
 
 SUMMARY_VERSION = 1
-# Histogram of per-row norms: 8 bins per decade from 1e-12 to 1e12, plus one bin below and one above.
-HISTOGRAM_EDGES = tuple(float(10.0**e) for e in np.arange(-12, 12 + 1e-9, 1 / 8))
+# Histogram of per-row norms: 64 bins per decade (3.7% wide) from 1e-12 to 1e12, plus one bin below and one above.
+BINS_PER_DECADE = 64
+HISTOGRAM_EDGES = tuple(float(10.0 ** (e / BINS_PER_DECADE)) for e in range(-12 * BINS_PER_DECADE, 12 * BINS_PER_DECADE + 1))
 # Beyond this many distinct groups, per-group means are dropped (and the summary says so).
 MAX_GROUPS = 1000
 LOSS_COLUMN = "loss"
@@ -90,12 +91,12 @@ def _tie(keys: dict) -> str:
     return json.dumps(keys, sort_keys=True, default=str)
 
 
-def _best(entries: Iterable[tuple[float, dict]], top: int) -> list[tuple[float, dict]]:
+def top_entries(entries: Iterable[tuple[float, dict]], top: int) -> list[tuple[float, dict]]:
     """The `top` entries by value, largest first; ties broken by key so any merge order gives the same list."""
     return sorted(entries, key=lambda e: (-e[0], _tie(e[1])))[:top]
 
 
-def _candidates(table: pa.Table, values: np.ndarray, keys: Sequence[str], top: int) -> list[tuple[float, dict]]:
+def top_candidates(table: pa.Table, values: np.ndarray, keys: Sequence[str], top: int) -> list[tuple[float, dict]]:
     """The rows of `table` that can be among the top (all rows tied with the cut included), with their keys."""
     if not len(values) or top < 1:
         return []
@@ -175,8 +176,8 @@ class AggregatesFn(beam.CombineFn):
             block_acc.all.add(values)
             norms = row_norms(values)
             block_acc.histogram += histogram_counts(norms)
-            block_acc.top_norm = _best(
-                block_acc.top_norm + _candidates(table, norms, spec.key_columns, spec.top), spec.top
+            block_acc.top_norm = top_entries(
+                block_acc.top_norm + top_candidates(table, norms, spec.key_columns, spec.top), spec.top
             )
             if groups is not None and block_acc.groups is not None:
                 for name in np.unique(groups):
@@ -185,7 +186,7 @@ class AggregatesFn(beam.CombineFn):
                     block_acc.groups = None
         if spec.loss_column:
             loss = np.asarray(table.column(spec.loss_column), np.float64)
-            acc.top_loss = _best(acc.top_loss + _candidates(table, loss, spec.key_columns, spec.top), spec.top)
+            acc.top_loss = top_entries(acc.top_loss + top_candidates(table, loss, spec.key_columns, spec.top), spec.top)
         return acc
 
     def merge_accumulators(self, accumulators) -> Accumulator:
@@ -193,11 +194,11 @@ class AggregatesFn(beam.CombineFn):
         merged = next(accumulators)
         for acc in accumulators:
             merged.rows += acc.rows
-            merged.top_loss = _best(merged.top_loss + acc.top_loss, self.spec.top)
+            merged.top_loss = top_entries(merged.top_loss + acc.top_loss, self.spec.top)
             for mine, theirs in zip(merged.blocks, acc.blocks):
                 mine.all.merge(theirs.all)
                 mine.histogram += theirs.histogram
-                mine.top_norm = _best(mine.top_norm + theirs.top_norm, self.spec.top)
+                mine.top_norm = top_entries(mine.top_norm + theirs.top_norm, self.spec.top)
                 if mine.groups is None or theirs.groups is None:
                     mine.groups = None
                     continue
@@ -219,7 +220,7 @@ class AggregatesFn(beam.CombineFn):
                 "features": list(block.features) if block.features else None,
                 "shape": list(block.shape),
                 **block_acc.all.means(block.shape),
-                "norm_histogram": {"edges": list(HISTOGRAM_EDGES), "counts": block_acc.histogram.tolist()},
+                "norm_histogram": block_acc.histogram.tolist(),  # bins of histogram_edges (top level)
                 "top_by_norm": [{"norm": v, "keys": k} for v, k in block_acc.top_norm],
                 "groups": None,
             }
@@ -233,6 +234,7 @@ class AggregatesFn(beam.CombineFn):
             "key_columns": list(spec.key_columns),
             "group_column": spec.group_column,
             "groups_dropped": dropped,  # more than MAX_GROUPS distinct groups: per-group means left out
+            "histogram_edges": list(HISTOGRAM_EDGES),
             "gradients": gradients,
             "top_by_loss": [{"loss": v, "keys": k} for v, k in acc.top_loss] if spec.loss_column else None,
         }

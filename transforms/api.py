@@ -1,0 +1,126 @@
+"""The job's compute step as a PTransform for your own pipeline, as you would apply RunInference.
+
+>>> import apache_beam as beam, pyarrow as pa
+>>> from transforms.api import ComputeGradients
+>>> schema = pa.schema([("id", pa.int64()), ("x", pa.list_(pa.float32()))])
+>>> with beam.Pipeline() as p:                                       # doctest: +SKIP
+...     rows = p | beam.Create([{"id": 1, "x": [0.1, 0.2, 0.3]}])
+...     out = rows | ComputeGradients("model.keras", schema=schema, key_columns=["id"])
+...     out.results | beam.Map(lambda t: print(t.to_pylist()))       # pyarrow Tables
+...     out.rejected | beam.Map(print)                               # key columns, stage, reason
+
+Elements are dicts (one row each, with the schema's column names), Arrow
+record batches or Arrow tables. The model is loaded and every column checked
+when the transform is built, so a wrong option fails at once; on workers the
+model is loaded once per process.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+
+from transforms.compute import REJECTED, RESULTS
+from transforms.compute import ComputeGradients as _Compute
+from transforms.model import ProcessModel
+from transforms.parquet import SourceBatch
+from transforms.plan import JobPlan
+
+SOURCE = "(pipeline)"  # the source_file of rejected rows that came from a PCollection
+ROWS_PER_BATCH = 1024  # dicts are gathered into Arrow batches of up to this many rows
+
+
+class _ToSourceBatches(beam.DoFn):
+    """dict rows (batched), record batches or tables -> SourceBatch, as the job's own read yields."""
+
+    def __init__(self, schema: pa.Schema):
+        self._schema = schema
+
+    def process(self, element):
+        if isinstance(element, pa.Table):
+            for batch in element.to_batches():
+                yield SourceBatch(SOURCE, batch)
+        elif isinstance(element, pa.RecordBatch):
+            yield SourceBatch(SOURCE, element)
+        else:  # a list of dicts, from BatchElements
+            rows = [{name: _plain(row.get(name)) for name in self._schema.names} for row in element]
+            yield SourceBatch(SOURCE, pa.RecordBatch.from_pylist(rows, self._schema))
+
+
+def _plain(value):
+    """A numpy value as Arrow takes it: arrays flattened to lists (the feed reshapes them to the input's shape)."""
+    if isinstance(value, np.ndarray):
+        return value.ravel().tolist()
+    return value
+
+
+class ComputeGradients(beam.PTransform):
+    """PCollection of dicts, record batches or tables -> tagged outputs `results` and `rejected` (pyarrow Tables).
+
+    `schema` is the Arrow schema of the rows (for files: `pyarrow.parquet.read_schema(path)`). The other
+    arguments are the job's options of the same names (see the README's Options table).
+    """
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        schema: pa.Schema,
+        feature_columns: Sequence[str] = (),
+        input_map: dict[str, str] | None = None,
+        key_columns: Sequence[str] = (),
+        target: str = "sum",
+        loss: str | None = None,
+        label_column: str | None = None,
+        clip_norm: float | None = None,
+        emit: Sequence[str] = (),
+        unconnected: str = "zeros",
+        batch_size: int = 256,
+        trust_model_code: bool = False,
+    ):
+        from transforms.gradients import GradientSpec
+
+        super().__init__()
+        spec = GradientSpec(
+            target=target, loss=loss, clip_norm=clip_norm, unconnected=unconnected, emit=tuple(emit)
+        )
+        self.plan, self._loaded = JobPlan.build(
+            schema,
+            SOURCE,
+            ProcessModel(model, trust_model_code),
+            spec,
+            batch_size,
+            feature_columns=list(feature_columns),
+            input_map=input_map or {},
+            row_columns={"label_column": label_column},
+            key_columns=list(key_columns),
+        )
+        self._schema = pa.schema([schema.field(c) for c in self.plan.read_columns])
+
+    @property
+    def output_schema(self) -> pa.Schema:
+        """The schema of the `results` tables."""
+        return self.plan.layout.schema
+
+    def expand(self, rows):
+        batches = (
+            rows
+            | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=ROWS_PER_BATCH)
+            | "ToArrow" >> beam.FlatMap(_flatten_batches)
+            | "AsSourceBatches" >> beam.ParDo(_ToSourceBatches(self._schema)).with_output_types(SourceBatch)
+        )
+        return batches | "Gradients" >> _Compute(self.plan)
+
+
+def _flatten_batches(elements: list):
+    """BatchElements' lists -> one list of dicts, and each Arrow element on its own."""
+    dicts = [e for e in elements if isinstance(e, dict)]
+    if dicts:
+        yield dicts
+    yield from (e for e in elements if not isinstance(e, dict))
+
+
+__all__ = ["ComputeGradients", "RESULTS", "REJECTED"]
