@@ -103,7 +103,11 @@ def histogram(counts: Sequence[int], title: str, xlabel: str) -> str:
     used = np.flatnonzero(inner)
     if len(used):
         low, high = used[0], used[-1] + 1
-        ax.stairs(inner[low:high], edges[low : high + 1], fill=True, color="#3b6ea8")
+        step = max(1, -(-(high - low) // 40))  # at most about 40 bars: the job's fine bins, merged for the eye
+        high = low + -(-(high - low) // step) * step
+        padded = np.concatenate([inner, np.zeros(max(0, high - len(inner)), inner.dtype)])
+        merged = padded[low:high].reshape(-1, step).sum(axis=1)
+        ax.stairs(merged, edges[low : high + 1 : step], fill=True, color="#3b6ea8")
         if edges[high] / edges[low] > 10:
             ax.set_xscale("log")
     ax.set_xlabel(xlabel)
@@ -321,9 +325,10 @@ def section(title: str, body: str, anchor: str) -> str:
 
 
 def table_html(header: Sequence[str], rows: Sequence[Sequence], cls: str = "") -> str:
-    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header) if any(header) else ""
+    head = f"<thead><tr>{head}</tr></thead>" if head else ""
     body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
-    return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+    return f'<table class="{cls}">{head}<tbody>{body}</tbody></table>'
 
 
 def run_section(prefix: str, marker: dict | None, metadata: dict[str, str], summary_source: str) -> str:
@@ -432,6 +437,8 @@ def rejected_section(prefix: str, complete: bool) -> str:
     """Rejected rows counted by stage and reason, streamed."""
     reasons: collections.Counter = collections.Counter()
     stages: collections.Counter = collections.Counter()
+    if not output_shards(prefix, require_complete=False):
+        return section("Rejected rows", f"<p>No rejected-rows output found at {html.escape(prefix)}.</p>", "rejected")
     try:
         for table in iter_tables(prefix, ["stage", "reason"], require_complete=complete):
             for stage, reason in zip(table.column("stage").to_pylist(), table.column("reason").to_pylist()):

@@ -124,6 +124,9 @@ def load_model(path: str, trust_model_code: bool = False) -> ModelFunction:
             return from_saved_model(tf.saved_model.load(local))
         if not local.endswith(KERAS_SUFFIXES):
             raise ModelError(f"model {shown}: unknown format; use a .keras or .h5 file or a SavedModel directory")
+        not_a_model = _not_a_model(local)
+        if not_a_model:
+            raise ModelError(f"model {shown} exists but is not a Keras model: {not_a_model}")
         import keras
 
         model = keras.models.load_model(local, compile=False, safe_mode=not trust_model_code)
@@ -145,6 +148,19 @@ def load_model(path: str, trust_model_code: bool = False) -> ModelFunction:
                 "that defines it (decorated with @keras.saving.register_keras_serializable) in the workers"
             ) from err
         raise ModelError(f"model {shown} could not be loaded: {error_line(err)}") from err
+
+
+def _not_a_model(local: str) -> str | None:
+    """Why a file that exists cannot be a model of its suffix (a .keras file is a zip, an .h5 file HDF5), or None."""
+    if not os.path.isfile(local):
+        return None
+    with open(local, "rb") as fh:
+        head = fh.read(8)
+    if local.endswith(".keras") and not head.startswith(b"PK"):
+        return "a .keras file is a zip archive, and this one is not"
+    if local.endswith((".h5", ".hdf5")) and head != b"\x89HDF\r\n\x1a\n":
+        return "an .h5 file is HDF5, and this one is not"
+    return None
 
 
 def pick_device() -> str:
