@@ -28,6 +28,7 @@ setup(
         "fsspec==2026.9.0",
         "numpy==2.4.6",
         "pyyaml==6.0.3",
+        "matplotlib==3.11.2",  # the report's figures (`beam-gradients report`, and --demo's report)
     ],
     extras_require={
         # Beam's Dask runner and a Dask cluster's scheduler and workers (`dask scheduler`, `dask worker`).

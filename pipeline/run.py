@@ -373,7 +373,9 @@ def run_options(
     if job.demo:
         from pipeline.demo import demo_options
 
-        options = parse([a for a in argv if a != "--demo"], defaults=demo_options())
+        with quiet_native_start(job.debug):  # the demo's model is made with Keras
+            defaults = demo_options()
+        options = parse([a for a in argv if a != "--demo"], defaults=defaults)
         job = options.view_as(GradientOptions)
     check_required(job)
     dry_run = is_dry_run(options)
