@@ -1,4 +1,4 @@
-"""The README is true: its two commands, its main command run for real, its option table."""
+"""The README is true: its two commands, its main command run for real (with its report and Python examples), its option table."""
 
 import argparse
 import os
@@ -38,6 +38,15 @@ def test_readme_main_command_runs_end_to_end(tmp_path):
     done = subprocess.run([str(executable), *script[1:]], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "rows: 3000 in, 3000 out, 0 rejected" in done.stdout
+    assert "report: demo/out/gradients-report.html" in done.stdout  # the demo writes its report
+    assert (tmp_path / "demo/out/gradients-report.html").read_text().count("data:image/png;base64,") >= 4
+    # The README's Python examples run as written, in the folder where the demo ran.
+    blocks = re.findall(r"```python\n(.*?)```", README, re.S)
+    assert len(blocks) >= 3
+    for block in blocks:
+        ran = subprocess.run([sys.executable, "-c", block], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                             env=dict(os.environ, PYTHONPATH=str(ROOT)))
+        assert ran.returncode == 0, block + ran.stderr[-3000:]
     out = pq.read_table(tmp_path / "demo/out/gradients-00000-of-00001.parquet")
     assert out.num_rows == 3000
     data = pq.read_table(tmp_path / "demo/data/part-00000.parquet").slice(0, 50)
