@@ -115,7 +115,7 @@ def test_missing_and_corrupt_models_are_named(tmp_path, data):
     with pytest.raises(ModelError, match="model not found: .*nowhere.keras"):
         _job(tmp_path, tmp_path / "nowhere.keras")
     (tmp_path / "broken.keras").write_bytes(b"not a zip file")
-    with pytest.raises(ModelError, match="broken.keras could not be loaded"):
+    with pytest.raises(ModelError, match="broken.keras exists but is not a Keras model: a .keras file is a zip archive"):
         _job(tmp_path, tmp_path / "broken.keras")
 
 

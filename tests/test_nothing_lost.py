@@ -191,7 +191,9 @@ def test_failed_reruns_leave_the_earlier_output_intact_with_its_marker(tmp_path)
     marker = read_marker(str(tmp_path / "out/g"))
     assert (marker["rows_in"], marker["rows_out"], marker["rows_rejected"]) == (rows, rows, 0)
     assert sorted(os.listdir(tmp_path / "out")) == sorted(
-        [os.path.basename(p) for p in marker["outputs"]["--output"] + marker["outputs"]["--rejected"]] + ["g_SUCCESS"]
+        [os.path.basename(p) for p in marker["outputs"]["--output"] + marker["outputs"]["--rejected"]]
+        + [os.path.basename(p) for p in marker["files"].values()]  # the summary
+        + ["g_SUCCESS"]
     )
     sample = np.argsort(ids)[:: rows // 200]
     assert_close(tensor_column(out, "gradient")[sample], eager_gradients(model, big[ids[sample]]), rtol=1e-4)
