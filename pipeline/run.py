@@ -237,8 +237,14 @@ def run_options(options, argv: Sequence[str] = ()) -> Summary:
 def main(argv: Sequence[str] | None = None) -> int:
     """The console entry point: `beam-gradients` and `python -m pipeline`."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    command_help, command_run = help_text, run_options
+    if argv[:1] == ["influence"]:  # `beam-gradients influence ...`: the influence job (pipeline/influence.py)
+        from pipeline.influence import run_options as command_run
+        from pipeline.options import influence_help_text as command_help
+
+        argv = argv[1:]
     if "-h" in argv or "--help" in argv:
-        print(help_text())
+        print(command_help())
         return 0
     debug = "--debug" in argv
     try:
@@ -247,7 +253,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.basicConfig(
             level=logging.INFO if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
         )
-        summary = run_options(options, argv)
+        summary = command_run(options, argv)
     except USER_ERRORS as err:
         if debug:
             raise

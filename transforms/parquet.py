@@ -36,15 +36,15 @@ class InputError(ValueError):
     """Input files that cannot be read; the message names the file."""
 
 
-def match_files(pattern: str) -> list[str]:
+def match_files(pattern: str, option: str = "--input") -> list[str]:
     """Every file `pattern` matches (local or remote, Beam's filesystems), sorted."""
     try:
         result = FileSystems.match([pattern])[0]
     except Exception as err:  # BeamIOError and friends: the filesystem says why
-        raise InputError(f"--input {pattern!r}: cannot list files ({err})") from err
+        raise InputError(f"{option} {pattern!r}: cannot list files ({err})") from err
     paths = sorted(m.path for m in result.metadata_list)
     if not paths:
-        raise InputError(f"--input {pattern!r} matches no file")
+        raise InputError(f"{option} {pattern!r} matches no file")
     return paths
 
 
