@@ -202,7 +202,10 @@ def test_query_groups_give_the_same_rows_as_one_group(tmp_path, capsys):
     assert groups >= 3
     order = [("qid", "ascending"), ("kind", "ascending"), ("rank", "ascending")]
     one, several = read(tmp_path / "out/inf").sort_by(order), read(tmp_path / "groups/inf").sort_by(order)
-    assert several.num_rows == 150 * 2 * 4 and one.equals(several)
+    assert several.num_rows == 150 * 2 * 4
+    assert one.drop_columns(["score"]).equals(several.drop_columns(["score"]))
+    # a product of fewer queries may add up in another order: the same float32 scores to rounding
+    np.testing.assert_allclose(one.column("score").to_numpy(), several.column("score").to_numpy(), rtol=1e-6)
 
 
 def test_string_and_multi_column_keys(tmp_path):
