@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import re
 
 import numpy as np
 import pyarrow as pa
@@ -312,3 +313,30 @@ def test_option_errors_are_one_line(tmp_path, capsys, args, message):
 def test_the_main_job_refuses_influence_options(tmp_path, capsys):
     assert main([RUNNER, "--input", "x", "--output", "y", "--model", "m", "--top_k", "3"]) == 2
     assert "--top_k: an option of beam-gradients influence" in capsys.readouterr().err
+
+
+def test_help_lists_every_influence_option(capsys):
+    import argparse
+
+    from pipeline.options import INFLUENCE_SHARED, InfluenceOptions
+
+    assert main(["influence", "--help"]) == 0
+    text = capsys.readouterr().out
+    parser = argparse.ArgumentParser()
+    InfluenceOptions._add_argparse_args(parser)
+    flags = [s for a in parser._actions for s in a.option_strings if s.startswith("--") and s != "--help"]
+    for flag in flags + [f"--{name}" for name in INFLUENCE_SHARED]:
+        assert re.search(rf"^\s+{re.escape(flag)}\b", text, re.M), flag
+
+
+def test_a_yaml_config_lists_checkpoints_and_the_command_line_overrides_it(tmp_path):
+    trains, queries, train_ids, query_ids, _ = make_inputs(tmp_path, 2, rows=90, queries=3, seed=7)
+    config = tmp_path / "influence.yaml"
+    config.write_text(
+        f"runner: DirectRunner\ntrain: ['{tmp_path}/train0/*.parquet', '{tmp_path}/train1/*.parquet']\n"
+        f"query: ['{tmp_path}/query0/*.parquet', '{tmp_path}/query1/*.parquet']\n"
+        "checkpoint_weights: [0.5, 2]\ntop_k: 9\nkinds: [proponent]\n"
+    )
+    assert main(["influence", "--config", str(config), "--output", str(tmp_path / "out/inf"), "--top_k", "4"]) == 0
+    expected = brute_top(brute_scores("tracin", trains, queries, [0.5, 2.0]), train_ids, query_ids, 4)
+    assert_top(got_top(read(tmp_path / "out/inf")), {k: v for k, v in expected.items() if k[1] == "proponent"})
