@@ -167,14 +167,18 @@ def _join_repeated(argv: Sequence[str]) -> list[str]:
     return rest + [f"{flag}={','.join(values)}" for flag, values in flags.items() if values]
 
 
-def help_text() -> str:
+def help_text(
+    prog: str = "beam-gradients",
+    description: str = "Per-example gradients of a Keras model over Parquet, as a Beam batch job.",
+    add_options=GradientOptions._add_argparse_args,
+) -> str:
     parser = argparse.ArgumentParser(
-        prog="beam-gradients",
-        description="Per-example gradients of a Keras model over Parquet, as a Beam batch job.",
+        prog=prog,
+        description=description,
         epilog="Any Beam pipeline option is accepted too: --runner, --direct_num_workers, "
         "--direct_running_mode, --project, --region, --temp_location, ...",
     )
-    GradientOptions._add_argparse_args(parser)
+    add_options(parser)
     return parser.format_help()
 
 
@@ -274,13 +278,10 @@ def refuse_options_of(options: PipelineOptions, cls, command: str, allowed=()) -
 
 
 def influence_help_text() -> str:
-    parser = argparse.ArgumentParser(
-        prog="beam-gradients influence",
-        description="The training rows that pushed each query's prediction, from the main job's weight projections.",
-        epilog="Any Beam pipeline option is accepted too: --runner, --direct_num_workers, "
-        "--direct_running_mode, --project, --region, --temp_location, ...",
-    )
-    InfluenceOptions._add_argparse_args(parser)
-    for name, text in INFLUENCE_SHARED.items():
-        parser.add_argument(f"--{name}", help=text, **({"action": "store_true"} if name == "debug" else {}))
-    return parser.format_help()
+    def add(parser):
+        InfluenceOptions._add_argparse_args(parser)
+        for name, text in INFLUENCE_SHARED.items():
+            parser.add_argument(f"--{name}", help=text, **({"action": "store_true"} if name == "debug" else {}))
+
+    description = "The training rows that pushed each query's prediction, from the main job's weight projections."
+    return help_text("beam-gradients influence", description, add)
