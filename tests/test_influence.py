@@ -340,3 +340,14 @@ def test_a_yaml_config_lists_checkpoints_and_the_command_line_overrides_it(tmp_p
     assert main(["influence", "--config", str(config), "--output", str(tmp_path / "out/inf"), "--top_k", "4"]) == 0
     expected = brute_top(brute_scores("tracin", trains, queries, [0.5, 2.0]), train_ids, query_ids, 4)
     assert_top(got_top(read(tmp_path / "out/inf")), {k: v for k, v in expected.items() if k[1] == "proponent"})
+
+
+def test_a_non_finite_projection_fails_the_job_naming_the_file(tmp_path, capsys):
+    phi = np.random.default_rng(0).normal(size=(10, 4))
+    phi[6, 2] = np.nan  # the main job rejects such rows; a file that holds one was not written by it
+    write_projections(tmp_path / "train/p", {"id": np.arange(10)}, phi)
+    write_projections(tmp_path / "query/p", {"qid": [1]}, phi[:1])
+    # an input error (exit 2) in-process; a remote runner reports the failed job (exit 1) with the same line
+    assert influence(tmp_path, "--train", tmp_path / "train/*.parquet", "--query", tmp_path / "query/*.parquet") == 2
+    err = capsys.readouterr().err
+    assert "train/p-00000-of-00001.parquet: column 'weight_projection' holds a non-finite number" in err
