@@ -351,3 +351,39 @@ def test_a_non_finite_projection_fails_the_job_naming_the_file(tmp_path, capsys)
     assert influence(tmp_path, "--train", tmp_path / "train/*.parquet", "--query", tmp_path / "query/*.parquet") == 2
     err = capsys.readouterr().err
     assert "train/p-00000-of-00001.parquet: column 'weight_projection' holds a non-finite number" in err
+
+
+def test_checkpoints_join_by_key_across_buckets():
+    """Several checkpoints' blocks, rows in other orders, meet by key in several buckets: every row once, aligned."""
+    import apache_beam as beam
+    from apache_beam.testing.util import assert_that
+
+    from pipeline.run import resolve_runner
+    from transforms.influence import Block, JoinCheckpoints
+
+    rng = np.random.default_rng(2)
+    ids = rng.permutation(500)
+    truth = {c: rng.normal(size=(500, 3)).astype(np.float32) for c in (0, 1)}  # row i of id ids[i]
+    blocks = []
+    for c in (0, 1):
+        order = rng.permutation(500)
+        for part in np.array_split(order, 6):
+            blocks.append(Block(pa.table({"id": ids[part]}), (truth[c][part],), c))
+
+    def check(joined):
+        rows = {}
+        for block in joined:
+            assert block.rows <= 16 and block.keys.column("id").to_pylist() == sorted(block.keys.column("id").to_pylist())
+            for j, key in enumerate(block.keys.column("id").to_pylist()):
+                assert key not in rows
+                rows[key] = (block.projections[0][j], block.projections[1][j])
+        assert sorted(rows) == list(range(500))
+        where = {key: i for i, key in enumerate(ids)}
+        for key, (a, b) in rows.items():
+            np.testing.assert_array_equal(a, truth[0][where[key]])
+            np.testing.assert_array_equal(b, truth[1][where[key]])
+
+    options = beam.options.pipeline_options.PipelineOptions(["--runner=DirectRunner"])
+    with beam.Pipeline(runner=resolve_runner(options), options=options) as pipeline:
+        joined = pipeline | beam.Create(blocks, reshuffle=False) | JoinCheckpoints(2, buckets=7, block_rows=16)
+        assert_that(joined, check)
