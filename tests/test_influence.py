@@ -387,3 +387,24 @@ def test_checkpoints_join_by_key_across_buckets():
     with beam.Pipeline(runner=resolve_runner(options), options=options) as pipeline:
         joined = pipeline | beam.Create(blocks, reshuffle=False) | JoinCheckpoints(2, buckets=7, block_rows=16)
         assert_that(joined, check)
+
+
+def test_dataflow_dry_run_builds_every_branch(tmp_path):
+    """DataflowRunner translates the whole job (TRAK's Gram pass, the checkpoint join, three query groups), offline."""
+    from pipeline.influence import run_options
+    from pipeline.options import parse
+
+    _, _, _, _, inputs = make_inputs(tmp_path, 2, rows=50, queries=150, dim=256)
+    summary = run_options(
+        parse(
+            ["--runner", "DataflowRunner", "--dry_run=True", "--project", "test-project", "--region", "us-central1"]
+            + ["--temp_location", "gs://bucket/tmp", "--output", str(tmp_path / "out/inf")]
+            + [str(a) for a in inputs]
+            + ["--score", "trak", "--damping", "1", "--self_influence", "--query_memory_mb", "18"]
+        )
+    )
+    assert summary.dry_run and summary.plan.groups == 3 and not (tmp_path / "out").exists()
+    components = summary.result.job.proto_pipeline.components
+    names = {t.unique_name for t in components.transforms.values()}
+    expected = {"Gram/Sum", "Group2/Join", "Train0/Join/Group", "Train2/Score", "WriteInfluence", "WriteSelfInfluence"}
+    assert expected <= names
