@@ -21,11 +21,21 @@ BLOCK = 8192
 
 
 def matrix(path: str) -> tuple[np.ndarray, np.ndarray]:
-    table = pq.read_table(path, columns=["id", "weight_projection"])
-    ids = table.column("id").to_numpy()
-    column = table.column("weight_projection").combine_chunks()
-    values = column.storage.values.to_numpy(zero_copy_only=False)
-    return ids, values.reshape(len(ids), -1)
+    """ids and the (rows, dim) projections as stored (float16 or float32), read row group by row group into one array."""
+    parquet = pq.ParquetFile(path)
+    rows = parquet.metadata.num_rows
+    ids, values = np.empty(rows, np.int64), None
+    start = 0
+    for index in range(parquet.num_row_groups):
+        table = parquet.read_row_group(index, columns=["id", "weight_projection"])
+        storage = table.column("weight_projection").combine_chunks().storage
+        part = storage.values.to_numpy().reshape(len(storage), storage.type.list_size)
+        if values is None:
+            values = np.empty((rows, part.shape[1]), part.dtype)
+        values[start : start + len(part)] = part
+        ids[start : start + len(part)] = table.column("id").to_numpy()
+        start += len(part)
+    return ids, values
 
 
 def best(scores: np.ndarray, k: int) -> np.ndarray:
