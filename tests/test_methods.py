@@ -248,7 +248,7 @@ def _eager_of(model, scalar):
         (dict(method="integrated_gradients", steps=0), r"^steps must be 1 or more, not 0$"),
         (dict(method="integrated_gradients", ig_rule="simpson"), r"^ig_rule must be one of riemann_left, .*'simpson'$"),
         (dict(method="integrated_gradients", baseline="ones"), r"^baseline must be one of zeros, value:<number>"),
-        (dict(method="integrated_gradients", baseline="value:x"), r"^baseline value:<number> needs a number, not 'x'$"),
+        (dict(method="integrated_gradients", baseline="value:x"), r"^baseline value:<number> needs a finite number, not 'x'$"),
         (dict(method="integrated_gradients", baseline="blur:-1"), r"^baseline blur:<sigma> needs a number above 0"),
         (dict(method="integrated_gradients", baseline="column"), r"^baseline column needs name: column:<name>$"),
         (dict(method="smoothgrad", samples=0), r"^samples must be 1 or more, not 0$"),

@@ -16,6 +16,17 @@ from transforms.gradients.errors import SpecError
 from transforms.gradients.outputs import RowInput
 
 
+def _number(argument: str, wanted: str, valid) -> float:
+    """The argument as a finite float that `valid` accepts, or a SpecError saying what was `wanted`."""
+    try:
+        value = float(argument)
+    except ValueError:
+        value = float("nan")
+    if not math.isfinite(value) or not valid(value):
+        raise SpecError("{baseline} %s, not %r" % (wanted, argument))
+    return value
+
+
 class Baseline:
     kind: ClassVar[str]
     takes: ClassVar[str | None] = None  # what the argument is, in words; None: no argument
@@ -56,12 +67,7 @@ class Value(Baseline):
     @classmethod
     def check(cls, argument):
         super().check(argument)
-        try:
-            value = float(argument)
-        except ValueError:
-            raise SpecError("{baseline} value:<number> needs a number, not %r" % argument) from None
-        if not math.isfinite(value):
-            raise SpecError("{baseline} value:<number> needs a finite number, not %r" % argument)
+        _number(argument, "value:<number> needs a finite number", lambda v: True)
 
     def __call__(self, xs, extras):
         return [tf.fill(tf.shape(x), float(self.argument)) for x in xs]
@@ -99,12 +105,7 @@ class Blur(Baseline):
     @classmethod
     def check(cls, argument):
         super().check(argument)
-        try:
-            sigma = float(argument)
-        except ValueError:
-            sigma = float("nan")
-        if not sigma > 0 or not math.isfinite(sigma):
-            raise SpecError("{baseline} blur:<sigma> needs a number above 0, not %r" % argument)
+        _number(argument, "blur:<sigma> needs a number above 0", lambda v: v > 0)
 
     def __init__(self, model, floating, argument):
         super().__init__(model, floating, argument)
