@@ -14,7 +14,9 @@ from typing import Sequence
 import yaml
 from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
 
-from transforms.gradients import EMITS, KERAS_LOSSES, TARGETS, UNCONNECTED_MODES, GradientSpec, SpecError
+from transforms.gradients import EMITS, KERAS_LOSSES, METHODS, TARGETS, UNCONNECTED_MODES, GradientSpec, SpecError
+from transforms.gradients.methods import IG_RULES
+from transforms.gradients.methods.baselines import baseline_column
 
 DEFAULT_BATCH_SIZE = 256
 # Options that hold a comma-separated list: given more than once, their values add up.
@@ -49,6 +51,31 @@ class GradientOptions(PipelineOptions):
             choices=TARGETS.names,
             help=f"What to differentiate: {', '.join(TARGETS.names)}.",
         )
+        add("--class_column", help="Column holding each row's class index, for --target class.")
+        add("--k", type=int, default=3, help="Classes per row for --target top_k (one gradient column each).")
+        add("--output_name", help="The model output the target reads (a multi-output model's head).")
+        add(
+            "--method",
+            default="gradient",
+            choices=METHODS.names,
+            help=f"How the gradient is taken: {', '.join(METHODS.names)}.",
+        )
+        add("--steps", type=int, default=50, help="Integrated gradients: points on the path.")
+        add(
+            "--ig_rule",
+            default="riemann_trapezoid",
+            choices=tuple(IG_RULES),
+            help=f"Integrated gradients: the step rule, {', '.join(IG_RULES)}.",
+        )
+        add(
+            "--baseline",
+            default="zeros",
+            help="Integrated gradients: zeros, value:<number>, column:<name> or blur:<sigma>.",
+        )
+        add("--samples", type=int, default=50, help="smoothgrad, vargrad, squaregrad: noisy samples per row.")
+        add("--noise", type=float, default=0.2, help="Noise standard deviation, as a fraction of each row's range.")
+        add("--seed", type=int, default=0, help="Seed of the noise (mixed with each row's keys or position).")
+        add("--chunk", type=int, help="Steps or samples per row in one model call (default: about 1024 rows).")
         add("--label_column", help="Column holding each row's label, for --loss.")
         add("--loss", help=f"Per-example loss: {', '.join(KERAS_LOSSES)} or module.path:function.")
         add("--clip_norm", type=float, help="Rescale each example's own gradient to this L2 norm at most.")
@@ -254,12 +281,26 @@ def spec_from(job: GradientOptions) -> GradientSpec:
         unconnected=job.unconnected,
         emit=tuple(split_list(job.emit)),
         jit_compile=job.jit_compile,
+        method=job.method,
+        steps=job.steps,
+        ig_rule=job.ig_rule,
+        baseline=job.baseline,
+        samples=job.samples,
+        noise=job.noise,
+        seed=job.seed,
+        chunk=job.chunk,
+        k=job.k,
+        output_name=job.output_name,
     )
 
 
 def row_columns(job: GradientOptions) -> dict[str, str | None]:
     """The columns of the row inputs the engine may ask for, by the spec field that names each."""
-    return {"label_column": job.label_column}
+    return {
+        "label_column": job.label_column,
+        "class_column": job.class_column,
+        "baseline_column": baseline_column(job.baseline),
+    }
 
 
 def flag_error(err: SpecError) -> SpecError:
