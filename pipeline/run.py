@@ -444,12 +444,18 @@ def main(argv: Sequence[str] | None = None, fault: Fault | None = None, progress
     `fault` is for tests only (see JobPlan.fault); `progress_every` sets the seconds between progress lines.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["report"]:
+    if argv[:1] == ["report"]:  # `beam-gradients report OUTPUT_PREFIX`: the HTML page (pipeline/report.py)
         from pipeline.report import main as report_main
 
         return report_main(argv[1:])
+    command_help, influence = help_text, argv[:1] == ["influence"]
+    if influence:  # `beam-gradients influence ...`: the influence job (pipeline/influence.py)
+        from pipeline.influence import run_options as run_influence
+        from pipeline.options import influence_help_text as command_help
+
+        argv = argv[1:]
     if "-h" in argv or "--help" in argv:
-        print(help_text())
+        print(command_help())
         return EXIT_OK
     debug = "--debug" in argv
     try:
@@ -457,7 +463,10 @@ def main(argv: Sequence[str] | None = None, fault: Fault | None = None, progress
         job = options.view_as(GradientOptions)
         debug = job.debug  # a config file may turn it on too
         _quiet_logs(debug)
-        summary = run_options(options, argv, fault, started=PROCESS_STARTED, progress_every=progress_every)
+        if influence:
+            summary = run_influence(options, argv)
+        else:
+            summary = run_options(options, argv, fault, started=PROCESS_STARTED, progress_every=progress_every)
     except USER_ERRORS as err:
         return _fail(f"error: {err}", EXIT_OPTIONS, debug)
     except RowsUnaccounted as err:
@@ -467,11 +476,11 @@ def main(argv: Sequence[str] | None = None, fault: Fault | None = None, progress
         hint = "" if debug else f" ({notes + '; ' if notes else ''}rerun with --debug for the traceback)"
         return _fail(f"the job failed: {failure_line(err)}{hint}", EXIT_FAILED, debug)
     print(summary)
-    if job.demo and not summary.dry_run:
+    if not influence and job.demo and not summary.dry_run:
         from pipeline.report import write_demo_report
 
         print(f"report: {write_demo_report(summary)}")
-    limit = job.max_rejected_fraction
+    limit = None if influence else job.max_rejected_fraction
     if limit is not None and not summary.dry_run and summary.rejected_fraction > limit:
         print(
             f"beam-gradients: error: {summary.rejected_fraction:.1%} of rows were rejected "

@@ -7,9 +7,10 @@ classes' names are exactly the ones listed here, so the two cannot drift.
 
 # Per registry field (the spec field that picks an answer): its answers' names, in the registry's order.
 NAMES = {
-    "target": ("sum", "per_output", "loss"),
-    "method": ("gradient",),
+    "target": ("sum", "per_output", "loss", "class", "predicted", "top_k"),
+    "method": ("gradient", "gradient_x_input", "integrated_gradients", "smoothgrad", "vargrad", "squaregrad"),
     "wrt": ("inputs",),
+    "ig_rule": ("riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid", "gauss_legendre"),
 }
 UNCONNECTED_MODES = ("zeros", "error")
 EMITS = ("predictions", "loss", "norm")
@@ -21,3 +22,9 @@ KERAS_LOSSES = (
     "sparse_categorical_crossentropy",
     "huber",
 )
+
+
+def check_names(field: str, names) -> None:
+    """Fail at import where the classes (or rules) registered for `field` are not exactly NAMES[field]."""
+    if tuple(names) != NAMES[field]:
+        raise AssertionError(f"{field}: registered {tuple(names)}, but choices.py lists {NAMES[field]}; make them equal")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar, Iterable
 
-from transforms.gradients.choices import NAMES
+from transforms.gradients.choices import check_names
 from transforms.gradients.errors import SpecError
 
 
@@ -28,8 +28,7 @@ class Registry(dict):
     def __init__(self, field: str, classes: Iterable[type]):
         super().__init__((cls.name, cls) for cls in classes)
         self.field = field
-        if self.names != NAMES[field]:  # the command line offers NAMES[field] without importing TensorFlow
-            raise AssertionError(f"{field}: registered {self.names}, but choices.py lists {NAMES[field]}; make them equal")
+        check_names(field, self.names)  # the command line offers NAMES[field] without importing TensorFlow
 
     @property
     def names(self) -> tuple[str, ...]:
