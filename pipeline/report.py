@@ -51,6 +51,18 @@ RANKED_COLUMNS = {
                  "large gaps mean more --steps are needed."),
 }
 MAX_REASONS, MAX_QUERIES = 30, 20
+# Class columns the class targets write: the predicted class, and the top k classes per row.
+CLASS_COLUMNS = ("predicted_class", "top_k_classes")
+
+
+def ranked_columns(names: Sequence[str]) -> list[str]:
+    """`weight_norm`, and `ig_delta` with any `__<head>` suffix."""
+    return [n for n in names if n == "weight_norm" or n == "ig_delta" or n.startswith("ig_delta__")]
+
+
+def ranked_text(column: str) -> tuple[str, str]:
+    title, text = RANKED_COLUMNS[column.split("__", 1)[0]]
+    return (title + column[len(column.split("__", 1)[0]) :].replace("__", ": "), text)
 
 
 # ---------------------------------------------------------------- figures
@@ -236,10 +248,24 @@ class _Ranked:
         self.best = top_entries(self.best + top_candidates(table, values, self.keys, self.top), self.top)
 
 
-def stream_output(prefix: str, blocks, keys, wanted: set[str], sample: int, seed: int, ranked: list[_Ranked], complete):
+class _Classes:
+    """How often each class is the row's (first) class, streamed."""
+
+    def __init__(self, column: str):
+        self.column = column
+        self.counts: collections.Counter = collections.Counter()
+
+    def add(self, table: pa.Table) -> None:
+        values = np.asarray(to_numpy(table.column(self.column)))
+        first = values.reshape(len(values), -1)[:, 0] if values.ndim > 1 else values
+        self.counts.update(int(v) for v in first)
+
+
+def stream_output(prefix: str, blocks, keys, wanted: set[str], sample: int, seed: int, ranked: list, complete):
     """One pass over the output: gradients of the wanted rows (by key) and of a seeded random sample; ranked columns."""
     image_blocks = [b for b in blocks if is_image(b)]
     columns = list(dict.fromkeys(list(keys) + [c for b in image_blocks for c in b.columns] + [r.column for r in ranked]))
+    # `ranked`: anything with .column and .add(table), fed every table of the pass
     found: dict[str, dict] = {}
     sampled: list[tuple[int, str, dict]] = []  # (rank, key, row)
     position = 0
@@ -594,7 +620,8 @@ def main_job_sections(prefix, schema, marker, metadata, input_pattern, top, samp
         spec = AggregateSpec(tuple(blocks), tuple(keys), None, loss, 20)
         columns = list(dict.fromkeys(keys + [c for b in blocks for c in b.columns] + ([loss] if loss else [])))
         summary = summarize(iter_tables(prefix, columns, require_complete=False), spec)
-    ranked = [_Ranked(c, keys, top * 3) for c in RANKED_COLUMNS if c in schema.names]
+    ranked = [_Ranked(c, keys, top * 3) for c in ranked_columns(schema.names)]
+    classes = [_Classes(c) for c in CLASS_COLUMNS if c in schema.names]
     wanted_by_block = {}
     for block in blocks:
         if not is_image(block):
@@ -605,7 +632,9 @@ def main_job_sections(prefix, schema, marker, metadata, input_pattern, top, samp
             sets["top rows by loss"] = [t["keys"] for t in summary["top_by_loss"][:top] if t["keys"]]
         wanted_by_block[block.name] = sets
     wanted = {_key_tuple(k, keys) for sets in wanted_by_block.values() for rows in sets.values() for k in rows}
-    found, sampled = stream_output(prefix, blocks, keys, wanted, sample if wanted_by_block else 0, seed, ranked, complete)
+    found, sampled = stream_output(
+        prefix, blocks, keys, wanted, sample if wanted_by_block else 0, seed, ranked + classes, complete
+    )
     inputs: dict[str, dict] = {}
     note = ""
     if wanted_by_block and input_pattern:
@@ -643,8 +672,15 @@ def main_job_sections(prefix, schema, marker, metadata, input_pattern, top, samp
         parts.append(note)
     parts.append(gradient_sections(summary, blocks, saliency))
     for r in ranked:
-        title, text = RANKED_COLUMNS[r.column]
+        title, text = ranked_text(r.column)
         parts.append(ranked_section(r, title, text, r.column.replace("_", "-")))
+    for c in classes:
+        labels = [str(k) for k in sorted(c.counts)]
+        heights = [c.counts[k] for k in sorted(c.counts)]
+        what = "the predicted class" if c.column == "predicted_class" else "the top class of the top k"
+        body = figure(bars(labels, heights, f"{c.column}: rows per class", "rows"), f"rows per class: {what}", "classes",
+                      dict(zip(labels, heights)))
+        parts.append(section(f"Classes: {c.column}", body, c.column.replace("_", "-")))
     rejected = (marker or {}).get("outputs", {}).get("--rejected")
     rejected_prefix = prefix + REJECTED_SUFFIX
     if rejected:  # the marker lists the rejected shards: their prefix is theirs minus the shard name

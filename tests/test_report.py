@@ -135,6 +135,8 @@ def test_sections_for_weight_norms_ig_gaps_influence_and_self_influence(tmp_path
     _write(str(tmp_path / "w/g-00000-of-00001.parquet"), {
         "id": np.arange(n), "gradient": to_tensor_array(rng.normal(size=(n, 4)).astype(np.float32)),
         "ig_delta": delta.astype(np.float32), "weight_norm": weight.astype(np.float32),
+        "ig_delta__dog": (delta * 2).astype(np.float32), "weight_norm__dense": weight.astype(np.float32),
+        "predicted_class": np.arange(n) % 3, "top_k_classes": to_tensor_array((np.arange(2 * n).reshape(n, 2) % 5).astype(np.int64)),
     }, {b"beam_gradients.weights": b'{"variables": ["dense/kernel"], "parameters": 12, "projection": null}'})
     page = open(write_report(str(tmp_path / "w/g"))).read()
     assert "No g_SUCCESS marker" in page.replace(str(tmp_path / "w") + "/", "")  # incomplete: said so
@@ -144,6 +146,8 @@ def test_sections_for_weight_norms_ig_gaps_influence_and_self_influence(tmp_path
     gaps = re.findall(r'<table class="ig-delta">.*?</table>', page)[0]
     assert [int(i) for i in re.findall(r"<td>id=(\d+)</td>", gaps)][:3] == np.argsort(-np.abs(delta.astype(np.float32)), kind="stable")[:3].tolist()
     assert "dense/kernel" in page
+    assert '<table class="ig-delta--dog">' in page and "weight-norm--dense" not in page  # per head, not per layer
+    assert charts(page, "classes") == [{"0": 14, "1": 13, "2": 13}, {"0": 8, "2": 8, "4": 8, "1": 8, "3": 8}]
     images(page)
 
     # Influence: query keys, rank, kind, train__ keys, score; self-influence beside it.
