@@ -61,7 +61,8 @@ class ComputeGradients(beam.PTransform):
     """PCollection of dicts, record batches or tables -> tagged outputs `results` and `rejected` (pyarrow Tables).
 
     `schema` is the Arrow schema of the rows (for files: `pyarrow.parquet.read_schema(path)`). The other
-    arguments are the job's options of the same names (see the README's Options table).
+    arguments are the job's options of the same names (see the README's Options table); further gradient
+    settings (`steps`, `samples`, `noise`, `seed`, `k`, ...) pass through to GradientSpec.
     """
 
     def __init__(
@@ -73,19 +74,28 @@ class ComputeGradients(beam.PTransform):
         input_map: dict[str, str] | None = None,
         key_columns: Sequence[str] = (),
         target: str = "sum",
+        method: str = "gradient",
         loss: str | None = None,
         label_column: str | None = None,
+        class_column: str | None = None,
         clip_norm: float | None = None,
         emit: Sequence[str] = (),
         unconnected: str = "zeros",
         batch_size: int = 256,
         trust_model_code: bool = False,
+        **spec_options,
     ):
         from transforms.gradients import GradientSpec
 
         super().__init__()
         spec = GradientSpec(
-            target=target, loss=loss, clip_norm=clip_norm, unconnected=unconnected, emit=tuple(emit)
+            target=target,
+            method=method,
+            loss=loss,
+            clip_norm=clip_norm,
+            unconnected=unconnected,
+            emit=tuple(emit),
+            **spec_options,
         )
         self.plan, self._loaded = JobPlan.build(
             schema,
@@ -95,7 +105,7 @@ class ComputeGradients(beam.PTransform):
             batch_size,
             feature_columns=list(feature_columns),
             input_map=input_map or {},
-            row_columns={"label_column": label_column},
+            row_columns={"label_column": label_column, "class_column": class_column},
             key_columns=list(key_columns),
         )
         self._schema = pa.schema([schema.field(c) for c in self.plan.read_columns])
