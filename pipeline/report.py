@@ -586,6 +586,12 @@ def write_report(
         f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
         f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1><nav>{nav}</nav>{''.join(parts)}</body></html>"
     )
+    if "://" in output:  # beside a remote output (gs://...): through Beam's filesystems
+        from apache_beam.io.filesystems import FileSystems
+
+        with FileSystems.create(output, mime_type="text/html") as fh:
+            fh.write(page.encode())
+        return output
     folder = os.path.dirname(output)
     if folder:
         os.makedirs(folder, exist_ok=True)

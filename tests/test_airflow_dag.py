@@ -78,7 +78,11 @@ def test_dag_runs_one_day_into_its_partition_and_a_rerun_replaces_it(tmp_path, a
     assert "rows: 40 in, 39 out, 1 rejected" in log
     partition = tmp_path / f"out/dt={DAY}"
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [f"dt={DAY}"]  # only the run's day
-    assert sorted(p.name for p in partition.iterdir()) == ["gradients-00000-of-00001.parquet", "gradients_SUCCESS"]
+    assert sorted(p.name for p in partition.iterdir()) == [
+        "gradients-00000-of-00001.parquet",
+        "gradients-summary.json",  # the aggregates, beside the shards
+        "gradients_SUCCESS",
+    ]
     assert f"{partition}/gradients: 40 in, 39 out, 1 rejected" in log  # the `complete` task read the marker
     rejected = read_output(tmp_path / f"out-rejected/dt={DAY}/rejected")
     assert rejected.column("id").to_pylist() == [1000 + ROWS + 3]
@@ -101,7 +105,11 @@ def test_dag_runs_one_day_into_its_partition_and_a_rerun_replaces_it(tmp_path, a
     )
     first = (partition / "gradients-00000-of-00001.parquet").stat().st_mtime_ns
     run_day(env, DAY, conf)
-    assert sorted(p.name for p in partition.iterdir()) == ["gradients-00000-of-00001.parquet", "gradients_SUCCESS"]
+    assert sorted(p.name for p in partition.iterdir()) == [
+        "gradients-00000-of-00001.parquet",
+        "gradients-summary.json",  # the aggregates, beside the shards
+        "gradients_SUCCESS",
+    ]
     assert (partition / "gradients-00000-of-00001.parquet").stat().st_mtime_ns != first  # written anew
     again = by_key(read_output(partition / "gradients"))
     assert again.column("id").to_pylist() == ids

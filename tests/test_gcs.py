@@ -87,6 +87,7 @@ def test_gs_input_model_and_output_through_the_emulator(tmp_path, gcs_emulator):
     assert written == [f"{BUCKET}/out/g-00000-of-00001.parquet"]  # temp files renamed into place, none left
     assert sorted(fs.find(f"{BUCKET}/out")) == [  # the staging objects moved or removed, the marker written last
         f"{BUCKET}/out/g-00000-of-00001.parquet",
+        f"{BUCKET}/out/g-summary.json",  # the aggregates, moved into place with the shards
         f"{BUCKET}/out/g_SUCCESS",
         f"{BUCKET}/out/g_rejected-00000-of-00001.parquet",
     ]
