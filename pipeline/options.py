@@ -70,7 +70,7 @@ class GradientOptions(PipelineOptions):
         add(
             "--baseline",
             default="zeros",
-            help="Integrated gradients: zeros, value:<number>, column:<name> or blur:<sigma>.",
+            help="Integrated gradients: zeros, value:<number>, column:<name>, mean (the dataset's, a first pass) or blur:<sigma>.",
         )
         add("--samples", type=int, default=50, help="smoothgrad, vargrad, squaregrad: noisy samples per row.")
         add("--noise", type=float, default=0.2, help="Noise standard deviation, as a fraction of each row's range.")

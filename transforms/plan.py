@@ -61,6 +61,7 @@ class JobPlan:
     layout: OutputLayout
     rejected_schema: pa.Schema
     fault: Fault | None = None
+    means: list[int] = dataclasses.field(default_factory=list)  # feeds whose dataset mean the engine needs
 
     @property
     def batch_size(self) -> int:
@@ -126,4 +127,5 @@ class JobPlan:
         key_fields = [schema.field(c) for c in key_columns]
         layout = OutputLayout(key_fields, engine.outputs, feeds, metadata=metadata)
         plan = cls(recipe, feeds, extras, list(key_columns), layout, rejected_schema(key_fields))
+        plan.means = [[f.input for f in feeds].index(d.input) for d in engine.dataset_inputs]
         return plan, loaded
