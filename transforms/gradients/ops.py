@@ -24,3 +24,10 @@ def clip_per_example(tensors: Sequence[tf.Tensor], clip_norm: float | None) -> l
         return list(tensors)
     scale = clip_norm / tf.maximum(example_norm(tensors), clip_norm)
     return [t * per_example(scale, t) for t in tensors]
+
+
+def clip(tensors: Sequence[tf.Tensor], clip_norm: float | None, per_tensor: bool) -> list[tf.Tensor]:
+    """Per example: all tensors clipped together (DP-SGD), or each on its own (`per_tensor`), to `clip_norm`."""
+    if not per_tensor:
+        return clip_per_example(tensors, clip_norm)
+    return [clip_per_example([t], clip_norm)[0] for t in tensors]
