@@ -10,6 +10,7 @@ import json
 
 import keras
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import tensorflow as tf
@@ -18,6 +19,7 @@ from pipeline.run import main
 from tests.conftest import assert_close, by_key, read_output, run_on, save, tensor_column, write_parquet
 from transforms.gradients import FORMS, WRT, GradientEngine, GradientSpec, SpecError, from_keras
 from transforms.gradients.wrt.forms.projection import CONSTRUCTION, sketch_seed
+from transforms.tensors import to_tensor_array
 
 ROWS = 5
 LOSS = "mse"
@@ -282,3 +284,118 @@ def test_spec_errors_for_weights():
     with pytest.raises(SpecError, match=r"^weight_output full would write 1,001,000 numbers per row .* allow_large_rows$"):
         GradientEngine(from_keras(big), _spec(weight_output=("full",)), 2)
     assert GradientEngine(from_keras(big), _spec(weight_output=("full",), allow_large_rows=True), 2).outputs
+
+
+# ---------------------------------------------------------------- through the job
+
+
+def _job_data(tmp_path, rows=60):
+    """A residual model's data in two files of several row groups; row 3 is null, row 8 overflows the model."""
+    rng = np.random.default_rng(12)
+    x, y = rng.normal(size=(rows, 3)).astype(np.float32), rng.normal(size=(rows, 2)).astype(np.float32)
+    x[8] = 3e38
+    column = pa.array([None if i == 3 else list(map(float, r)) for i, r in enumerate(x)], pa.list_(pa.float32()))
+    half = rows // 2
+    for i, part in enumerate((slice(0, half), slice(half, rows))):
+        write_parquet(
+            tmp_path / f"in/{i}.parquet",
+            {"id": np.arange(rows)[part], "x": column[part], "y": to_tensor_array(y[part])},
+            row_group_size=11,
+        )
+    return x, y
+
+
+def _weights_args(*extra):
+    return ["--target", "loss", "--loss", LOSS, "--label_column", "y", "--wrt", "weights", *extra]
+
+
+def test_job_projection_bytes_match_across_batch_sizes_runners_and_reruns_with_the_contracts_metadata(tmp_path):
+    model = _residual()
+    x, y = _job_data(tmp_path)
+    path = save(model, tmp_path)
+    args = _weights_args("--weight_output", "norm,projection", "--projection_dim", "64", "--projection_seed", "3")
+    runs = {
+        "b1": ["--batch_size", 1],
+        "b7": ["--batch_size", 7],
+        "b256": ["--batch_size", 256],
+        "again": ["--batch_size", 256],
+        "multi": ["--batch_size", 7, "--direct_num_workers", 2, "--direct_running_mode", "multi_processing"],
+    }
+    tables = {}
+    for name, extra in runs.items():
+        summary = run_on(tmp_path, path, *args, *extra, output=f"{name}/g")
+        assert (summary.rows_in, summary.rows_out, summary.rows_rejected) == (60, 58, 2)
+        tables[name] = by_key(read_output(tmp_path / f"{name}/g"))
+    reference = tensor_column(tables["b256"], "weight_projection")
+    for name, table in tables.items():
+        assert tensor_column(table, "weight_projection").tobytes() == reference.tobytes(), name
+        assert table.column("weight_norm").to_numpy().tobytes() == tables["b256"].column("weight_norm").to_numpy().tobytes()
+    table = tables["b7"]
+    layers = [layer.name for layer in model.layers if layer.trainable_variables]
+    assert table.column_names == ["id", "weight_norm", *[f"weight_norm__{n}" for n in layers], "weight_projection"]
+    kept = table.column("id").to_numpy()
+    assert sorted(set(range(60)) - set(kept)) == [3, 8]
+    want = _eager(model, [x[kept]], y[kept])
+    paths = [v.path for v in model.trainable_variables]
+    assert_close(reference, np.stack([_sketch(paths, row, 3, 64) for row in want]), rtol=1e-4, atol=1e-6)
+
+    schema = pq.read_schema(sorted((tmp_path / "b7").glob("g-*.parquet"))[0])
+    assert str(schema.field("weight_projection").type.storage_type) == "fixed_size_list<item: float>[64]"
+    meta = {k.decode(): v.decode() for k, v in schema.metadata.items()}
+    assert json.loads(meta["beam_gradients.weights"]) == {
+        "variables": paths,
+        "parameters": sum(int(np.prod(v.shape)) for v in model.trainable_variables),
+        "projection": {"seed": 3, "dim": 64, "dtype": "float32", "construction": CONSTRUCTION},
+    }
+    assert len(meta["beam_gradients.model_sha256"]) == 64
+    rejected = read_output(tmp_path / "b7/g_rejected").sort_by("id")
+    assert rejected.column("id").to_pylist() == [3, 8]
+    assert rejected.column("stage").to_pylist() == ["decode", "compute"]
+    assert rejected.column("reason").to_pylist()[1] == "the computed weight_norm is NaN or infinite for this row"
+
+
+def test_job_wrt_both_float16_projection_and_full_gradients(tmp_path):
+    model = _residual()
+    x, y = _job_data(tmp_path)
+    path = save(model, tmp_path)
+    run_on(tmp_path, path, *_weights_args()[:-2], "--clip_norm", "0.5", output="inputs/g")
+    run_on(
+        tmp_path,
+        path,
+        *_weights_args("--weight_output", "full", "--weight_output", "projection", "--clip_norm", "0.5"),
+        "--wrt=both",
+        "--projection_dtype",
+        "float16",
+        "--projection_dim",
+        "32",
+        output="both/g",
+    )
+    inputs, both = by_key(read_output(tmp_path / "inputs/g")), by_key(read_output(tmp_path / "both/g"))
+    np.testing.assert_array_equal(tensor_column(both, "gradient"), tensor_column(inputs, "gradient"))
+    kept = both.column("id").to_numpy()
+    want = _eager(model, [x[kept]], y[kept], clip_norm=0.5)
+    for j, v in enumerate(model.trainable_variables):
+        assert_close(tensor_column(both, f"weight_gradient__{v.path}"), np.stack([r[j] for r in want]), rtol=2e-4)
+    projection = tensor_column(both, "weight_projection")
+    assert projection.dtype == np.float16
+    paths = [v.path for v in model.trainable_variables]
+    sketches = np.stack([_sketch(paths, row, 0, 32) for row in want])
+    assert_close(projection.astype(np.float32), sketches, rtol=2e-3, atol=1e-3)
+    meta = pq.read_schema(sorted((tmp_path / "both").glob("g-*.parquet"))[0]).metadata
+    assert json.loads(meta[b"beam_gradients.weights"])["projection"]["dtype"] == "float16"
+    assert b"beam_gradients.weights" not in pq.read_schema(sorted((tmp_path / "inputs").glob("g-*.parquet"))[0]).metadata
+
+
+def test_job_refuses_a_selection_that_matches_nothing_in_one_line_naming_the_flag_and_the_layers(tmp_path, capsys):
+    model = _residual()
+    _job_data(tmp_path, rows=10)
+    path = save(model, tmp_path)
+    args = ["--input", tmp_path / "in/*.parquet", "--output", tmp_path / "out/g", "--model", path]
+    args += ["--feature_columns", "x", "--runner", "DirectRunner", *_weights_args("--weights", "convolution")]
+    assert main([str(a) for a in args]) == 2
+    layers = ", ".join(layer.name for layer in model.layers if layer.trainable_variables)
+    line = capsys.readouterr().err.strip()
+    assert line == (
+        f"beam-gradients: error: --weights 'convolution' matches no trainable variable; give layer names ({layers}) "
+        "or a regular expression over variable paths (" + ", ".join(v.path for v in model.trainable_variables[:6]) + ", ...)"
+    )
