@@ -26,7 +26,7 @@ from apache_beam.io.filesystem import FileSystem
 from apache_beam.io.filesystems import FileSystems
 
 from transforms import __version__, error_line
-from transforms.parquet import SHARD_TEMPLATE, SUFFIX, InputError, output_files, parquet_rows
+from transforms.parquet import SUFFIX, InputError, output_files, parquet_rows
 
 MARKER = "_SUCCESS"
 STAGING = ".staging-"
@@ -71,14 +71,16 @@ def check_no_clash(prefixes: Mapping[str, str]) -> None:
     items = list(prefixes.items())
     for i, (name_a, a) in enumerate(items):
         for name_b, b in items[i + 1 :]:
-            example_a = a + SHARD_TEMPLATE.replace("S", "0").replace("N", "1")[:-1] + "1" + SUFFIX
-            example_b = b + SHARD_TEMPLATE.replace("S", "0").replace("N", "1")[:-1] + "1" + SUFFIX
-            if a == b or _shard_regex(a).match(example_b) or _shard_regex(b).match(example_a):
+            if a == b or _shard_regex(a).match(_first_shard(b)) or _shard_regex(b).match(_first_shard(a)):
                 raise OutputClash(
                     f"{name_a} {a!r} and {name_b} {b!r} overlap: the shards of one match the other's "
                     f"pattern <prefix>-*-of-NNNNN{SUFFIX}, so writing one would delete the other; "
                     "give prefixes where neither is the other followed by '-'"
                 )
+
+
+def _first_shard(prefix: str) -> str:
+    return f"{prefix}-00000-of-00001{SUFFIX}"
 
 
 def _split(prefix: str) -> tuple[str, str]:

@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 from apache_beam.internal.gcp import auth
 
+from pipeline.outputs import read_marker
 from tests.conftest import assert_close, by_key, eager_gradients, run_job, save, tensor_column, write_parquet
 
 BUCKET = "test-bucket"
@@ -84,6 +85,12 @@ def test_gs_input_model_and_output_through_the_emulator(tmp_path, gcs_emulator):
     fs.invalidate_cache()
     written = fs.glob(f"{BUCKET}/out/g-?????-of-?????.parquet")
     assert written == [f"{BUCKET}/out/g-00000-of-00001.parquet"]  # temp files renamed into place, none left
+    assert sorted(fs.find(f"{BUCKET}/out")) == [  # the staging objects moved or removed, the marker written last
+        f"{BUCKET}/out/g-00000-of-00001.parquet",
+        f"{BUCKET}/out/g_SUCCESS",
+        f"{BUCKET}/out/g_rejected-00000-of-00001.parquet",
+    ]
+    assert read_marker(f"gs://{BUCKET}/out/g")["rows_out"] == ROWS - 1
     with fs.open(written[0], "rb") as fh:
         out = by_key(pq.read_table(fh))
     with fs.open(written[0], "rb") as fh:
