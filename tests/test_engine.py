@@ -47,7 +47,7 @@ def _eager(model, rows, scalar):
 def test_the_registries_are_the_choices_and_name_one_file_per_answer():
     assert TARGETS.names == ("sum", "per_output", "loss")
     assert METHODS.names == ("gradient",)
-    assert WRT.names == ("inputs",)
+    assert WRT.names == ("inputs", "weights", "both")
     with pytest.raises(SpecError, match=r"^target must be one of sum, per_output, loss, not 'sideways'$"):
         GradientSpec(target="sideways")
 
