@@ -72,9 +72,11 @@ class Weights(Wrt):
             grads = tape.gradient(total, variables, unconnected_gradients=tf.UnconnectedGradients.NONE)
             return [self._dense(g, w) for g, w in zip(grads, self.selection.weights)]
 
+        prepared = [form.prepare() for form in self.forms]  # once per batch, not per micro-batch
+
         def micro_batch(tensors):
             grads = clip(tf.vectorized_map(per_row, tensors), self.spec.clip_norm, self.spec.clip_per_tensor)
-            return [value for form in self.forms for value in form.compute(grads)]
+            return [value for form, p in zip(self.forms, prepared) for value in form.compute(grads, p)]
 
         tensors = list(points) + [extras[n] for n in names]
         results = [tf.TensorSpec(o.shape, o.dtype) for o in self.declare()]

@@ -15,7 +15,8 @@ class WeightForm(Answer):
     A subclass sets `name` (its registry key, a `weight_output` value), declares
     its columns and computes them from one micro-batch of per-example gradients
     (one [rows, *variable shape] tensor per selected variable, already clipped),
-    one tensor per declared column, in declared order.
+    one tensor per declared column, in declared order; `prepared` is what its
+    `prepare` made for the batch.
     """
 
     def __init__(self, model, spec, selection: Selection):
@@ -25,7 +26,11 @@ class WeightForm(Answer):
     def declare(self) -> list[Output]:
         raise NotImplementedError
 
-    def compute(self, gradients: list[tf.Tensor]) -> list[tf.Tensor]:
+    def prepare(self):
+        """Tensors `compute` needs for every micro-batch of a batch, made once per batch (a projection's plan)."""
+        return None
+
+    def compute(self, gradients: list[tf.Tensor], prepared) -> list[tf.Tensor]:
         raise NotImplementedError
 
     def provenance(self) -> dict:

@@ -28,5 +28,5 @@ class Full(WeightForm):
             for w in self.selection.weights
         ]
 
-    def compute(self, gradients):
+    def compute(self, gradients, prepared):
         return list(gradients)

@@ -15,7 +15,7 @@ class Norm(WeightForm):
         outputs = [Output("weight_norm", "weight_norm", ())]
         return outputs + [Output(f"weight_norm__{layer}", "weight_norm", ()) for layer in self.selection.layers]
 
-    def compute(self, gradients):
+    def compute(self, gradients, prepared):
         squares = [tf.reduce_sum(tf.reshape(tf.square(g), (tf.shape(g)[0], -1)), axis=1) for g in gradients]
         owners = [w.layer for w in self.selection.weights]
         per_layer = [tf.add_n([s for s, o in zip(squares, owners) if o == layer]) for layer in self.selection.layers]

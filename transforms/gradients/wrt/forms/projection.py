@@ -11,7 +11,7 @@ Gaussian projection with entries N(0, 1/k). It costs O(P) per row, not O(P k).
 
 Why the bytes are the same on any runner, batch size or rerun: S depends only
 on the seed, the paths and k; each variable's sum runs in parameter order
-(a CPU segment sum), variables are added in the model's order, and the
+(a sorted segment sum), variables are added in the model's order, and the
 per-example gradients come from micro-batches of a fixed size.
 """
 
@@ -62,15 +62,29 @@ class Projection(WeightForm):
             }
         }
 
-    def compute(self, gradients):
+    def prepare(self):
+        """Per variable: its parameters ordered by bucket (stably), their buckets so ordered, and their signs.
+
+        Made once per batch, outside the micro-batches; sorted, a variable's sum is a segment sum over
+        contiguous rows, in parameter order within each bucket (several times faster than an unsorted one).
+        """
         k = self.spec.projection_dim
-        total = None
-        for weight, size, gradient in zip(self.selection.weights, self.selection.sizes, gradients):
+        plans = []
+        for weight, size in zip(self.selection.weights, self.selection.sizes):
             seed = tf.constant(sketch_seed(self.spec.projection_seed, weight.path), tf.int64)
             # One draw in [0, 2k) gives both: bucket = draw mod k, sign from draw // k (uniform, independent).
             draw = tf.random.stateless_uniform((size,), seed, minval=0, maxval=2 * k, dtype=tf.int64, alg="philox")
-            bucket, sign = draw % k, tf.cast(draw // k, tf.float32) * 2 - 1
-            signed = tf.reshape(gradient, (-1, size)) * sign  # [rows, size]
-            sketch = tf.transpose(tf.math.unsorted_segment_sum(tf.transpose(signed), bucket, k))  # [rows, k]
+            bucket = tf.cast(draw % k, tf.int32)
+            order = tf.argsort(bucket, stable=True)
+            plans.append((order, tf.gather(bucket, order), tf.gather(tf.cast(draw // k, tf.float32) * 2 - 1, order)))
+        return plans
+
+    def compute(self, gradients, plans):
+        k = self.spec.projection_dim
+        total = None
+        for size, gradient, (order, bucket, sign) in zip(self.selection.sizes, gradients, plans):
+            signed = tf.gather(tf.transpose(tf.reshape(gradient, (-1, size))), order) * sign[:, None]  # [size, rows]
+            sketch = tf.math.segment_sum(signed, bucket)  # [buckets up to the last one used, rows]
+            sketch = tf.reshape(tf.pad(sketch, [[0, k - tf.shape(sketch)[0]], [0, 0]]), (k, gradient.shape[0]))
             total = sketch if total is None else total + sketch
-        return [tf.cast(total, self.spec.projection_dtype)]
+        return [tf.cast(tf.transpose(total), self.spec.projection_dtype)]
