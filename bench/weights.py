@@ -164,7 +164,8 @@ def main():
         path = model_path(args.work, name)
         if "engine" not in skip:
             rates = engine_rates(path, shape, args.engine_rows, args.recipe_rows)
-            rows = [[k, f"{v:,.0f}", f"{v / rates['ceiling']:.2f}", f"{v / rates['recipe']:.1f}"] for k, v in rates.items()]
+            ceiling, recipe = rates["ceiling"], rates["recipe"]
+            rows = [[k, f"{v:,.0f}", f"{v / ceiling:.2f}", f"{v / recipe:.1f}"] for k, v in rates.items()]
             print(f"\n{name}: engine alone, batch {BATCH}, {args.engine_rows} rows\n")
             print(markdown(["what", "rows/s", "of (a) ceiling", "x (b) recipe"], rows))
         if "job" not in skip:

@@ -298,7 +298,7 @@ def spec_from(job: GradientOptions) -> GradientSpec:
         wrt=job.wrt,
         clip_per_tensor=job.clip_per_tensor,
         weights=job.weights,
-        weight_output=tuple(split_list(job.weight_output)) or ("norm",),
+        weight_output=tuple(split_list(job.weight_output)) or GradientSpec.weight_output,
         projection_dim=job.projection_dim,
         projection_dtype=job.projection_dtype,
         projection_seed=job.projection_seed,

@@ -260,7 +260,8 @@ def test_selection_by_layer_names_or_regex_and_its_errors():
     assert record["variables"] == [v.path for v in model.trainable_variables if v.path.endswith("/bias")]
     assert record["parameters"] == sum(int(np.prod(v.shape)) for v in model.trainable_variables if "bias" in v.path)
     assert record["projection"] is None
-    with pytest.raises(SpecError, match=rf"^weights 'nope' matches no trainable variable; give layer names \({names[0]}, "):
+    unmatched = rf"^weights 'nope' matches no trainable variable; give layer names \({names[0]}, "
+    with pytest.raises(SpecError, match=unmatched):
         GradientEngine(from_keras(model), _spec(weights="nope"), ROWS)
     for layer in model.layers:
         layer.trainable = False
@@ -275,13 +276,16 @@ def test_spec_errors_for_weights():
         _spec(weight_output=("projection",), projection_dim=0)
     with pytest.raises(SpecError, match=r"^projection_dtype must be one of float32, float16, not 'int8'$"):
         _spec(weight_output=("projection",), projection_dtype="int8")
+    with pytest.raises(SpecError, match=r"^weight_output projection cannot run under jit_compile"):
+        _spec(weight_output=("projection",), jit_compile=True)
     with pytest.raises(SpecError, match=r"^weight_memory_mb must be 1 or more"):
         _spec(weight_memory_mb=0)
-    two_heads = keras.Model(x := keras.Input((3,)), [keras.layers.Dense(1, name="l")(x), keras.layers.Dense(1, name="r")(x)])
+    x = keras.Input((3,))
+    two_heads = keras.Model(x, [keras.layers.Dense(1, name="l")(x), keras.layers.Dense(1, name="r")(x)])
     with pytest.raises(SpecError, match=r"^wrt weights needs one scalar per row; target per_output gives 2 \(l, r\)$"):
         GradientEngine(from_keras(two_heads), GradientSpec(target="per_output", wrt="weights"), ROWS)
     big = keras.Sequential([keras.Input((1000,)), keras.layers.Dense(1000)])  # 1,001,000 parameters
-    with pytest.raises(SpecError, match=r"^weight_output full would write 1,001,000 numbers per row .* allow_large_rows$"):
+    with pytest.raises(SpecError, match=r"^weight_output full would write 1,001,000 numbers per row .* rows$"):
         GradientEngine(from_keras(big), _spec(weight_output=("full",)), 2)
     assert GradientEngine(from_keras(big), _spec(weight_output=("full",), allow_large_rows=True), 2).outputs
 
@@ -329,7 +333,8 @@ def test_job_projection_bytes_match_across_batch_sizes_runners_and_reruns_with_t
     reference = tensor_column(tables["b256"], "weight_projection")
     for name, table in tables.items():
         assert tensor_column(table, "weight_projection").tobytes() == reference.tobytes(), name
-        assert table.column("weight_norm").to_numpy().tobytes() == tables["b256"].column("weight_norm").to_numpy().tobytes()
+        norms = table.column("weight_norm").to_numpy()
+        assert norms.tobytes() == tables["b256"].column("weight_norm").to_numpy().tobytes()
     table = tables["b7"]
     layers = [layer.name for layer in model.layers if layer.trainable_variables]
     assert table.column_names == ["id", "weight_norm", *[f"weight_norm__{n}" for n in layers], "weight_projection"]
@@ -383,7 +388,8 @@ def test_job_wrt_both_float16_projection_and_full_gradients(tmp_path):
     assert_close(projection.astype(np.float32), sketches, rtol=2e-3, atol=1e-3)
     meta = pq.read_schema(sorted((tmp_path / "both").glob("g-*.parquet"))[0]).metadata
     assert json.loads(meta[b"beam_gradients.weights"])["projection"]["dtype"] == "float16"
-    assert b"beam_gradients.weights" not in pq.read_schema(sorted((tmp_path / "inputs").glob("g-*.parquet"))[0]).metadata
+    plain = pq.read_schema(sorted((tmp_path / "inputs").glob("g-*.parquet"))[0]).metadata
+    assert b"beam_gradients.weights" not in plain
 
 
 def test_job_refuses_a_selection_that_matches_nothing_in_one_line_naming_the_flag_and_the_layers(tmp_path, capsys):
@@ -397,5 +403,7 @@ def test_job_refuses_a_selection_that_matches_nothing_in_one_line_naming_the_fla
     line = capsys.readouterr().err.strip()
     assert line == (
         f"beam-gradients: error: --weights 'convolution' matches no trainable variable; give layer names ({layers}) "
-        "or a regular expression over variable paths (" + ", ".join(v.path for v in model.trainable_variables[:6]) + ", ...)"
+        "or a regular expression over variable paths ("
+        + ", ".join(v.path for v in model.trainable_variables[:6])
+        + ", ...)"
     )

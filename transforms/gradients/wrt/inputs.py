@@ -67,4 +67,5 @@ class Inputs(Wrt):
 
     def columns(self, gradients):
         names = iter(o.name for o in self.declare())
-        return {next(names): g for head in gradients for g in clip(head, self.spec.clip_norm, self.spec.clip_per_tensor)}
+        spec = self.spec
+        return {next(names): g for head in gradients for g in clip(head, spec.clip_norm, spec.clip_per_tensor)}

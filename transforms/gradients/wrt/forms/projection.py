@@ -41,6 +41,8 @@ class Projection(WeightForm):
     def check_spec(cls, spec):
         if spec.projection_dim < 1:
             raise SpecError("{projection_dim} must be 1 or more, not {value}", value=spec.projection_dim)
+        if spec.jit_compile:
+            raise SpecError("{weight_output} projection cannot run under {jit_compile}: XLA has no sorted segment sum")
         if spec.projection_dtype not in DTYPES:
             raise SpecError(
                 "{projection_dtype} must be one of {choices}, not {value!r}",
@@ -49,7 +51,8 @@ class Projection(WeightForm):
             )
 
     def declare(self):
-        return [Output("weight_projection", "weight_projection", (self.spec.projection_dim,), self.spec.projection_dtype)]
+        spec = self.spec
+        return [Output("weight_projection", "weight_projection", (spec.projection_dim,), spec.projection_dtype)]
 
     def provenance(self):
         spec = self.spec
