@@ -18,7 +18,7 @@ The job itself (the CLI, DirectRunner, Parquet to Parquet, each a fresh process)
             --weight_memory_mb 2048, --resnet_rows rows: rows/s and peak RSS
 
     .venv/bin/python bench/weights.py                          # full size (long on 2 cores)
-    .venv/bin/python bench/weights.py --scale 0.05 --resnet_rows 32   # what the README reports
+    .venv/bin/python bench/weights.py --scale 0.02 --resnet_rows 32   # what the README reports
 """
 
 from __future__ import annotations
@@ -136,7 +136,7 @@ def job(work, name, model, source, output, rows, extra=()):
     return rows / run.wall, run.rss_mib
 
 
-def resnet(work, rows):
+def resnet(work, rows, batch):
     path = os.path.join(work, "resnet50-64.keras")
     if not os.path.exists(path):
         import keras
@@ -144,7 +144,8 @@ def resnet(work, rows):
         keras.utils.set_random_seed(0)
         keras.applications.ResNet50(weights=None, input_shape=(64, 64, 3)).save(path)
     source = write_rows(os.path.join(work, f"resnet-labelled-{rows}.parquet"), rows, rows, labelled((64, 64, 3)))
-    return job(work, "resnet50", path, source, "projection", rows, ["--weight_memory_mb", "2048"])
+    extra = ["--weight_memory_mb", "2048", "--batch_size", str(batch)]
+    return job(work, "resnet50", path, source, "projection", rows, extra)
 
 
 def main():
@@ -154,6 +155,7 @@ def main():
     parser.add_argument("--engine_rows", type=int, default=4096)
     parser.add_argument("--recipe_rows", type=int, default=200)
     parser.add_argument("--resnet_rows", type=int, default=64)
+    parser.add_argument("--resnet_batch", type=int, help="its --batch_size (default: --resnet_rows, no padding)")
     parser.add_argument("--workloads", default="mlp,cnn")
     parser.add_argument("--skip", default="", help="comma-separated: engine, job, resnet")
     args = parser.parse_args()
@@ -178,8 +180,9 @@ def main():
             print(f"\n{name}: the job (CLI, DirectRunner, whole process)\n")
             print(markdown(["--weight_output", "rows", "rows/s", "peak RSS MiB"], table))
     if "resnet" not in skip:
-        rate, rss = resnet(args.work, args.resnet_rows)
-        print(f"\nresnet50 64x64, projection k=2048, --weight_memory_mb 2048, {args.resnet_rows} rows: "
+        batch = args.resnet_batch or args.resnet_rows
+        rate, rss = resnet(args.work, args.resnet_rows, batch)
+        print(f"\nresnet50 64x64, projection k=2048, --weight_memory_mb 2048, {args.resnet_rows} rows, batch {batch}: "
               f"{rate:.2f} rows/s (whole process), peak RSS {rss:,.0f} MiB")
 
 
