@@ -285,7 +285,7 @@ def test_spec_errors_for_weights():
     with pytest.raises(SpecError, match=r"^wrt weights needs one scalar per row; target per_output gives 2 \(l, r\)$"):
         GradientEngine(from_keras(two_heads), GradientSpec(target="per_output", wrt="weights"), ROWS)
     big = keras.Sequential([keras.Input((1000,)), keras.layers.Dense(1000)])  # 1,001,000 parameters
-    with pytest.raises(SpecError, match=r"^weight_output full would write 1,001,000 numbers per row .* rows$"):
+    with pytest.raises(SpecError, match=r"^weight_output full would write 1,001,000 numbers per row .*large_rows$"):
         GradientEngine(from_keras(big), _spec(weight_output=("full",)), 2)
     assert GradientEngine(from_keras(big), _spec(weight_output=("full",), allow_large_rows=True), 2).outputs
 
