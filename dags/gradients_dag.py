@@ -31,6 +31,10 @@ DEFAULTS = {
     "feature_columns": None,  # the job's default: the model's input names
     "keep_columns": "id",
     "target": None,  # the job's default: sum
+    "class_column": None,  # for target class
+    "method": None,  # the job's default: gradient
+    "steps": None,  # integrated_gradients (default 50)
+    "samples": None,  # smoothgrad, vargrad, squaregrad (default 50)
     "emit": None,
     "batch_size": None,
     "project": None,
@@ -71,6 +75,10 @@ with DAG(
             "feature_columns": setting("feature_columns"),
             "keep_columns": setting("keep_columns"),
             "target": setting("target"),
+            "class_column": setting("class_column"),
+            "method": setting("method"),
+            "steps": setting("steps"),
+            "samples": setting("samples"),
             "emit": setting("emit"),
             "batch_size": setting("batch_size"),
             "config": setting("config"),

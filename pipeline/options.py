@@ -18,6 +18,7 @@ from transforms.gradients import (
     EMITS,
     FORMS,
     KERAS_LOSSES,
+    METHODS,
     PROJECTION_DTYPES,
     TARGETS,
     UNCONNECTED_MODES,
@@ -25,6 +26,8 @@ from transforms.gradients import (
     GradientSpec,
     SpecError,
 )
+from transforms.gradients.methods import IG_RULES
+from transforms.gradients.methods.baselines import baseline_column
 
 DEFAULT_BATCH_SIZE = 256
 # Options that hold a comma-separated list: given more than once, their values add up.
@@ -59,6 +62,31 @@ class GradientOptions(PipelineOptions):
             choices=TARGETS.names,
             help=f"What to differentiate: {', '.join(TARGETS.names)}.",
         )
+        add("--class_column", help="Column holding each row's class index, for --target class.")
+        add("--k", type=int, default=3, help="Classes per row for --target top_k (one gradient column each).")
+        add("--output_name", help="The model output the target reads (a multi-output model's head).")
+        add(
+            "--method",
+            default="gradient",
+            choices=METHODS.names,
+            help=f"How the gradient is taken: {', '.join(METHODS.names)}.",
+        )
+        add("--steps", type=int, default=50, help="Integrated gradients: points on the path.")
+        add(
+            "--ig_rule",
+            default="riemann_trapezoid",
+            choices=tuple(IG_RULES),
+            help=f"Integrated gradients: the step rule, {', '.join(IG_RULES)}.",
+        )
+        add(
+            "--baseline",
+            default="zeros",
+            help="Integrated gradients: zeros, value:<number>, column:<name> or blur:<sigma>.",
+        )
+        add("--samples", type=int, default=50, help="smoothgrad, vargrad, squaregrad: noisy samples per row.")
+        add("--noise", type=float, default=0.2, help="Noise standard deviation, as a fraction of each row's range.")
+        add("--seed", type=int, default=0, help="Seed of the noise (mixed with each row's keys or position).")
+        add("--chunk", type=int, help="Steps or samples per row in one model call (default: about 1024 rows).")
         add("--label_column", help="Column holding each row's label, for --loss.")
         add("--loss", help=f"Per-example loss: {', '.join(KERAS_LOSSES)} or module.path:function.")
         add("--clip_norm", type=float, help="Rescale each example's own gradient to this L2 norm at most.")
@@ -256,14 +284,18 @@ def _join_repeated(argv: Sequence[str]) -> list[str]:
     return rest + [f"{flag}={','.join(values)}" for flag, values in flags.items() if values]
 
 
-def help_text() -> str:
+def help_text(
+    prog: str = "beam-gradients",
+    description: str = "Per-example gradients of a Keras model over Parquet, as a Beam batch job.",
+    add_options=GradientOptions._add_argparse_args,
+) -> str:
     parser = argparse.ArgumentParser(
-        prog="beam-gradients",
-        description="Per-example gradients of a Keras model over Parquet, as a Beam batch job.",
+        prog=prog,
+        description=description,
         epilog="Any Beam pipeline option is accepted too: --runner, --direct_num_workers, "
         "--direct_running_mode, --project, --region, --temp_location, ...",
     )
-    GradientOptions._add_argparse_args(parser)
+    add_options(parser)
     return parser.format_help()
 
 
@@ -295,6 +327,16 @@ def spec_from(job: GradientOptions) -> GradientSpec:
         unconnected=job.unconnected,
         emit=tuple(split_list(job.emit)),
         jit_compile=job.jit_compile,
+        method=job.method,
+        steps=job.steps,
+        ig_rule=job.ig_rule,
+        baseline=job.baseline,
+        samples=job.samples,
+        noise=job.noise,
+        seed=job.seed,
+        chunk=job.chunk,
+        k=job.k,
+        output_name=job.output_name,
         wrt=job.wrt,
         clip_per_tensor=job.clip_per_tensor,
         weights=job.weights,
@@ -309,7 +351,11 @@ def spec_from(job: GradientOptions) -> GradientSpec:
 
 def row_columns(job: GradientOptions) -> dict[str, str | None]:
     """The columns of the row inputs the engine may ask for, by the spec field that names each."""
-    return {"label_column": job.label_column}
+    return {
+        "label_column": job.label_column,
+        "class_column": job.class_column,
+        "baseline_column": baseline_column(job.baseline),
+    }
 
 
 def flag_error(err: SpecError) -> SpecError:
@@ -318,6 +364,7 @@ def flag_error(err: SpecError) -> SpecError:
 
 
 def check_required(job: GradientOptions) -> None:
+    refuse_options_of(job, InfluenceOptions, "beam-gradients influence")
     missing = [name for name in ("input", "output", "model") if not getattr(job, name)]
     if missing:
         raise OptionsError(f"missing {', '.join('--' + m for m in missing)}; see --help (or try --demo)")
@@ -329,3 +376,69 @@ def check_required(job: GradientOptions) -> None:
         raise OptionsError(f"--num_shards must be 0 (the runner decides) or more, not {job.num_shards}")
     if job.read_batch_rows is not None and job.read_batch_rows < 1:
         raise OptionsError(f"--read_batch_rows must be 1 or more, not {job.read_batch_rows}")
+
+
+# ---------------------------------------------------------------- `beam-gradients influence`
+
+# The influence command shares these options of the main job, with the same meaning for its own inputs and output.
+INFLUENCE_SHARED = {
+    "output": "Output prefix: shards are <output>-SSSSS-of-NNNNN.parquet, one row per (query, kind, rank).",
+    "keep_columns": "Key columns of both inputs (comma-separated); default: every integer, string, boolean, "
+    "date or timestamp column.",
+    "read_batch_rows": "Training rows per block read (default: about 32 MiB of projections).",
+    "config": "YAML file of options; flags on the command line override it.",
+    "debug": "Show tracebacks on errors.",
+}
+LIST_OPTIONS = LIST_OPTIONS + ("train", "query", "checkpoint_weights", "kinds")
+
+
+class InfluenceOptions(PipelineOptions):
+    """The options of `beam-gradients influence` that the main job does not have."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        from transforms.influence import KINDS
+        from transforms.scores import SCORES
+
+        add = parser.add_argument
+        add("--train", help="Training rows' projections: a file or glob per checkpoint (comma-separated or repeated).")
+        add("--query", help="Query rows' projections: a file or glob per checkpoint, paired with --train in order.")
+        add("--top_k", type=int, default=20, help="Training rows kept per query and kind.")
+        add("--score", default="tracin", choices=tuple(SCORES), help="tracin (inner product), cosine or trak.")
+        add("--damping", type=float, default=0.0, help="TRAK's λ: (ΦᵀΦ + λI)⁻¹.")
+        add("--checkpoint_weights", help="One weight per checkpoint (its learning rate), comma-separated; default 1.")
+        add("--kinds", help=f"Which rankings to write, comma-separated: {', '.join(KINDS)} (default both).")
+        add("--self_influence", action="store_true", help="Also write each training row's score against itself.")
+        add("--self_influence_output", help="Prefix of the self-influence output (default <output>_self_influence).")
+        add(
+            "--query_memory_mb",
+            type=int,
+            default=1024,
+            help="Memory per worker for the queries, a block's scores and the top-k; more queries are split "
+            "into groups, each a branch of the job.",
+        )
+
+
+def _declared(cls) -> dict[str, str]:
+    """dest -> flag of every option a class declares."""
+    parser = argparse.ArgumentParser(add_help=False)
+    cls._add_argparse_args(parser)
+    return {a.dest: a.option_strings[0] for a in parser._actions}
+
+
+def refuse_options_of(options: PipelineOptions, cls, command: str, allowed=()) -> None:
+    """An option of the other command, given here, is an error rather than silently ignored."""
+    given = options.get_all_options(drop_default=True)
+    foreign = [flag for dest, flag in _declared(cls).items() if dest in given and dest not in allowed]
+    if foreign:
+        raise OptionsError(f"{', '.join(foreign)}: an option of {command}, not of this command; see --help")
+
+
+def influence_help_text() -> str:
+    def add(parser):
+        InfluenceOptions._add_argparse_args(parser)
+        for name, text in INFLUENCE_SHARED.items():
+            parser.add_argument(f"--{name}", help=text, **({"action": "store_true"} if name == "debug" else {}))
+
+    description = "The training rows that pushed each query's prediction, from the main job's weight projections."
+    return help_text("beam-gradients influence", description, add)

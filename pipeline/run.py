@@ -340,8 +340,14 @@ def main(argv: Sequence[str] | None = None, fault: Fault | None = None) -> int:
     `fault` is for tests only (see JobPlan.fault).
     """
     argv = list(sys.argv[1:] if argv is None else argv)
+    command_help, influence = help_text, argv[:1] == ["influence"]
+    if influence:  # `beam-gradients influence ...`: the influence job (pipeline/influence.py)
+        from pipeline.influence import run_options as run_influence
+        from pipeline.options import influence_help_text as command_help
+
+        argv = argv[1:]
     if "-h" in argv or "--help" in argv:
-        print(help_text())
+        print(command_help())
         return EXIT_OK
     debug = "--debug" in argv
     try:
@@ -349,7 +355,7 @@ def main(argv: Sequence[str] | None = None, fault: Fault | None = None) -> int:
         job = options.view_as(GradientOptions)
         debug = job.debug  # a config file may turn it on too
         _quiet_logs(debug)
-        summary = run_options(options, argv, fault)
+        summary = run_influence(options, argv) if influence else run_options(options, argv, fault)
     except USER_ERRORS as err:
         return _fail(f"error: {err}", EXIT_OPTIONS, debug)
     except RowsUnaccounted as err:
@@ -359,7 +365,7 @@ def main(argv: Sequence[str] | None = None, fault: Fault | None = None) -> int:
         hint = "" if debug else f" ({notes + '; ' if notes else ''}rerun with --debug for the traceback)"
         return _fail(f"the job failed: {failure_line(err)}{hint}", EXIT_FAILED, debug)
     print(summary)
-    limit = job.max_rejected_fraction
+    limit = None if influence else job.max_rejected_fraction
     if limit is not None and not summary.dry_run and summary.rejected_fraction > limit:
         print(
             f"beam-gradients: error: {summary.rejected_fraction:.1%} of rows were rejected "

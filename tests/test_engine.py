@@ -45,10 +45,12 @@ def _eager(model, rows, scalar):
 
 
 def test_the_registries_are_the_choices_and_name_one_file_per_answer():
-    assert TARGETS.names == ("sum", "per_output", "loss")
-    assert METHODS.names == ("gradient",)
+    assert TARGETS.names == ("sum", "per_output", "loss", "class", "predicted", "top_k")
+    assert METHODS.names == (
+        "gradient", "gradient_x_input", "integrated_gradients", "smoothgrad", "vargrad", "squaregrad"
+    )
     assert WRT.names == ("inputs", "weights", "both")
-    with pytest.raises(SpecError, match=r"^target must be one of sum, per_output, loss, not 'sideways'$"):
+    with pytest.raises(SpecError, match=r"^target must be one of sum, per_output, loss, class, predicted, top_k, not 'sideways'$"):
         GradientSpec(target="sideways")
 
 

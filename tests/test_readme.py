@@ -11,7 +11,7 @@ import keras
 import numpy as np
 import pyarrow.parquet as pq
 
-from pipeline.options import GradientOptions
+from pipeline.options import GradientOptions, InfluenceOptions
 from tests.conftest import assert_close, eager_gradients
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -55,6 +55,7 @@ def test_readme_main_command_runs_end_to_end(tmp_path):
 def test_readme_option_table_lists_every_option():
     parser = argparse.ArgumentParser()
     GradientOptions._add_argparse_args(parser)
+    InfluenceOptions._add_argparse_args(parser)
     options = {s for a in parser._actions for s in a.option_strings if s.startswith("--") and s != "--help"}
     in_table = set(re.findall(r"^\| `(--[a-z_]+)` \|", README, re.M))
     assert in_table == options

@@ -21,6 +21,7 @@ from transforms.counters import Counters
 from transforms.gradients import GradientEngine
 from transforms.parquet import UnreadableRows, rejected_table
 from transforms.plan import JobPlan
+from transforms.row_seeds import RowSeedFeed
 from transforms.tensors import Reasons, decode, merge_reasons
 
 REJECTED = "rejected"
@@ -67,7 +68,8 @@ class _GradientsFn(beam.DoFn):
         if isinstance(batch, UnreadableRows):
             yield from self._reject_unreadable(batch, source)
             return
-        decoded = [decode(f, batch) for f in plan.feeds + plan.extras]
+        decoded = [decode(f, batch) for f in plan.feeds]
+        decoded += [self._decode_extra(f, batch, source, first_row) for f in plan.extras]
         reasons = merge_reasons(decoded)
         keys = (
             pa.Table.from_batches([batch.select(plan.key_columns)]) if plan.key_columns else _rows_only(batch.num_rows)
@@ -82,6 +84,21 @@ class _GradientsFn(beam.DoFn):
             keys = keys.take(good_rows)
             positions = positions[good_rows]
         yield from self._fill(values, keys, source, positions)
+
+    def _decode_extra(self, feed, batch, source: str, first_row: int):
+        """A row input: the row's seed (computed), or a column's values; a class index outside the classes is bad."""
+        if isinstance(feed, RowSeedFeed):
+            return feed.decode(batch, source, first_row)
+        decoded = decode(feed, batch)
+        row_input = next(r for r in self._engine.row_inputs if r.name == feed.input)
+        if row_input.classes is not None:
+            outside = (decoded.values < 0) | (decoded.values >= row_input.classes)
+            decoded.reasons.add(
+                outside.reshape(len(outside), -1).any(axis=1),
+                "decode",
+                f"column {feed.columns[0]!r} holds a class index outside 0..{row_input.classes - 1}",
+            )
+        return decoded
 
     def finish_bundle(self):
         outputs = list(self._run()) if self._filled else []

@@ -46,7 +46,7 @@ class InputFiles:
     empty: list[str]
 
 
-def match_files(pattern: str) -> InputFiles:
+def match_files(pattern: str, option: str = "--input") -> InputFiles:
     """Every file `pattern` matches (local or remote, Beam's filesystems), sorted.
 
     Zero-byte files are what a failed writer leaves behind: they are skipped
@@ -55,14 +55,14 @@ def match_files(pattern: str) -> InputFiles:
     try:
         result = FileSystems.match([pattern])[0]
     except Exception as err:  # BeamIOError and friends: the filesystem says why
-        raise InputError(f"--input {pattern!r}: cannot list files ({err})") from err
+        raise InputError(f"{option} {pattern!r}: cannot list files ({err})") from err
     found = sorted(result.metadata_list, key=lambda m: m.path)
     if not found:
-        raise InputError(f"--input {pattern!r} matches no file")
+        raise InputError(f"{option} {pattern!r} matches no file")
     paths = [m.path for m in found if m.size_in_bytes]
     empty = [m.path for m in found if not m.size_in_bytes]
     if not paths:
-        raise InputError(f"--input {pattern!r}: every file it matches is empty (0 bytes): {', '.join(empty[:3])}")
+        raise InputError(f"{option} {pattern!r}: every file it matches is empty (0 bytes): {', '.join(empty[:3])}")
     return InputFiles(paths, empty)
 
 

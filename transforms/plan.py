@@ -18,6 +18,7 @@ from transforms import __version__
 from transforms.gradients import GradientEngine, GradientSpec, ModelFunction, SpecError
 from transforms.model import Loaded, ProcessModel, redact
 from transforms.parquet import OutputLayout, rejected_schema
+from transforms.row_seeds import RowSeedFeed
 from transforms.tensors import Feed, check_columns, plan_feed, plan_input_feeds
 
 class Fault:
@@ -56,7 +57,7 @@ class JobPlan:
 
     engine: EngineRecipe
     feeds: list[Feed]
-    extras: list[Feed]  # the engine's row inputs (the label), in its order
+    extras: list[Feed | RowSeedFeed]  # the engine's row inputs (the label, the row's seed), in its order
     key_columns: list[str]
     layout: OutputLayout
     rejected_schema: pa.Schema
@@ -104,6 +105,9 @@ class JobPlan:
         feeds = plan_input_feeds(schema, inputs, feature_columns, input_map or {}, source)
         extras = []
         for row_input in engine.row_inputs:
+            if row_input.column is None:  # the row's seed: from its keys, or its position when none are kept
+                extras.append(RowSeedFeed(row_input.name, tuple(key_columns)))
+                continue
             column = row_columns.get(row_input.column)
             if not column:
                 raise SpecError(

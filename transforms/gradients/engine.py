@@ -50,7 +50,9 @@ class GradientEngine:
         self.target = TARGETS[spec.target](model, spec)
         self.method = METHODS[spec.method](model, spec)
         self.wrt = WRT[spec.wrt](model, spec, self.target)
-        self.row_inputs: list[RowInput] = ([self.loss.label] if self.loss else []) + self.target.row_inputs
+        self.row_inputs: list[RowInput] = (
+            ([self.loss.label] if self.loss else []) + self.target.row_inputs + self.method.row_inputs
+        )
         self.outputs: list[Output] = self._declare()
         signature = [tf.TensorSpec((batch_size, *t.shape), t.dtype, name=t.name) for t in model.inputs]
         signature += [tf.TensorSpec((batch_size, *r.shape), r.dtype, name=r.name) for r in self.row_inputs]
@@ -94,7 +96,9 @@ class GradientEngine:
         n = len(self.model.inputs)
         inputs = list(args[:n])
         extras = {r.name: x for r, x in zip(self.row_inputs, args[n:])}
-        attribution = self.method.attribute(self._differentiate, inputs, extras)
+        if self.target.chooses:  # e.g. the predicted class, chosen at the inputs and fixed for every point
+            extras.update(self.target.choose(self.model.call(inputs)))
+        attribution = self.method.attribute(self._differentiate, inputs, extras, self._forward)
         forward = attribution.forward or self._forward(inputs, extras)
         values = self.wrt.columns(attribution.gradients)
         values.update(attribution.columns)

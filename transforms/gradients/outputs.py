@@ -32,13 +32,23 @@ class Output:
 
 
 class RowInput(NamedTuple):
-    """A per-row input beyond the model's (the label), fed from the column that spec field `column` names."""
+    """A per-row input beyond the model's (the label), fed from the column that spec field `column` names.
+
+    `column` None: not a column but the row's seed (ROW_SEED), which the caller
+    computes from the row's key columns or its position. `classes`: the value is a
+    class index, valid in 0..classes-1 (a row outside is the caller's to reject).
+    """
 
     name: str
     shape: tuple[int, ...]
     dtype: tf.DType
-    column: str  # e.g. "label_column"
+    column: str | None  # e.g. "label_column"
     needed_by: str  # the spec field that asks for it, e.g. "loss"
+    classes: int | None = None
+
+
+# The row's seed for noise: 64 bits that identify the row wherever it is computed (see methods/noise.py).
+ROW_SEED = RowInput("row_seed", (), tf.int64, None, "method")
 
 
 def gradient_name(input_name: str, head: str | None, multi_input: bool, feature: str | None = None) -> str:

@@ -42,12 +42,25 @@ class GradientSpec:
     projection_seed: int = 0
     allow_large_rows: bool = False
     weight_memory_mb: int = 1024
+    # The methods' settings (methods/): integrated gradients' path, the noise methods' samples.
+    steps: int = 50
+    ig_rule: str = "riemann_trapezoid"
+    baseline: str = "zeros"
+    samples: int = 50
+    noise: float = 0.2  # standard deviation, as a fraction of each row's input range (max - min)
+    seed: int = 0
+    chunk: int | None = None  # steps or samples per row in one model call; None: about CHUNK_ROWS rows
+    # The targets' settings (targets/).
+    k: int = 3
+    output_name: str | None = None
 
     def __post_init__(self):
         for registry in (TARGETS, METHODS, WRT):
             registry.check(getattr(self, registry.field)).check_spec(self)
         if self.loss:
             check_loss_name(self.loss)
+        if self.chunk is not None and self.chunk < 1:
+            raise SpecError("{chunk} must be 1 or more, not {value}", value=self.chunk)
         if self.clip_norm is not None and not self.clip_norm > 0:
             raise SpecError("{clip_norm} must be above 0, not {value}", value=self.clip_norm)
         if self.clip_per_tensor and self.clip_norm is None:

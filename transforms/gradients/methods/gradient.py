@@ -8,6 +8,6 @@ from transforms.gradients.methods.base import Attribution, Method
 class Gradient(Method):
     name = "gradient"
 
-    def attribute(self, differentiate, inputs, extras):
+    def attribute(self, differentiate, inputs, extras, evaluate):
         gradients, forward = differentiate(inputs, extras)
         return Attribution(gradients, forward)

@@ -10,9 +10,11 @@ from transforms.gradients.targets.base import Target
 
 class Loss(Target):
     name = "loss"
+    takes_output_name = False  # a loss needs a single-output model
 
     @classmethod
     def check_spec(cls, spec):
+        super().check_spec(spec)
         if not spec.loss:
             raise SpecError("{target} loss needs {loss} (a Keras loss name or module.path:function)")
 

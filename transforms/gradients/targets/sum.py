@@ -11,7 +11,9 @@ class Sum(Target):
     name = "sum"
 
     def __call__(self, forward) -> list[tf.Tensor]:
-        return [tf.add_n([per_example_sum(o) for o in forward.outputs])]
+        return [tf.add_n([per_example_sum(forward.outputs[i]) for i in self.selected])]
 
     def describe(self, head):
+        if self.spec.output_name:
+            return f"the sum of output {self.spec.output_name!r}"
         return "the sum of the model's outputs"

@@ -1,0 +1,372 @@
+"""Influence as Beam pieces: training rows stream in blocks, queries travel as a side input, top-k merges in a combiner.
+
+    train files (per checkpoint) -> blocks of projections -> [joined across checkpoints by key]
+        -> ScoreBlocks(queries side input) -> partial top-k per bundle -> MergeTopK -> rows
+    query files (per checkpoint) -> JoinQueries (one element) -> prepared query features (side input)
+    TRAK only: train blocks -> GramFn (one k×k per checkpoint) -> damped inverse (side input)
+
+The score matrix never exists: a block of training rows meets every query of
+its group in one matrix product, and only each query's k best survive the block.
+The numbers live in transforms/scores (numpy) and transforms/topk (numpy, Arrow).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+from apache_beam.metrics import Metrics
+from apache_beam.transforms.window import GlobalWindows
+
+from transforms import METRICS
+from transforms.parquet import InputError, ReadParquetBatches, UnreadableRows
+from transforms.projections import PROJECTION, first_difference, key_hash, projection_matrix, sort_by_keys
+from transforms.scores import SCORES, damped_inverse, gram, query_matrix, self_influence, train_matrix
+from transforms.topk import QUERY, RANK, SCORE, TopK
+
+PROPONENT, OPPONENT = "proponent", "opponent"
+KINDS = (PROPONENT, OPPONENT)
+TRAIN_PREFIX = "train__"
+SELF_INFLUENCE = "self_influence"
+SELF = "self"  # the tag of ScoreBlocks' self-influence output
+
+
+@dataclasses.dataclass(frozen=True)
+class Block:
+    """Rows of one input: their keys and, per checkpoint, their (rows, k) projections (None: not joined yet)."""
+
+    keys: pa.Table
+    projections: tuple
+    checkpoint: int = 0  # which checkpoint the single projection is, before the join
+
+    @property
+    def rows(self) -> int:
+        return self.keys.num_rows
+
+
+@dataclasses.dataclass(frozen=True)
+class Queries:
+    """One group of queries, joined across checkpoints and sorted by key; `features` once prepared."""
+
+    keys: pa.Table
+    projections: tuple
+    features: np.ndarray | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoreSpec:
+    """How to score, decided before any data is read. Picklable."""
+
+    score: str
+    weights: tuple[float, ...]
+    top_k: int
+    kinds: tuple[str, ...]
+    damping: float = 0.0
+    block_rows: int = 4096  # training rows per matrix product: bounds the (queries × rows) scores
+
+    @property
+    def checkpoints(self) -> int:
+        return len(self.weights)
+
+
+# ---------------------------------------------------------------- reading
+
+
+class _ToBlock(beam.DoFn):
+    def __init__(self, checkpoint: int, key_columns: Sequence[str]):
+        self._checkpoint, self._keys = checkpoint, list(key_columns)
+
+    def process(self, element):
+        if isinstance(element.batch, UnreadableRows):
+            raise InputError(f"{element.source}: {element.batch.reason}")
+        matrix = projection_matrix(element.batch, element.source)
+        yield Block(pa.Table.from_batches([element.batch.select(self._keys)]), (matrix,), self._checkpoint)
+
+
+class ReadProjections(beam.PTransform):
+    """PBegin -> Block per record batch of each checkpoint's files (bounded in rows), tagged with its checkpoint."""
+
+    def __init__(self, files: Sequence[Sequence[str]], key_columns: Sequence[str], rows: int | None = None):
+        super().__init__()
+        self._files, self._keys, self._rows = [list(f) for f in files], list(key_columns), rows
+
+    def expand(self, pbegin):
+        columns = self._keys + [PROJECTION]
+        blocks = [
+            pbegin
+            | f"Read{c}" >> ReadParquetBatches(files, columns, self._rows, self._keys)
+            | f"Blocks{c}" >> beam.ParDo(_ToBlock(c, self._keys))
+            for c, files in enumerate(self._files)
+        ]
+        return blocks[0] if len(blocks) == 1 else tuple(blocks) | "Checkpoints" >> beam.Flatten()
+
+
+def _align(parts_by_checkpoint: dict[int, list[Block]], checkpoints: int, where: str) -> Block:
+    """Blocks of the same keys from every checkpoint -> one Block, rows sorted by key, projections side by side."""
+    keys, projections = None, []
+    for c in range(checkpoints):
+        parts = parts_by_checkpoint.get(c, [])
+        if not parts:
+            raise InputError(f"{where}: checkpoint {c + 1} has none of the rows its other checkpoints have")
+        these = pa.concat_tables([p.keys for p in parts])
+        matrix = np.concatenate([p.projections[0] for p in parts]) if len(parts) > 1 else parts[0].projections[0]
+        order = sort_by_keys(these)
+        these, matrix = these.take(order), matrix[order]
+        if keys is not None and not these.equals(keys):
+            key, in_first = first_difference(keys, these) or ("(a row's order)", True)
+            raise InputError(f"{where}: the key {key} is in checkpoint {1 if in_first else c + 1} only")
+        keys = these
+        projections.append(matrix)
+    return Block(keys, tuple(projections))
+
+
+class _Bucket(beam.DoFn):
+    """Block -> (bucket, piece of the block): a key's rows of every checkpoint meet in one bucket."""
+
+    def __init__(self, buckets: int):
+        self._buckets = buckets
+
+    def process(self, block: Block):
+        bucket = key_hash(block.keys) % np.uint64(self._buckets)
+        for b in np.unique(bucket):
+            rows = np.flatnonzero(bucket == b)
+            yield int(b), Block(block.keys.take(rows), (block.projections[0][rows],), block.checkpoint)
+
+
+class _JoinBucket(beam.DoFn):
+    def __init__(self, checkpoints: int, block_rows: int):
+        self._checkpoints, self._rows = checkpoints, block_rows
+
+    def process(self, element):
+        bucket, parts = element
+        by_checkpoint: dict[int, list[Block]] = {}
+        for part in parts:
+            by_checkpoint.setdefault(part.checkpoint, []).append(part)
+        joined = _align(by_checkpoint, self._checkpoints, "--train")
+        for start in range(0, joined.rows, self._rows):
+            stop = start + self._rows
+            yield Block(joined.keys.slice(start, self._rows), tuple(p[start:stop] for p in joined.projections))
+
+
+class JoinCheckpoints(beam.PTransform):
+    """Block per checkpoint -> Block holding every checkpoint's projection of the same rows, joined by key.
+
+    One checkpoint needs no join. Several go through one shuffle into `buckets`
+    buckets by a hash of the key, each about a block's size, and are joined there.
+    """
+
+    def __init__(self, checkpoints: int, buckets: int, block_rows: int):
+        super().__init__()
+        self._checkpoints, self._buckets, self._rows = checkpoints, buckets, block_rows
+
+    def expand(self, blocks):
+        if self._checkpoints == 1:
+            return blocks
+        return (
+            blocks
+            | "Bucket" >> beam.ParDo(_Bucket(self._buckets))
+            | "Group" >> beam.GroupByKey()
+            | "Join" >> beam.ParDo(_JoinBucket(self._checkpoints, self._rows))
+        )
+
+
+class JoinQueries(beam.CombineFn):
+    """Blocks of one query group (any checkpoint) -> Queries: every checkpoint's rows, aligned by key."""
+
+    def __init__(self, checkpoints: int):
+        self._checkpoints = checkpoints
+
+    def create_accumulator(self):
+        return []
+
+    def add_input(self, accumulator, block):
+        accumulator.append(block)
+        return accumulator
+
+    def merge_accumulators(self, accumulators):
+        return [block for accumulator in accumulators for block in accumulator]
+
+    def extract_output(self, accumulator):
+        if not accumulator:
+            return None
+        by_checkpoint: dict[int, list[Block]] = {}
+        for block in accumulator:
+            by_checkpoint.setdefault(block.checkpoint, []).append(block)
+        joined = _align(by_checkpoint, self._checkpoints, "--query")
+        return Queries(joined.keys, joined.projections)
+
+
+def in_group(block: Block, group: int, groups: int) -> Block:
+    """The rows of a block that belong to query group `group` (by a hash of the key)."""
+    if groups == 1:
+        return block
+    rows = np.flatnonzero(key_hash(block.keys) % np.uint64(groups) == group)
+    return Block(block.keys.take(rows), tuple(p[rows] for p in block.projections), block.checkpoint)
+
+
+# ---------------------------------------------------------------- TRAK's first pass
+
+
+class GramFn(beam.CombineFn):
+    """Blocks (one checkpoint each) -> per checkpoint, ΦᵀΦ over every training row (float64)."""
+
+    def __init__(self, checkpoints: int):
+        self._checkpoints = checkpoints
+
+    def create_accumulator(self):
+        return [None] * self._checkpoints
+
+    def add_input(self, accumulator, block):
+        part = gram(block.projections[0])
+        c = block.checkpoint
+        accumulator[c] = part if accumulator[c] is None else accumulator[c] + part
+        return accumulator
+
+    def merge_accumulators(self, accumulators):
+        merged = self.create_accumulator()
+        for accumulator in accumulators:
+            for c, part in enumerate(accumulator):
+                if part is not None:
+                    merged[c] = part if merged[c] is None else merged[c] + part
+        return merged
+
+    def extract_output(self, accumulator):
+        return accumulator
+
+
+def inverses(grams: list, damping: float) -> tuple:
+    """Per checkpoint, (ΦᵀΦ + λI)⁻¹; the error names --damping when it does not exist."""
+    result = []
+    for c, g in enumerate(grams):
+        if g is None:
+            raise InputError(f"--train checkpoint {c + 1} holds no rows")
+        try:
+            result.append(damped_inverse(g, damping))
+        except ValueError as err:
+            raise InputError(f"--train checkpoint {c + 1}: {err}; give a larger --damping") from err
+    return tuple(result)
+
+
+def states(spec: ScoreSpec, inverse: tuple | None) -> tuple:
+    return inverse if inverse is not None else (None,) * spec.checkpoints
+
+
+def prepare_queries(queries: Queries | None, spec: ScoreSpec, inverse: tuple | None = None) -> Queries | None:
+    """Queries -> the same with `features`: what every block of training rows is multiplied by."""
+    if queries is None:
+        return None
+    features = query_matrix(SCORES[spec.score], queries.projections, states(spec, inverse), spec.weights)
+    return dataclasses.replace(queries, features=np.ascontiguousarray(features))
+
+
+# ---------------------------------------------------------------- scoring
+
+
+class ScoreBlocks(beam.DoFn):
+    """Block of training rows -> (at the bundle's end) the bundle's top-k per query and kind.
+
+    With `with_self`, each block's self influence also goes to the SELF output.
+    """
+
+    def __init__(self, spec: ScoreSpec, with_self: bool):
+        self._spec, self._with_self = spec, with_self
+        self._rows = Metrics.counter(METRICS, "train_rows_scored")
+        self._best: dict[str, TopK] | None = None
+
+    def start_bundle(self):
+        self._best = None
+
+    def process(self, block: Block, queries: Queries | None, inverse=None):
+        spec = self._spec
+        score = SCORES[spec.score]
+        if self._with_self:
+            values = self_influence(score, block.projections, states(spec, inverse), spec.weights)
+            table = block.keys.rename_columns([TRAIN_PREFIX + n for n in block.keys.column_names])
+            yield beam.pvalue.TaggedOutput(SELF, table.append_column(SELF_INFLUENCE, pa.array(values, pa.float64())))
+        if queries is None or block.rows == 0:
+            return
+        if self._best is None:
+            self._best = {kind: TopK(queries.keys.num_rows, spec.top_k, kind == PROPONENT) for kind in spec.kinds}
+        self._rows.inc(block.rows)
+        for start in range(0, block.rows, spec.block_rows):
+            stop = min(block.rows, start + spec.block_rows)
+            train = train_matrix(score, [p[start:stop] for p in block.projections], states(spec, inverse))
+            scores = queries.features @ train.T  # (queries, rows): the only place scores exist
+            keys = block.keys.slice(start, stop - start)
+            for best in self._best.values():
+                best.add_block(scores, keys)
+
+    def finish_bundle(self):
+        if self._best is not None:
+            yield GlobalWindows.windowed_value(self._best)
+            self._best = None
+
+
+class MergeTopK(beam.CombineFn):
+    """Bundles' {kind: TopK} -> one {kind: TopK} for the whole job."""
+
+    def create_accumulator(self):
+        return {}
+
+    def add_input(self, accumulator, best):
+        for kind, topk in best.items():
+            if kind in accumulator:
+                accumulator[kind].merge(topk)
+            else:
+                accumulator[kind] = topk
+        return accumulator
+
+    def merge_accumulators(self, accumulators):
+        merged = {}
+        for accumulator in accumulators:
+            self.add_input(merged, accumulator)
+        return merged
+
+    def extract_output(self, accumulator):
+        return accumulator
+
+
+def influence_schema(query_keys: pa.Schema, train_keys: pa.Schema, metadata: dict[str, str]) -> pa.Schema:
+    """Query keys, rank, kind, train__<key>..., score."""
+    fields = list(query_keys) + [pa.field("rank", pa.int32()), pa.field("kind", pa.string())]
+    fields += [pa.field(TRAIN_PREFIX + f.name, f.type) for f in train_keys]
+    fields.append(pa.field("score", pa.float32()))
+    return pa.schema(fields, metadata={k.encode(): v.encode() for k, v in metadata.items()})
+
+
+def self_influence_schema(train_keys: pa.Schema, metadata: dict[str, str]) -> pa.Schema:
+    fields = [pa.field(TRAIN_PREFIX + f.name, f.type) for f in train_keys] + [pa.field(SELF_INFLUENCE, pa.float64())]
+    return pa.schema(fields, metadata={k.encode(): v.encode() for k, v in metadata.items()})
+
+
+def influence_table(best: dict, queries: Queries | None, schema: pa.Schema) -> list[pa.Table]:
+    """The merged top-k -> output rows, sorted by query key, kind (proponents first), rank."""
+    if queries is None or not best:
+        return []
+    tables = []
+    query_names = queries.keys.column_names
+    for kind in KINDS:
+        if kind not in best:
+            continue
+        result = best[kind].result()
+        if result.num_rows == 0:
+            continue
+        query = result.column(QUERY).to_numpy()
+        columns = {name: queries.keys.column(name).take(pa.array(query)) for name in query_names}
+        columns["rank"] = result.column(RANK)
+        columns["kind"] = pa.array([kind] * result.num_rows, pa.string())
+        for f in schema:
+            if f.name.startswith(TRAIN_PREFIX):
+                columns[f.name] = result.column(f.name[len(TRAIN_PREFIX) :])
+        columns["score"] = result.column(SCORE)
+        tables.append((query, kind, pa.table(columns).cast(schema)))
+    if not tables:
+        return []
+    kind_index = np.concatenate([np.full(len(q), KINDS.index(k)) for q, k, _ in tables])
+    order = np.lexsort((kind_index, np.concatenate([q for q, _, _ in tables])))
+    table = pa.concat_tables([t for _, _, t in tables])
+    # lexsort is stable, so within (query, kind) the rows keep their rank order
+    return [table.take(pa.array(order)).replace_schema_metadata(schema.metadata)]
