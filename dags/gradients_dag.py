@@ -93,11 +93,9 @@ with DAG(
     @task(task_id="complete")
     def complete(output: str) -> dict:
         """The partition is complete only with its _SUCCESS marker; its counts go to the task log and XCom."""
-        from pipeline.outputs import read_marker
+        from pipeline.outputs import require_marker
 
-        marker = read_marker(output)
-        if marker is None:
-            raise RuntimeError(f"{output}: no _SUCCESS marker, so the output is not complete")
+        marker = require_marker(output)
         print(f"{output}: {marker['rows_in']} in, {marker['rows_out']} out, {marker['rows_rejected']} rejected")
         return {key: marker[key] for key in ("rows_in", "rows_out", "rows_rejected")}
 

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 DEFAULT_BATCH_SIZE = 256
 # Options that hold a comma-separated list: given more than once, their values add up.
-LIST_OPTIONS = ("feature_columns", "keep_columns", "emit", "input_map")
+LIST_OPTIONS = ("feature_columns", "keep_columns", "emit", "input_map", "weight_output")
 # --runner values (any module path before them, any case) that run on Dask.
 DASK_RUNNERS = ("daskrunner", "dask")
 
@@ -74,7 +74,7 @@ class GradientOptions(PipelineOptions):
         add(
             "--baseline",
             default="zeros",
-            help="Integrated gradients: zeros, value:<number>, column:<name> or blur:<sigma>.",
+            help="Integrated gradients: zeros, value:<number>, column:<name>, mean (the dataset's, a first pass) or blur:<sigma>.",
         )
         add("--samples", type=int, default=50, help="smoothgrad, vargrad, squaregrad: noisy samples per row.")
         add("--noise", type=float, default=0.2, help="Noise standard deviation, as a fraction of each row's range.")
@@ -83,6 +83,41 @@ class GradientOptions(PipelineOptions):
         add("--label_column", help="Column holding each row's label, for --loss.")
         add("--loss", help=f"Per-example loss: {', '.join(KERAS_LOSSES)} or module.path:function.")
         add("--clip_norm", type=float, help="Rescale each example's own gradient to this L2 norm at most.")
+        add(
+            "--clip_per_tensor",
+            action="store_true",
+            help="With --clip_norm: clip each differentiated tensor on its own, not all of a row's together.",
+        )
+        add(
+            "--wrt",
+            default="inputs",
+            choices=NAMES["wrt"],
+            help="Differentiate with respect to the model's inputs, its trainable weights, or both.",
+        )
+        add(
+            "--weights",
+            help="With --wrt weights/both: layer names (comma-separated) or a regular expression over variable "
+            "paths (default: every trainable variable).",
+        )
+        add(
+            "--weight_output",
+            help=f"What each row's weight gradient is written as, comma-separated: {', '.join(NAMES['weight_output'])} "
+            "(default: norm).",
+        )
+        add("--projection_dim", type=int, default=2048, help="Length k of each row's weight projection.")
+        add("--projection_dtype", default="float32", choices=NAMES["projection_dtype"], help="Type of the projection.")
+        add("--projection_seed", type=int, default=0, help="Seed of the projection: equal seeds, comparable rows.")
+        add(
+            "--allow_large_rows",
+            action="store_true",
+            help="Allow --weight_output full beyond 1,000,000 numbers per row.",
+        )
+        add(
+            "--weight_memory_mb",
+            type=int,
+            default=1024,
+            help="Memory budget of the per-example weight gradients: sets the rows per micro-batch.",
+        )
         add("--batch_size", type=int, default=DEFAULT_BATCH_SIZE, help="Rows per model call (the last is padded).")
         add("--emit", help=f"Extra per-row columns, comma-separated: {', '.join(EMITS)}.")
         add(
@@ -335,6 +370,15 @@ def spec_from(job: GradientOptions) -> GradientSpec:
         chunk=job.chunk,
         k=job.k,
         output_name=job.output_name,
+        wrt=job.wrt,
+        clip_per_tensor=job.clip_per_tensor,
+        weights=job.weights,
+        weight_output=tuple(split_list(job.weight_output)) or GradientSpec.weight_output,
+        projection_dim=job.projection_dim,
+        projection_dtype=job.projection_dtype,
+        projection_seed=job.projection_seed,
+        allow_large_rows=job.allow_large_rows,
+        weight_memory_mb=job.weight_memory_mb,
     )
 
 

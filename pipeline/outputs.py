@@ -57,6 +57,14 @@ def read_marker(prefix: str) -> dict | None:
         return None
 
 
+def require_marker(prefix: str) -> dict:
+    """The marker of a complete output, or an error saying the output is not complete (for schedulers' checks)."""
+    marker = read_marker(prefix)
+    if marker is None:
+        raise RuntimeError(f"{prefix}: no {MARKER} marker, so the output is not complete")
+    return marker
+
+
 def _shard_regex(prefix: str) -> re.Pattern:
     """What Beam's sink deletes at finalize for `prefix`: `<prefix>-*-of-NNNNN.parquet`, any shard count."""
     return re.compile(FileSystem.translate_pattern(prefix + "-*-of-?????" + SUFFIX))

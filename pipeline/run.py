@@ -41,6 +41,7 @@ from transforms import FAILURE_TAG, METRICS, op_error_line
 from transforms.aggregates import AggregatesFn, AggregateSpec, to_json
 from transforms.compute import REJECTED, RESULTS, ComputeGradients
 from transforms.counters import COUNTERS, MODEL_LOAD_PID
+from transforms.input_means import InputMeans
 from transforms.gradients import SpecError
 from transforms.plan import Fault, JobPlan
 from transforms.model import ModelError, ProcessModel
@@ -288,7 +289,16 @@ def build(
     batches = pipeline | "ReadParquet" >> ReadParquetBatches(
         files, plan.read_columns, job.read_batch_rows, plan.key_columns
     )
-    computed = batches | "Gradients" >> ComputeGradients(plan, progress)
+    means = None
+    if plan.means:  # a first pass: the dataset's mean inputs (a `mean` baseline), read again rather than held
+        feeds = [plan.feeds[i] for i in plan.means]
+        columns = list(dict.fromkeys(c for f in feeds for c in f.columns))
+        means = beam.pvalue.AsSingleton(
+            pipeline
+            | "Means/Read" >> ReadParquetBatches(files, columns, job.read_batch_rows, count=False)
+            | "Means/Combine" >> beam.CombineGlobally(InputMeans(feeds))
+        )
+    computed = batches | "Gradients" >> ComputeGradients(plan, means, progress)
     shards = job.num_shards or 0
     computed[RESULTS] | "WriteGradients" >> write_parquet(prefixes[OUTPUT], plan.layout.schema, shards)
     computed[REJECTED] | "WriteRejected" >> write_parquet(prefixes[REJECTED_OPTION], plan.rejected_schema, shards)

@@ -5,6 +5,7 @@ operator starts our job with this venv's Python; the output partition is checked
 """
 
 import ast
+import json
 import os
 import pathlib
 import re
@@ -16,6 +17,7 @@ import numpy as np
 import pytest
 
 from pipeline.demo import IMAGE_SHAPE, make_model
+from tests.projections import write_projections
 from tests.conftest import assert_close, by_key, eager_gradients, read_output, tensor_column, write_parquet
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -40,9 +42,9 @@ def airflow_env(tmp_path_factory):
     return env
 
 
-def run_day(env, day, conf):
+def run_day(env, day, conf, dag_id="beam_gradients"):
     done = subprocess.run(
-        [sys.executable, str(ROOT / "tests/airflow_dag_run.py"), str(ROOT / "dags"), "beam_gradients", day, conf],
+        [sys.executable, str(ROOT / "tests/airflow_dag_run.py"), str(ROOT / "dags"), dag_id, day, conf],
         env=env,
         capture_output=True,
         text=True,
@@ -145,3 +147,27 @@ def test_an_airflow_variable_selects_dataflow(airflow_env):
     assert options["input"] == "/data/examples/dt=2024-05-03/*.parquet"
     assert options["output"] == "/data/gradients/dt=2024-05-03/gradients"
     assert options["batch_size"] is None  # left out: the job's own default
+
+
+def test_the_influence_dag_runs_the_influence_job_and_checks_its_marker(tmp_path, airflow_env):
+    """Triggered with a run config: top-k proponents and self influence against brute force, then the marker."""
+    rng = np.random.default_rng(9)
+    train, query = rng.normal(size=(50, 16)).astype(np.float32), rng.normal(size=(4, 16)).astype(np.float32)
+    write_projections(tmp_path / "train/p", {"id": np.arange(50)}, train)
+    write_projections(tmp_path / "query/p", {"qid": np.arange(4)}, query)
+    conf = json.dumps(
+        {
+            "train": f"{tmp_path}/train/*.parquet",
+            "query": f"{tmp_path}/query/*.parquet",
+            "output": f"{tmp_path}/out/influence",
+            "top_k": 3,
+            "self_influence": True,
+        }
+    )
+    log = run_day(airflow_env, DAY, conf, dag_id="beam_gradients_influence")
+    assert f"{tmp_path}/out/influence: 24 rows for 4 queries x 50 training rows" in log  # the complete task
+    table = read_output(tmp_path / "out/influence").to_pylist()
+    best = {r["qid"]: r["train__id"] for r in table if r["kind"] == "proponent" and r["rank"] == 1}
+    assert best == {q: int(np.argmax(train @ query[q])) for q in range(4)}
+    self_influence = by_key(read_output(tmp_path / "out/influence_self_influence"), "train__id")
+    assert_close(self_influence.column("self_influence").to_numpy(), (train.astype(np.float64) ** 2).sum(axis=1), rtol=1e-4)

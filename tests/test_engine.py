@@ -49,7 +49,7 @@ def test_the_registries_are_the_choices_and_name_one_file_per_answer():
     assert METHODS.names == (
         "gradient", "gradient_x_input", "integrated_gradients", "smoothgrad", "vargrad", "squaregrad"
     )
-    assert WRT.names == ("inputs",)
+    assert WRT.names == ("inputs", "weights", "both")
     with pytest.raises(SpecError, match=r"^target must be one of sum, per_output, loss, class, predicted, top_k, not 'sideways'$"):
         GradientSpec(target="sideways")
 

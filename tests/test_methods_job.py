@@ -166,3 +166,26 @@ def test_peak_memory_is_the_same_at_50_and_1000_steps(tmp_path):
                 "--method", "integrated_gradients", "--steps", str(steps), "--batch_size", "32", "--chunk", "25"]
         peaks[steps] = _peak_rss_mib(argv)
     assert abs(peaks[1000] - peaks[50]) <= 0.1 * peaks[50], peaks
+
+
+@pytest.mark.parametrize("runner", [[], ["--direct_num_workers", "2", "--direct_running_mode", "multi_processing"]])
+def test_the_mean_baseline_is_the_datasets_mean_input_from_a_first_pass(tmp_path, runner):
+    """On a linear model IG is (x - b) . w exactly: b is the mean over the rows that can be fed, bad rows excluded."""
+    x = keras.Input((5,), name="x")
+    model = keras.Model(x, keras.layers.Dense(1)(x))
+    values = _rows(tmp_path, n=60, files=3) + 3.0  # a mean far from zero
+    dirty = pq.read_table(str(tmp_path / "in/1.parquet"))
+    broken = tensor_column(dirty, "x").copy()
+    broken[2, 0] = np.nan  # row 22 is rejected, and must not count in the mean
+    pq.write_table(dirty.set_column(1, "x", pa.FixedShapeTensorArray.from_numpy_ndarray(broken)), str(tmp_path / "in/1.parquet"))
+    good = [i for i in range(60) if i != 22]
+    summary = run_on(tmp_path, model, "--method", "integrated_gradients", "--baseline", "mean", "--steps", 4,
+                     "--batch_size", 16, *runner)
+    assert (summary.rows_out, summary.rows_rejected) == (59, 1)
+    if summary.counters is not None:
+        assert summary.counters["rows_in"] == 60  # the first pass reads again, and counts nothing
+    out = by_key(read_output(tmp_path / "out/g"))
+    mean = values[good].astype(np.float64).mean(axis=0)
+    w = model.layers[-1].kernel.numpy()[:, 0]
+    assert_close(tensor_column(out, "gradient"), (values[good] - mean) * w, rtol=1e-4, atol=1e-5)
+    assert np.abs(out.column("ig_delta").to_numpy()).max() < 1e-4

@@ -52,6 +52,7 @@ class _GradientsFn(beam.DoFn):
         size = plan.batch_size
         self._inputs = [np.zeros((size, *f.shape), f.dtype) for f in plan.feeds]
         self._extras = [np.zeros((size, *f.shape), f.dtype) for f in plan.extras]
+        self._dataset: list[np.ndarray] = []
 
     def start_bundle(self):
         if self._loaded.take_new_load():
@@ -64,7 +65,9 @@ class _GradientsFn(beam.DoFn):
         self._out_rows = self._out_bytes = 0
         self._first = True
 
-    def process(self, element):
+    def process(self, element, means=None):
+        if means is not None:  # the dataset's mean inputs, the same for every batch (a `mean` baseline)
+            self._dataset = list(means)
         source, batch, first_row = element.source, element.batch, element.first_row
         plan = self._plan
         if self._first:
@@ -142,7 +145,7 @@ class _GradientsFn(beam.DoFn):
                 buffer[rows:] = 0
             self._counters.inc("padded_rows", padding)
         try:
-            result = self._engine(self._inputs, self._extras)
+            result = self._engine(self._inputs, self._extras, self._dataset)
         except Exception as err:  # the model itself failed: one line that keeps the cause, the op and the rows
             raise BatchFailed(f"{op_error_line(err)}, in a batch of {self._where()}") from err
         self._counters.inc("batches")
@@ -216,14 +219,20 @@ def _non_finite(result: dict[str, np.ndarray], rows: int) -> Reasons:
 
 
 class ComputeGradients(beam.PTransform):
-    """(source file, record batch) -> tagged outputs RESULTS and REJECTED, both pyarrow Tables."""
+    """(source file, record batch) -> tagged outputs RESULTS and REJECTED, both pyarrow Tables.
 
-    def __init__(self, plan: JobPlan, progress: ProgressFiles | None = None):
-        """`progress`: where local workers tell the launcher how many rows they have taken (None: nowhere)."""
+    `means`: where the plan needs the dataset's mean inputs (`plan.means`), a
+    singleton side input of them, as `InputMeans` computes them.
+    `progress`: where local workers tell the launcher how many rows they have taken (None: nowhere).
+    """
+
+    def __init__(self, plan: JobPlan, means=None, progress: ProgressFiles | None = None):
         super().__init__()
         self._plan = plan
+        self._means = means
         self._progress = progress
 
     def expand(self, batches):
-        fn = beam.ParDo(_GradientsFn(self._plan, self._progress)).with_output_types(pa.Table)
+        side = [self._means] if self._means is not None else []
+        fn = beam.ParDo(_GradientsFn(self._plan, self._progress), *side).with_output_types(pa.Table)
         return batches | fn.with_outputs(REJECTED, main=RESULTS)

@@ -171,10 +171,11 @@ class _ReadRowGroup(beam.DoFn):
     column at fault where they can be found.
     """
 
-    def __init__(self, columns: Sequence[str], rows: int | None, key_columns: Sequence[str] = ()):
+    def __init__(self, columns: Sequence[str], rows: int | None, key_columns: Sequence[str] = (), count: bool = True):
         self._columns = list(columns)
         self._rows = rows
         self._key_columns = list(key_columns)
+        self._count = count
         self._counters = Counters()
 
     def process(self, element):
@@ -185,7 +186,8 @@ class _ReadRowGroup(beam.DoFn):
         done = 0
         try:
             for batch in parquet.iter_batches(batch_size=rows, row_groups=[index], columns=self._columns):
-                self._counters.inc("rows_in", batch.num_rows)
+                if self._count:
+                    self._counters.inc("rows_in", batch.num_rows)
                 yield SourceBatch(path, batch, first + done)
                 done += batch.num_rows
         except pa.ArrowMemoryError:
@@ -195,7 +197,8 @@ class _ReadRowGroup(beam.DoFn):
             if column is None:  # every column reads on its own: a passing fault (network, disk), not the data
                 raise InputError(f"{path}: row group {index} cannot be read ({error_line(err)})") from err
             unread = parquet.metadata.row_group(index).num_rows - done
-            self._counters.inc("rows_in", unread)
+            if self._count:
+                self._counters.inc("rows_in", unread)
             keys = self._keys(parquet, index, done, unread)
             reason = f"row group {index} cannot be read: column {column!r} is corrupt ({detail})"
             yield SourceBatch(path, UnreadableRows(unread, keys, reason), first + done)
@@ -220,16 +223,25 @@ class _ReadRowGroup(beam.DoFn):
 
 
 class ReadParquetBatches(beam.PTransform):
-    """PBegin -> SourceBatch, spread over workers by row group."""
+    """PBegin -> SourceBatch, spread over workers by row group.
+
+    `count=False` for a second read of the same files (a first pass), so `rows_in` counts each row once.
+    """
 
     def __init__(
-        self, files: Sequence[str], columns: Sequence[str], rows: int | None = None, key_columns: Sequence[str] = ()
+        self,
+        files: Sequence[str],
+        columns: Sequence[str],
+        rows: int | None = None,
+        key_columns: Sequence[str] = (),
+        count: bool = True,
     ):
         super().__init__()
         self._files = list(files)
         self._columns = list(columns)
         self._rows = rows
         self._key_columns = list(key_columns)
+        self._count = count
 
     def expand(self, pbegin):
         return (
@@ -238,7 +250,9 @@ class ReadParquetBatches(beam.PTransform):
             | "RowGroups" >> beam.ParDo(_RowGroups())
             | "Spread" >> beam.Reshuffle()
             | "Read"
-            >> beam.ParDo(_ReadRowGroup(self._columns, self._rows, self._key_columns)).with_output_types(SourceBatch)
+            >> beam.ParDo(
+                _ReadRowGroup(self._columns, self._rows, self._key_columns, self._count)
+            ).with_output_types(SourceBatch)
         )
 
 

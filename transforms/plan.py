@@ -8,6 +8,7 @@ schema, and lays out the output from what the engine declares.
 from __future__ import annotations
 
 import dataclasses
+import json
 from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
@@ -66,6 +67,7 @@ class JobPlan:
     layout: OutputLayout
     rejected_schema: pa.Schema
     fault: Fault | None = None
+    means: list[int] = dataclasses.field(default_factory=list)  # feeds whose dataset mean the engine needs
 
     @property
     def batch_size(self) -> int:
@@ -128,7 +130,11 @@ class JobPlan:
             "beam_gradients.spec": spec.to_json(),
             "beam_gradients.batch_size": str(batch_size),
         }
+        weights = engine.wrt.provenance()
+        if weights is not None:  # what a later job (influence) compares before it uses the weight columns
+            metadata["beam_gradients.weights"] = json.dumps(weights)
         key_fields = [schema.field(c) for c in key_columns]
         layout = OutputLayout(key_fields, engine.outputs, feeds, metadata=metadata)
         plan = cls(recipe, feeds, extras, list(key_columns), layout, rejected_schema(key_fields))
+        plan.means = [[f.input for f in feeds].index(d.input) for d in engine.dataset_inputs]
         return plan, loaded

@@ -6,7 +6,8 @@ questions, each answer one small class in one file, listed in a registry:
 
 - of what (`targets/`, TARGETS): sum, per_output, loss;
 - how (`methods/`, METHODS): gradient;
-- with respect to what (`wrt/`, WRT): inputs.
+- with respect to what (`wrt/`, WRT): inputs, weights, both; a weight gradient is written in the forms
+  of `wrt/forms/` (FORMS): norm, projection, full.
 
 `GradientEngine` composes them into one `tf.function` with a fixed input
 signature and declares its outputs (`Output`: name, kind, shape, dtype), from
@@ -20,7 +21,7 @@ line answers `--help` and option errors at once.
 
 import importlib
 
-# name -> the submodule that defines it
+# name -> the submodule that defines it (`submodule:attribute` where the name differs there)
 _WHERE = {
     "EMITS": "choices",
     "KERAS_LOSSES": "choices",
@@ -29,11 +30,14 @@ _WHERE = {
     "METHODS": "methods",
     "TARGETS": "targets",
     "WRT": "wrt",
+    "FORMS": "wrt",
+    "PROJECTION_DTYPES": "wrt.forms.projection:DTYPES",
     "GradientEngine": "engine",
     "GradientSpec": "spec",
     "resolve_loss": "losses",
     "ModelFunction": "model_function",
     "TensorInfo": "model_function",
+    "Weight": "model_function",
     "from_keras": "model_function",
     "from_saved_model": "model_function",
     "Output": "outputs",
@@ -46,7 +50,8 @@ __all__ = sorted(_WHERE)
 def __getattr__(name: str):
     if name not in _WHERE:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
+    module, _, attribute = _WHERE[name].partition(":")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), attribute or name)
     globals()[name] = value
     return value
 

@@ -9,7 +9,9 @@ classes' names are exactly the ones listed here, so the two cannot drift.
 NAMES = {
     "target": ("sum", "per_output", "loss", "class", "predicted", "top_k"),
     "method": ("gradient", "gradient_x_input", "integrated_gradients", "smoothgrad", "vargrad", "squaregrad"),
-    "wrt": ("inputs",),
+    "wrt": ("inputs", "weights", "both"),
+    "weight_output": ("norm", "projection", "full"),
+    "projection_dtype": ("float32", "float16"),
     "ig_rule": ("riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid", "gauss_legendre"),
 }
 UNCONNECTED_MODES = ("zeros", "error")

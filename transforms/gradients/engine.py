@@ -14,7 +14,7 @@ from transforms.gradients.losses import PerExampleLoss
 from transforms.gradients.methods import METHODS
 from transforms.gradients.model_function import ModelFunction
 from transforms.gradients.ops import example_norm
-from transforms.gradients.outputs import Output, RowInput
+from transforms.gradients.outputs import DatasetInput, Output, RowInput
 from transforms.gradients.spec import GradientSpec
 from transforms.gradients.targets import TARGETS
 from transforms.gradients.wrt import WRT
@@ -53,9 +53,12 @@ class GradientEngine:
         self.row_inputs: list[RowInput] = (
             ([self.loss.label] if self.loss else []) + self.target.row_inputs + self.method.row_inputs
         )
+        # Values over the whole dataset (a mean baseline): passed once per batch, without a batch dimension.
+        self.dataset_inputs: list[DatasetInput] = self.method.dataset_inputs
         self.outputs: list[Output] = self._declare()
         signature = [tf.TensorSpec((batch_size, *t.shape), t.dtype, name=t.name) for t in model.inputs]
         signature += [tf.TensorSpec((batch_size, *r.shape), r.dtype, name=r.name) for r in self.row_inputs]
+        signature += [tf.TensorSpec(d.shape, tf.float32, name=d.name) for d in self.dataset_inputs]
         # autograph off: the Python loops here run once, at trace time, by design.
         self._fn = tf.function(self._compute, input_signature=signature, jit_compile=spec.jit_compile, autograph=False)
         self._concrete = None  # called directly: skips tf.function's per-call signature lookup
@@ -95,7 +98,9 @@ class GradientEngine:
     def _compute(self, *args):
         n = len(self.model.inputs)
         inputs = list(args[:n])
-        extras = {r.name: x for r, x in zip(self.row_inputs, args[n:])}
+        extras = {r.name: x for r, x in zip(self.row_inputs, args[n : n + len(self.row_inputs)])}
+        for d, x in zip(self.dataset_inputs, args[n + len(self.row_inputs) :]):  # the same for every row
+            extras[d.name] = tf.broadcast_to(x[None], (self.batch_size, *d.shape))
         if self.target.chooses:  # e.g. the predicted class, chosen at the inputs and fixed for every point
             extras.update(self.target.choose(self.model.call(inputs)))
         attribution = self.method.attribute(self._differentiate, inputs, extras, self._forward)
@@ -113,12 +118,15 @@ class GradientEngine:
                 values[o.name] = example_norm([values[o.of]])
         return {o.name: values[o.name] for o in self.outputs}
 
-    def __call__(self, inputs: Sequence[np.ndarray], extras: Sequence[np.ndarray] = ()) -> dict[str, np.ndarray]:
+    def __call__(
+        self, inputs: Sequence[np.ndarray], extras: Sequence[np.ndarray] = (), dataset: Sequence[np.ndarray] = ()
+    ) -> dict[str, np.ndarray]:
         """One full batch -> every declared output by name, [batch_size, *shape] numpy arrays.
 
-        `extras` are the row inputs in `row_inputs` order (the label).
+        `extras` are the row inputs in `row_inputs` order (the label); `dataset` the
+        values in `dataset_inputs` order (a mean input), computed over the whole data.
         """
         self.trace()
         with tf.device(self.device) if self.device else contextlib.nullcontext():
-            result = self._concrete(*inputs, *extras)
+            result = self._concrete(*inputs, *extras, *dataset)
         return {o.name: result[o.name].numpy() for o in self.outputs}  # in declared order

@@ -17,16 +17,32 @@ class TensorInfo(NamedTuple):
     dtype: tf.DType
 
 
+class Weight(NamedTuple):
+    """One trainable variable `call` reads: its path (`dense/kernel`), the model layer that owns it, the variable."""
+
+    path: str
+    layer: str
+    variable: tf.Variable
+
+
 class ModelFunction:
     """`call` takes a list of batched tensors in `inputs` order and returns a list in `outputs` order.
 
-    It runs the model in inference mode.
+    It runs the model in inference mode. `weights` are its trainable variables, in the model's order.
     """
 
-    def __init__(self, inputs: Sequence[TensorInfo], outputs: Sequence[TensorInfo], call: Callable, keep=None):
+    def __init__(
+        self,
+        inputs: Sequence[TensorInfo],
+        outputs: Sequence[TensorInfo],
+        call: Callable,
+        keep=None,
+        weights: Sequence[Weight] = (),
+    ):
         self.inputs = list(inputs)
         self.outputs = list(outputs)
         self.call = call
+        self.weights = list(weights)
         self._keep = keep  # the object `call` needs alive (a loaded SavedModel)
 
     @property
@@ -71,7 +87,13 @@ def from_keras(model) -> ModelFunction:
             args = tensors if len(tensors) > 1 else tensors[0]
         return keras.tree.flatten(model(args, training=False))
 
-    return ModelFunction(inputs, outputs, call, keep=model)
+    return ModelFunction(inputs, outputs, call, keep=model, weights=_keras_weights(model))
+
+
+def _keras_weights(model) -> list[Weight]:
+    """The trainable variables, each with the top-level layer that owns it (nested layers count as their parent)."""
+    owner = {id(v): layer.name for layer in model.layers for v in layer.trainable_variables}
+    return [Weight(v.path, owner.get(id(v), v.path.split("/")[0]), v) for v in model.trainable_variables]
 
 
 def from_saved_model(loaded, signature: str = "serving_default") -> ModelFunction:
@@ -92,4 +114,6 @@ def from_saved_model(loaded, signature: str = "serving_default") -> ModelFunctio
         result = fn(**{t.name: x for t, x in zip(inputs, tensors)})
         return [result[t.name] for t in outputs]
 
-    return ModelFunction(inputs, outputs, call, keep=loaded)
+    variables = getattr(loaded, "trainable_variables", [])
+    weights = [Weight(v.name.removesuffix(":0"), v.name.split("/")[0], v) for v in variables]
+    return ModelFunction(inputs, outputs, call, keep=loaded, weights=weights)

@@ -32,6 +32,13 @@ def clip_per_example(tensors: Sequence[tf.Tensor], clip_norm: float | None) -> l
     return [t * per_example(scale, t) for t in tensors]
 
 
+def clip(tensors: Sequence[tf.Tensor], clip_norm: float | None, per_tensor: bool) -> list[tf.Tensor]:
+    """Per example: all tensors clipped together (DP-SGD), or each on its own (`per_tensor`), to `clip_norm`."""
+    if not per_tensor:
+        return clip_per_example(tensors, clip_norm)
+    return [clip_per_example([t], clip_norm)[0] for t in tensors]
+
+
 def tile_rows(tensor: tf.Tensor, times: int) -> tf.Tensor:
     """[batch, ...] -> [times * batch, ...], the whole batch repeated: row i of copy j is row j * batch + i."""
     return tf.tile(tensor, [times] + [1] * (len(tensor.shape) - 1))

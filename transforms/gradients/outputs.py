@@ -47,6 +47,19 @@ class RowInput(NamedTuple):
     classes: int | None = None
 
 
+class DatasetInput(NamedTuple):
+    """A value computed over the whole dataset before any gradient (the mean of model input `input`).
+
+    The caller computes it in a first pass and passes it with every batch, without
+    a batch dimension; the engine sees it among the row extras under `name`.
+    """
+
+    name: str
+    input: str
+    shape: tuple[int, ...]
+    statistic: str = "mean"
+
+
 # The row's seed for noise: 64 bits that identify the row wherever it is computed (see methods/noise.py).
 ROW_SEED = RowInput("row_seed", (), tf.int64, None, "method")
 

@@ -32,6 +32,15 @@ class GradientSpec:
     jit_compile: bool = False
     method: str = "gradient"
     wrt: str = "inputs"
+    clip_per_tensor: bool = False
+    # With respect to the weights (wrt weights or both): which variables, and what is written per row.
+    weights: str | None = None
+    weight_output: tuple[str, ...] = ("norm",)
+    projection_dim: int = 2048
+    projection_dtype: str = "float32"
+    projection_seed: int = 0
+    allow_large_rows: bool = False
+    weight_memory_mb: int = 1024
     # The methods' settings (methods/): integrated gradients' path, the noise methods' samples.
     steps: int = 50
     ig_rule: str = "riemann_trapezoid"
@@ -53,6 +62,8 @@ class GradientSpec:
             raise SpecError("{chunk} must be 1 or more, not {value}", value=self.chunk)
         if self.clip_norm is not None and not self.clip_norm > 0:
             raise SpecError("{clip_norm} must be above 0, not {value}", value=self.clip_norm)
+        if self.clip_per_tensor and self.clip_norm is None:
+            raise SpecError("{clip_per_tensor} needs {clip_norm}: the norm each tensor is clipped to")
         if self.unconnected not in UNCONNECTED_MODES:
             raise SpecError(
                 "{unconnected} must be one of {choices}, not {value!r}",

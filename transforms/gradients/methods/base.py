@@ -8,7 +8,7 @@ import tensorflow as tf
 
 from transforms.gradients.forward import Forward
 from transforms.gradients.errors import SpecError
-from transforms.gradients.outputs import Output, RowInput
+from transforms.gradients.outputs import DatasetInput, Output, RowInput
 from transforms.gradients.registry import Answer
 
 # (points, row extras) -> (per head, per differentiated tensor: per-example gradients; the forward pass at the points).
@@ -42,6 +42,11 @@ class Method(Answer):
     @property
     def row_inputs(self) -> list[RowInput]:
         """Per-row inputs the method needs beyond the model's (a baseline column, the row's noise seed)."""
+        return []
+
+    @property
+    def dataset_inputs(self) -> list[DatasetInput]:
+        """Values over the whole dataset the method needs (the mean input, for a `mean` baseline)."""
         return []
 
     def declare(self, heads: list[str | None]) -> list[Output]:

@@ -1,4 +1,4 @@
-"""Where integrated gradients' paths start: `zeros`, `value:<x>`, `column:<name>`, `blur:<sigma>`.
+"""Where integrated gradients' paths start: `zeros`, `value:<x>`, `column:<name>`, `mean`, `blur:<sigma>`.
 
 One small class per kind; the spec's `baseline` string is `kind` or `kind:argument`.
 Each builds, per floating-point model input, a baseline of the input's shape.
@@ -13,7 +13,7 @@ import numpy as np
 import tensorflow as tf
 
 from transforms.gradients.errors import SpecError
-from transforms.gradients.outputs import RowInput
+from transforms.gradients.outputs import DatasetInput, RowInput
 
 
 def _number(argument: str, wanted: str, valid) -> float:
@@ -46,6 +46,10 @@ class Baseline:
 
     @property
     def row_inputs(self) -> list[RowInput]:
+        return []
+
+    @property
+    def dataset_inputs(self) -> list[DatasetInput]:
         return []
 
     def __call__(self, xs: list[tf.Tensor], extras: dict[str, tf.Tensor]) -> list[tf.Tensor]:
@@ -96,6 +100,20 @@ class Column(Baseline):
         return [extras["baseline"]]
 
 
+class Mean(Baseline):
+    """The dataset's mean input, the same for every row: computed by the caller in a first pass over the data."""
+
+    kind = "mean"
+
+    @property
+    def dataset_inputs(self):
+        return [DatasetInput(f"mean__{self.model.inputs[i].name}", self.model.inputs[i].name, self.model.inputs[i].shape)
+                for i in self.floating]
+
+    def __call__(self, xs, extras):
+        return [tf.cast(extras[d.name], x.dtype) for d, x in zip(self.dataset_inputs, xs)]
+
+
 class Blur(Baseline):
     """The row itself, Gaussian-blurred over height and width: a baseline with the image's colours but not its edges."""
 
@@ -143,7 +161,7 @@ class Blur(Baseline):
         return [self._blur(x) for x in xs]
 
 
-BASELINES = {cls.kind: cls for cls in (Zeros, Value, Column, Blur)}
+BASELINES = {cls.kind: cls for cls in (Zeros, Value, Column, Mean, Blur)}
 
 
 def parse_baseline(value: str) -> tuple[type[Baseline], str | None]:
@@ -151,7 +169,8 @@ def parse_baseline(value: str) -> tuple[type[Baseline], str | None]:
     kind, sep, argument = value.partition(":")
     if kind not in BASELINES:
         raise SpecError(
-            "{baseline} must be one of zeros, value:<number>, column:<name>, blur:<sigma>, not {value!r}", value=value
+            "{baseline} must be one of zeros, value:<number>, column:<name>, mean, blur:<sigma>, not {value!r}",
+            value=value,
         )
     cls = BASELINES[kind]
     cls.check(argument if sep else None)

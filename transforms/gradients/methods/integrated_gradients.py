@@ -43,6 +43,10 @@ class IntegratedGradients(InputAttribution):
     def row_inputs(self):
         return self.baseline.row_inputs
 
+    @property
+    def dataset_inputs(self):
+        return self.baseline.dataset_inputs
+
     def declare(self, heads):
         self.heads = heads  # the engine declares before it traces: attribute names its columns by these
         return [Output(delta_name(head), "ig_delta", ()) for head in heads]

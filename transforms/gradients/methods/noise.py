@@ -44,6 +44,10 @@ class NoiseTunnel(InputAttribution):
     def row_inputs(self):
         return [ROW_SEED] + self.method.row_inputs
 
+    @property
+    def dataset_inputs(self):
+        return self.method.dataset_inputs
+
     def declare(self, heads):
         self.heads = heads  # the engine declares before it traces: per head, one gradient per differentiated input
         return self.method.declare(heads)

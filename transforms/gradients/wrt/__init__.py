@@ -2,8 +2,11 @@
 
 from transforms.gradients.registry import Registry
 from transforms.gradients.wrt.base import ForwardFn, Wrt
+from transforms.gradients.wrt.both import Both
+from transforms.gradients.wrt.forms import FORMS
 from transforms.gradients.wrt.inputs import Inputs
+from transforms.gradients.wrt.weights import Weights
 
-WRT = Registry("wrt", [Inputs])
+WRT = Registry("wrt", [Inputs, Weights, Both])
 
-__all__ = ["WRT", "Wrt", "ForwardFn", "Inputs"]
+__all__ = ["WRT", "FORMS", "Wrt", "ForwardFn", "Inputs", "Weights", "Both"]

@@ -42,3 +42,7 @@ class Wrt(Answer):
 
     def columns(self, gradients: list[list[tf.Tensor]]) -> dict[str, tf.Tensor]:
         raise NotImplementedError
+
+    def provenance(self) -> dict | None:
+        """What a later job must find equal to compare two outputs (the variables, the projection); None for inputs."""
+        return None

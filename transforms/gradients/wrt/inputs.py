@@ -5,7 +5,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 from transforms.gradients.errors import SpecError
-from transforms.gradients.ops import clip_per_example
+from transforms.gradients.ops import clip
 from transforms.gradients.outputs import Output, gradient_name
 from transforms.gradients.wrt.base import Wrt
 
@@ -67,4 +67,5 @@ class Inputs(Wrt):
 
     def columns(self, gradients):
         names = iter(o.name for o in self.declare())
-        return {next(names): g for head in gradients for g in clip_per_example(head, self.spec.clip_norm)}
+        spec = self.spec
+        return {next(names): g for head in gradients for g in clip(head, spec.clip_norm, spec.clip_per_tensor)}

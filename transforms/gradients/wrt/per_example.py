@@ -1,0 +1,44 @@
+"""Per-example computations in fixed-size micro-batches: bounded memory, and numbers that ignore the batch size."""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import tensorflow as tf
+
+# The budget covers this many float32 copies of a row's whole weight gradient (the gradient, its clipped copy,
+# the vectorized backward pass's temporaries); activations come on top.
+GRADIENT_COPIES = 4
+MAX_ROWS = 32  # beyond this, bigger micro-batches buy little speed and cost padding when batches are small
+
+
+def micro_batch_rows(parameters: int, memory_mb: int) -> int:
+    """Rows per micro-batch: as many as the memory budget holds, 1 at least, MAX_ROWS at most."""
+    per_row = GRADIENT_COPIES * 4 * parameters
+    return max(1, min(MAX_ROWS, (memory_mb << 20) // per_row))
+
+
+def in_micro_batches(
+    fn: Callable[[list[tf.Tensor]], list[tf.Tensor]],
+    tensors: Sequence[tf.Tensor],
+    rows: int,
+    results: Sequence[tf.TensorSpec],
+) -> list[tf.Tensor]:
+    """`fn` over the batch in chunks of exactly `rows` rows (the last padded with zeros), one chunk at a time.
+
+    Why a fixed chunk: every call of `fn` has the same shapes whatever the batch size, so the kernels,
+    and hence each row's floating-point results, are the same for a row in a batch of 1, 7 or 256.
+    `results` gives the per-row shape and dtype of each tensor `fn` returns.
+    """
+    batch = int(tensors[0].shape[0])
+    chunks = -(-batch // rows)
+    padded = [tf.pad(t, [[0, chunks * rows - batch]] + [[0, 0]] * (t.shape.rank - 1)) for t in tensors]
+    if chunks == 1:
+        out = fn(padded)
+    else:
+        stacked = [tf.reshape(t, (chunks, rows, *t.shape[1:])) for t in padded]
+        signature = [tf.TensorSpec((rows, *r.shape), r.dtype) for r in results]
+        # parallel_iterations=1: one micro-batch in memory at a time, which is the point of them.
+        out = tf.map_fn(lambda xs: fn(list(xs)), stacked, fn_output_signature=signature, parallel_iterations=1)
+        out = [tf.reshape(o, (chunks * rows, *o.shape[2:])) for o in out]
+    return [o[:batch] for o in out]

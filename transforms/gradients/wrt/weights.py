@@ -1,0 +1,101 @@
+"""`weights`: per-example gradients with respect to the trainable variables, written as norms, projections or whole."""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from transforms.gradients.errors import SpecError
+from transforms.gradients.ops import clip
+from transforms.gradients.wrt.base import Wrt
+from transforms.gradients.wrt.forms import FORMS
+from transforms.gradients.wrt.per_example import in_micro_batches, micro_batch_rows
+from transforms.gradients.wrt.selection import select
+
+
+class Weights(Wrt):
+    """Why not one backward pass: it sums the rows' weight gradients. Each row's own comes from a
+    vectorized per-example backward pass (`tf.vectorized_map`), over micro-batches that the memory
+    budget bounds; each micro-batch is clipped and reduced to its forms before the next starts, so the
+    batch's per-example gradients are never all held at once. Hence `differentiate` returns the forms'
+    values (one per declared column), not raw gradients, and only the plain gradient method can use them.
+    """
+
+    name = "weights"
+
+    @classmethod
+    def check_spec(cls, spec):
+        if spec.method != "gradient":
+            raise SpecError(
+                "{wrt} {value} works with {method} gradient only, not {method_value!r}",
+                value=spec.wrt,
+                method_value=spec.method,
+            )
+        if not spec.weight_output:
+            raise SpecError("{weight_output} needs one of {choices} at least", choices=", ".join(FORMS))
+        for name in spec.weight_output:
+            FORMS.check(name).check_spec(spec)
+        if spec.weight_memory_mb < 1:
+            raise SpecError("{weight_memory_mb} must be 1 or more, not {value}", value=spec.weight_memory_mb)
+
+    def __init__(self, model, spec, target):
+        super().__init__(model, spec, target)
+        if len(target.heads) != 1:
+            raise SpecError(
+                "{wrt} {value} needs one scalar per row; {target} {target_value} gives {count} ({heads})",
+                value=spec.wrt,
+                target_value=spec.target,
+                count=len(target.heads),
+                heads=", ".join(map(str, target.heads)),
+            )
+        self.selection = select(model.weights, spec.weights)
+        self.forms = [FORMS[name](model, spec, self.selection) for name in dict.fromkeys(spec.weight_output)]
+        self.rows = micro_batch_rows(self.selection.parameters, spec.weight_memory_mb)
+
+    def declare(self):
+        return [o for form in self.forms for o in form.declare()]
+
+    def provenance(self) -> dict:
+        record = {"variables": self.selection.paths, "parameters": self.selection.parameters, "projection": None}
+        for form in self.forms:
+            record.update(form.provenance())
+        return record
+
+    def differentiate(self, forward_fn, points, extras):
+        names = list(extras)
+        variables = [w.variable for w in self.selection.weights]
+
+        def per_row(row):
+            xs = [t[None] for t in row[: len(points)]]
+            row_extras = {n: t[None] for n, t in zip(names, row[len(points) :])}
+            with tf.GradientTape() as tape:
+                total = tf.reduce_sum(forward_fn(xs, row_extras).scalars[0])
+            grads = tape.gradient(total, variables, unconnected_gradients=tf.UnconnectedGradients.NONE)
+            return [self._dense(g, w) for g, w in zip(grads, self.selection.weights)]
+
+        prepared = [form.prepare() for form in self.forms]  # once per batch, not per micro-batch
+
+        def micro_batch(tensors):
+            grads = clip(tf.vectorized_map(per_row, tensors), self.spec.clip_norm, self.spec.clip_per_tensor)
+            return [value for form, p in zip(self.forms, prepared) for value in form.compute(grads, p)]
+
+        tensors = list(points) + [extras[n] for n in names]
+        results = [tf.TensorSpec(o.shape, o.dtype) for o in self.declare()]
+        return [in_micro_batches(micro_batch, tensors, self.rows, results)], None
+
+    def _dense(self, gradient, weight):
+        """A row's gradient of one variable as a dense float32 tensor: an embedding's sparse one densified,
+        a variable the target ignores as zeros (or an error)."""
+        if gradient is None:
+            if self.spec.unconnected == "error":
+                raise SpecError(
+                    "variable {path!r} has no gradient: {of} does not depend on it "
+                    "(use {unconnected} zeros to write zeros instead)",
+                    path=weight.path,
+                    of=self.target.describe(self.target.heads[0]),
+                )
+            self.unconnected.add((weight.path, self.target.heads[0]))
+            return tf.zeros(weight.variable.shape, tf.float32)
+        return tf.cast(tf.convert_to_tensor(gradient), tf.float32)
+
+    def columns(self, gradients):
+        return {o.name: value for o, value in zip(self.declare(), gradients[0])}
