@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import assert_close, by_key, read_output, run_on, save
-from tests.test_weights import _eager, _job_data, _rows, _spec, _weights_args
+from tests.test_weights import JOB_RUNS, _eager, _job_data, _rows, _spec, _weights_args
 from transforms.gradients import GradientEngine, from_keras
 
 ROWS = 9
@@ -125,15 +125,8 @@ def test_job_norm_bytes_match_across_batch_sizes_runners_and_reruns(tmp_path):
     model = _mlp()
     x, y = _job_data(tmp_path)
     path = save(model, tmp_path)
-    runs = {
-        "b1": ["--batch_size", 1],
-        "b7": ["--batch_size", 7],
-        "b256": ["--batch_size", 256],
-        "again": ["--batch_size", 256],
-        "multi": ["--batch_size", 7, "--direct_num_workers", 2, "--direct_running_mode", "multi_processing"],
-    }
     tables = {}
-    for name, extra in runs.items():
+    for name, extra in JOB_RUNS.items():
         summary = run_on(tmp_path, path, *_weights_args("--weight_output", "norm"), *extra, output=f"{name}/g")
         assert (summary.rows_in, summary.rows_out, summary.rows_rejected) == (60, 58, 2)
         tables[name] = by_key(read_output(tmp_path / f"{name}/g"))
