@@ -8,6 +8,7 @@ and d, never a row's gradient. Anything this does not cover is left to the gener
 from __future__ import annotations
 
 import contextlib
+import threading
 
 import tensorflow as tf
 
@@ -16,6 +17,8 @@ from transforms.gradients.wrt.per_example import in_micro_batches
 # Rows per micro-batch, fixed so that a row's bytes do not depend on the batch size (see `in_micro_batches`);
 # bigger than the general path's: a row costs its activations here, not a copy of its gradient.
 ROWS = 64
+# One recording at a time per process: a patched layer is shared by every thread that holds the model.
+_RECORDING = threading.Lock()
 
 
 class NotCovered(Exception):
@@ -80,14 +83,15 @@ class DenseNorms:
     @contextlib.contextmanager
     def _recording(self, tape, records):
         """Each selected layer's `call` replaced, on the instance, by Dense.call's own arithmetic that keeps
-        (input, z) and watches z; the class's call is back afterwards."""
-        for layer in dict.fromkeys(self.layers):
-            layer.call = _recording_call(layer, tape, records.setdefault(id(layer), []))
-        try:
-            yield
-        finally:
+        (input, z) and watches z, in this thread only; the class's call is back afterwards."""
+        with _RECORDING:
             for layer in dict.fromkeys(self.layers):
-                del layer.call
+                layer.call = _recording_call(layer, tape, records.setdefault(id(layer), []))
+            try:
+                yield
+            finally:
+                for layer in dict.fromkeys(self.layers):
+                    del layer.call
 
     def norms(self, forward_fn, tensors, points, names, norm_form) -> list[tf.Tensor]:
         """The norm form's columns for the whole batch, in fixed micro-batches of ROWS rows."""
@@ -101,8 +105,11 @@ def _recording_call(layer, tape, seen):
     from keras import ops
 
     original = type(layer).call.__get__(layer)
+    thread = threading.get_ident()
 
     def call(inputs, *args, **kwargs):
+        if threading.get_ident() != thread:  # another thread's forward pass through the same model
+            return original(inputs, *args, **kwargs)
         if len(inputs.shape) != 2:
             seen.append(None)  # counted, so the layer is not covered
             return original(inputs, *args, **kwargs)
