@@ -293,6 +293,16 @@ def test_spec_errors_for_weights():
 # ---------------------------------------------------------------- through the job
 
 
+# Runs whose outputs must hold the same bytes: batch sizes, a rerun, the multi-process runner.
+JOB_RUNS = {
+    "b1": ["--batch_size", 1],
+    "b7": ["--batch_size", 7],
+    "b256": ["--batch_size", 256],
+    "again": ["--batch_size", 256],
+    "multi": ["--batch_size", 7, "--direct_num_workers", 2, "--direct_running_mode", "multi_processing"],
+}
+
+
 def _job_data(tmp_path, rows=60):
     """A residual model's data in two files of several row groups; row 3 is null, row 8 overflows the model."""
     rng = np.random.default_rng(12)
@@ -318,15 +328,8 @@ def test_job_projection_bytes_match_across_batch_sizes_runners_and_reruns_with_t
     x, y = _job_data(tmp_path)
     path = save(model, tmp_path)
     args = _weights_args("--weight_output", "norm,projection", "--projection_dim", "64", "--projection_seed", "3")
-    runs = {
-        "b1": ["--batch_size", 1],
-        "b7": ["--batch_size", 7],
-        "b256": ["--batch_size", 256],
-        "again": ["--batch_size", 256],
-        "multi": ["--batch_size", 7, "--direct_num_workers", 2, "--direct_running_mode", "multi_processing"],
-    }
     tables = {}
-    for name, extra in runs.items():
+    for name, extra in JOB_RUNS.items():
         summary = run_on(tmp_path, path, *args, *extra, output=f"{name}/g")
         assert (summary.rows_in, summary.rows_out, summary.rows_rejected) == (60, 58, 2)
         tables[name] = by_key(read_output(tmp_path / f"{name}/g"))

@@ -28,7 +28,8 @@ class Weight(NamedTuple):
 class ModelFunction:
     """`call` takes a list of batched tensors in `inputs` order and returns a list in `outputs` order.
 
-    It runs the model in inference mode. `weights` are its trainable variables, in the model's order.
+    It runs the model in inference mode. `weights` are its trainable variables, in the model's order;
+    `layers` its top-level Keras layers by name (none for a SavedModel), for fast paths that read a layer's kind.
     """
 
     def __init__(
@@ -38,11 +39,13 @@ class ModelFunction:
         call: Callable,
         keep=None,
         weights: Sequence[Weight] = (),
+        layers: dict | None = None,
     ):
         self.inputs = list(inputs)
         self.outputs = list(outputs)
         self.call = call
         self.weights = list(weights)
+        self.layers = dict(layers or {})
         self._keep = keep  # the object `call` needs alive (a loaded SavedModel)
 
     @property
@@ -87,7 +90,8 @@ def from_keras(model) -> ModelFunction:
             args = tensors if len(tensors) > 1 else tensors[0]
         return keras.tree.flatten(model(args, training=False))
 
-    return ModelFunction(inputs, outputs, call, keep=model, weights=_keras_weights(model))
+    layers = {layer.name: layer for layer in model.layers}
+    return ModelFunction(inputs, outputs, call, keep=model, weights=_keras_weights(model), layers=layers)
 
 
 def _keras_weights(model) -> list[Weight]:

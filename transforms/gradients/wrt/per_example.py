@@ -32,7 +32,9 @@ def in_micro_batches(
     """
     batch = int(tensors[0].shape[0])
     chunks = -(-batch // rows)
-    padded = [tf.pad(t, [[0, chunks * rows - batch]] + [[0, 0]] * (t.shape.rank - 1)) for t in tensors]
+    # Zeros concatenated, not tf.pad: oneDNN fuses a Pad feeding a Conv2D and drops the padding of the batch axis
+    # (the padded conv gives `batch` rows, not `chunks * rows`), when the batch also runs unpadded in the graph.
+    padded = [tf.concat([t, tf.zeros((chunks * rows - batch, *t.shape[1:]), t.dtype)], 0) for t in tensors]
     if chunks == 1:
         out = fn(padded)
     else:

@@ -7,6 +7,7 @@ import tensorflow as tf
 from transforms.gradients.errors import SpecError
 from transforms.gradients.ops import clip
 from transforms.gradients.wrt.base import Wrt
+from transforms.gradients.wrt.dense_norms import DenseNorms, NotCovered, dense_layers
 from transforms.gradients.wrt.forms import FORMS
 from transforms.gradients.wrt.per_example import in_micro_batches, micro_batch_rows
 from transforms.gradients.wrt.selection import select
@@ -18,6 +19,9 @@ class Weights(Wrt):
     budget bounds; each micro-batch is clipped and reduced to its forms before the next starts, so the
     batch's per-example gradients are never all held at once. Hence `differentiate` returns the forms'
     values (one per declared column), not raw gradients, and only the plain gradient method can use them.
+
+    Norms alone of plain Dense layers take a fast path instead (`dense_norms`: one batched backward pass per
+    micro-batch, no row's gradient); `path` says which one the traced function took.
     """
 
     name = "weights"
@@ -50,6 +54,9 @@ class Weights(Wrt):
         self.selection = select(model.weights, spec.weights)
         self.forms = [FORMS[name](model, spec, self.selection) for name in dict.fromkeys(spec.weight_output)]
         self.rows = micro_batch_rows(self.selection.parameters, spec.weight_memory_mb)
+        layers = dense_layers(model, spec, self.selection)
+        self.dense_norms = layers and DenseNorms(layers, self.selection, spec.clip_norm, spec.clip_per_tensor)
+        self.path = None  # "dense_norms" or "per_example", once traced
 
     def declare(self):
         return [o for form in self.forms for o in form.declare()]
@@ -62,6 +69,15 @@ class Weights(Wrt):
 
     def differentiate(self, forward_fn, points, extras):
         names = list(extras)
+        tensors = list(points) + [extras[n] for n in names]
+        if self.dense_norms:
+            try:
+                norms = self.dense_norms.norms(forward_fn, tensors, len(points), names, self.forms[0])
+                self.path = "dense_norms"
+                return [norms], None
+            except NotCovered:
+                pass  # the ops traced so far are unused, so pruned
+        self.path = "per_example"
         variables = [w.variable for w in self.selection.weights]
 
         def per_row(row):
@@ -78,7 +94,6 @@ class Weights(Wrt):
             grads = clip(tf.vectorized_map(per_row, tensors), self.spec.clip_norm, self.spec.clip_per_tensor)
             return [value for form, p in zip(self.forms, prepared) for value in form.compute(grads, p)]
 
-        tensors = list(points) + [extras[n] for n in names]
         results = [tf.TensorSpec(o.shape, o.dtype) for o in self.declare()]
         return [in_micro_batches(micro_batch, tensors, self.rows, results)], None
 

@@ -22,6 +22,10 @@ class Norm(WeightForm):
             tf.reduce_sum(tf.reshape(tf.square(tf.cast(g, tf.float64)), (tf.shape(g)[0], -1)), axis=1)
             for g in gradients
         ]
+        return self.from_squares(squares)
+
+    def from_squares(self, squares: list[tf.Tensor]) -> list[tf.Tensor]:
+        """Per selected variable, each row's float64 sum of squared gradient entries -> the declared columns."""
         owners = [w.layer for w in self.selection.weights]
         per_layer = [tf.add_n([s for s, o in zip(squares, owners) if o == layer]) for layer in self.selection.layers]
         return [tf.cast(tf.sqrt(s), tf.float32) for s in [tf.add_n(squares), *per_layer]]
