@@ -208,7 +208,7 @@ def _register_dask_options() -> None:
         ) from err
 
 
-def _all_options_parser() -> argparse.ArgumentParser:
+def all_options_parser() -> argparse.ArgumentParser:
     """Every option Beam knows, ours included: what PipelineOptions itself parses with."""
     parser = _Parser(allow_abbrev=False)
     for cls in {str(c): c for c in PipelineOptions.__subclasses__()}.values():
@@ -232,19 +232,23 @@ def _load_config(path: str) -> dict:
     return config
 
 
-def _config_args(path: str, config: dict, parser: argparse.ArgumentParser) -> list[str]:
-    """A config's options as flags."""
+def mapping_args(config: dict, parser: argparse.ArgumentParser, where: str) -> list[str]:
+    """Option names -> values (a YAML config, run()'s keyword arguments) as flags; errors start with `where`.
+
+    A list is comma-separated, a dict `k=v,...`, a boolean flag is given for true
+    (`no_trust_model_code: true` too) and left out for false, None leaves the option out.
+    """
     actions = {s: a for a in parser._actions for s in a.option_strings}
     args = []
     for key, value in config.items():
         flag = f"--{key}"
         action = actions.get(flag)
         if action is None:
-            raise OptionsError(f"--config {path}: unknown option {key!r}")
+            raise OptionsError(f"{where}: unknown option {key!r}")
         if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
             if not isinstance(value, bool):
-                raise OptionsError(f"--config {path}: {key} takes true or false, not {value!r}")
-            if value == isinstance(action, argparse._StoreTrueAction):
+                raise OptionsError(f"{where}: {key} takes true or false, not {value!r}")
+            if value:
                 args.append(flag)
         elif isinstance(action, argparse._AppendAction):
             args += [f"{flag}={v}" for v in (value if isinstance(value, list) else [value])]
@@ -311,8 +315,8 @@ def parse(argv: Sequence[str], defaults: Sequence[str] = ()) -> PipelineOptions:
     config = _load_config(path) if path else {}
     if _wants_dask(list(defaults) + argv + [f"--{key}={value}" for key, value in config.items()]):
         _register_dask_options()
-    parser = _all_options_parser()
-    argv = list(defaults) + (_config_args(path, config, parser) if path else []) + argv
+    parser = all_options_parser()
+    argv = list(defaults) + (mapping_args(config, parser, f"--config {path}") if path else []) + argv
     _, unknown = parser.parse_known_args(argv)
     if unknown:
         stray = [arg for arg in unknown if not arg.startswith("-")]

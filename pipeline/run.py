@@ -28,7 +28,9 @@ from pipeline.options import (
     OptionsError,
     check_required,
     flag_error,
+    all_options_parser,
     help_text,
+    mapping_args,
     parse,
     parse_map,
     row_columns,
@@ -349,25 +351,8 @@ def run(argv: Sequence[str] = (), fault: Fault | None = None, **options) -> Summ
     >>> run(input="data/*.parquet", output="out/grads", model="model.keras",
     ...     runner="DirectRunner", keep_columns=["id"], emit=["norm"])  # doctest: +SKIP
     """
-    argv = list(argv) + keyword_flags(options)
+    argv = list(argv) + mapping_args(options, all_options_parser(), "run()")
     return run_options(parse(argv), argv, fault, started=time.monotonic())
-
-
-def keyword_flags(options: dict) -> list[str]:
-    """run()'s keyword arguments as flags: a list is comma-separated, True is the bare flag, False and None leave it out."""
-    flags = []
-    for name, value in options.items():
-        if value is None or value is False:
-            continue
-        if value is True:
-            flags.append(f"--{name}")
-        elif isinstance(value, (list, tuple)):
-            flags.append(f"--{name}={','.join(str(v) for v in value)}")
-        elif isinstance(value, dict):
-            flags.append(f"--{name}={','.join(f'{k}={v}' for k, v in value.items())}")
-        else:
-            flags.append(f"--{name}={value}")
-    return flags
 
 
 def summary_path(output: str) -> str:

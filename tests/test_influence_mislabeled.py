@@ -6,9 +6,8 @@ influence job's self influence (TracIn: ‖φ‖²) should rank the flipped rows
 first: ROC AUC at least 0.8.
 
 Two sources of projections: the main job with `--wrt weights --weight_output
-projection` (issue 10; skipped while the main job has no `--wrt`), and an eager
-reference made here (one GradientTape per row, a seeded Gaussian projection),
-written to the same contract, so the influence half runs today.
+projection`, and an eager reference made here (one GradientTape per row, a
+seeded Gaussian projection) written to the same contract.
 """
 
 from __future__ import annotations
@@ -19,20 +18,14 @@ import keras
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import pytest
 import tensorflow as tf
 
-from pipeline.options import _all_options_parser
 from pipeline.run import main
 from tests.conftest import save, write_parquet
 from tests.projections import write_projections
 
 ROWS, FEATURES, CLASSES, FLIPPED = 600, 8, 3, 0.1
 DIM = 256
-
-
-def _main_job_has_weight_gradients() -> bool:
-    return any("--wrt" in action.option_strings for action in _all_options_parser()._actions)
 
 
 def roc_auc(scores: np.ndarray, positive: np.ndarray) -> float:
@@ -100,10 +93,6 @@ def test_self_influence_of_eager_projections_finds_flipped_labels(tmp_path):
     assert auc >= 0.8, auc
 
 
-@pytest.mark.skipif(
-    not _main_job_has_weight_gradients(),
-    reason="needs issue 10: the main job has no --wrt weights --weight_output projection yet",
-)
 def test_self_influence_of_the_main_jobs_projections_finds_flipped_labels(tmp_path):
     """End to end: main job with weight projections, then influence; the README's worked example."""
     path, _, _, _, flipped = mislabeled_data(tmp_path)

@@ -194,3 +194,22 @@ def test_a_list_given_on_the_command_line_replaces_the_defaults_list_not_adds_to
         GradientOptions
     )
     assert (job.emit, job.feature_columns, job.keep_columns) == ("norm", "image", "id,day")
+
+
+def test_a_boolean_flag_in_a_config_is_given_for_true_whatever_its_name(tmp_path):
+    """`no_trust_model_code: true` undoes an earlier `trust_model_code` (it was silently ignored before)."""
+    config = tmp_path / "job.yaml"
+    config.write_text("trust_model_code: true\nno_trust_model_code: true\njit_compile: false\n")
+    job = parse(["--config", str(config)]).view_as(GradientOptions)
+    assert job.trust_model_code is False and job.jit_compile is False
+    config.write_text("trust_model_code: true\n")
+    assert parse(["--config", str(config)]).view_as(GradientOptions).trust_model_code is True
+
+
+def test_run_keyword_arguments_are_checked_like_a_configs_options():
+    from pipeline.run import run
+
+    with pytest.raises(OptionsError, match=r"^run\(\): unknown option 'batch_sise'$"):
+        run(batch_sise=3)
+    with pytest.raises(OptionsError, match=r"^run\(\): trust_model_code takes true or false, not 'yes'$"):
+        run(trust_model_code="yes")
