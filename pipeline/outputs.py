@@ -92,31 +92,21 @@ def _first_shard(prefix: str) -> str:
     return f"{prefix}-00000-of-00001{SUFFIX}"
 
 
-def _split(prefix: str) -> tuple[str, str]:
-    folder, name = FileSystems.split(prefix)
-    return folder, name
-
-
 def _absolute(path: str) -> str:
     """One spelling per file: a relative glob matches relative paths, while FileSystems.split makes them absolute."""
     return path if "://" in path else os.path.abspath(path)
 
 
-def _under(folder: str) -> list[str]:
-    """Every file below a folder (local or remote)."""
-    if "://" not in folder:
-        return [p for p in glob.glob(folder.rstrip("/") + "/**", recursive=True) if not p.endswith("/")]
-    try:
-        return [m.path for m in FileSystems.match([FileSystems.join(folder, "**")])[0].metadata_list]
-    except Exception:  # nothing there
-        return []
-
-
-def _remove_folder(folder: str) -> None:
-    if "://" not in folder:
-        shutil.rmtree(folder, ignore_errors=True)
+def _remove_folders(pattern: str) -> None:
+    """Remove every folder `pattern` matches (a staging folder, or a glob of them), local or remote."""
+    if "://" not in pattern:
+        for path in glob.glob(pattern):
+            shutil.rmtree(path, ignore_errors=True)
         return
-    files = _under(folder)
+    try:  # an object store: the "folders" are their objects
+        files = [m.path for m in FileSystems.match([pattern.rstrip("/") + "/**"])[0].metadata_list]
+    except Exception:  # nothing there
+        files = []
     if files:
         FileSystems.delete(files)
 
@@ -137,7 +127,7 @@ class StagedOutputs:
         self.staging = {}
         self._folders = {}
         for option, path in {**self.prefixes, **self.files}.items():
-            folder, name = _split(path)
+            folder, name = FileSystems.split(path)
             staging_folder = FileSystems.join(folder, f".{name}{STAGING}{self.run_id}")
             self._folders[option] = staging_folder
             self.staging[option] = FileSystems.join(staging_folder, name)
@@ -161,8 +151,8 @@ class StagedOutputs:
         placed: dict[str, list[str]] = {}
         for option, prefix in self.prefixes.items():
             staged = self.staged_files(option)
-            folder, _ = _split(prefix)
-            targets = [FileSystems.join(folder, _split(path)[1]) for path in staged]
+            folder, _ = FileSystems.split(prefix)
+            targets = [FileSystems.join(folder, FileSystems.split(path)[1]) for path in staged]
             old = {_absolute(p) for p in output_files(prefix)}
             if staged:
                 FileSystems.rename(staged, targets)
@@ -187,22 +177,12 @@ class StagedOutputs:
         """Remove this run's staging folders (after a commit, or after a failure)."""
         for folder in self._folders.values():
             try:
-                _remove_folder(folder)
+                _remove_folders(folder)
             except Exception as err:  # leaving a hidden folder behind must not hide the job's own result
                 print(f"beam-gradients: warning: could not remove {folder} ({error_line(err)})")
 
     def _remove_stale(self) -> None:
         """Staging folders that killed runs left beside the same prefixes."""
         for prefix in [*self.prefixes.values(), *self.files.values()]:
-            folder, name = _split(prefix)
-            pattern = FileSystems.join(folder, f".{name}{STAGING}*")
-            if "://" not in prefix:
-                for path in glob.glob(pattern):
-                    shutil.rmtree(path, ignore_errors=True)
-                continue
-            try:
-                stale = [m.path for m in FileSystems.match([pattern + "/**"])[0].metadata_list]
-            except Exception:  # nothing there
-                stale = []
-            if stale:
-                FileSystems.delete(stale)
+            folder, name = FileSystems.split(prefix)
+            _remove_folders(FileSystems.join(folder, f".{name}{STAGING}*"))

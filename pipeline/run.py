@@ -146,7 +146,7 @@ def resolve_runner(options):
         from pipeline.dask_runner import DaskRunner
 
         return DaskRunner()
-    if runner_name(options) not in ("", "directrunner", "direct"):
+    if not is_local(options):
         return None  # Beam resolves every other runner by name
     workers = options.view_as(WorkerOptions)
     if not options.view_as(GradientOptions).debug and workers.default_sdk_harness_log_level is None:
@@ -385,7 +385,7 @@ def run_options(
     staged = StagedOutputs(prefixes, files={SUMMARY: summary_path(job.output)})
     progress = Progress(rows_in, is_local(options) and not job.quiet and not dry_run, **_every(progress_every))
     pipeline = beam.Pipeline(runner=resolve_runner(options), options=options)
-    build(pipeline, job, plan, inputs.paths, {**staged.staging}, progress.files)
+    build(pipeline, job, plan, inputs.paths, staged.staging, progress.files)
     if dry_run:
         result = pipeline.run()
         return Summary(0, 0, 0, None, None, time.monotonic() - started, [], [], result=result, dry_run=True)
