@@ -38,14 +38,12 @@ class GradientBlock:
     features: tuple[str, ...] | None = None  # the input columns, for scalar columns
 
     def values(self, table: pa.Table) -> np.ndarray:
-        """[rows, elements] float64 values of this output in `table`."""
+        """[rows, elements] values of this output in `table`, as written (float32): sums run in float64."""
         if self.features is None:
             column = table.column(self.columns[0]).combine_chunks()
             values = column.to_numpy_ndarray() if isinstance(column.type, pa.FixedShapeTensorType) else column
-            return np.asarray(values, np.float64).reshape(table.num_rows, -1)
-        return np.stack([np.asarray(table.column(c), np.float64) for c in self.columns], axis=1).reshape(
-            table.num_rows, -1
-        )
+            return np.asarray(values).reshape(table.num_rows, -1)
+        return np.stack([np.asarray(table.column(c)) for c in self.columns], axis=1).reshape(table.num_rows, -1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,7 +76,7 @@ class AggregateSpec:
 
 def row_norms(values: np.ndarray) -> np.ndarray:
     """Each row's L2 norm (float64)."""
-    return np.sqrt(np.einsum("ij,ij->i", values, values))
+    return np.sqrt(np.einsum("ij,ij->i", values, values, dtype=np.float64))
 
 
 def histogram_counts(norms: np.ndarray) -> np.ndarray:
@@ -119,8 +117,8 @@ class _Sums:
 
     def add(self, values: np.ndarray) -> None:
         self.count += len(values)
-        self.sum += values.sum(axis=0)
-        self.sum_abs += np.abs(values).sum(axis=0)
+        self.sum += values.sum(axis=0, dtype=np.float64)
+        self.sum_abs += np.abs(values).sum(axis=0, dtype=np.float64)
 
     def merge(self, other: "_Sums") -> None:
         self.count += other.count
