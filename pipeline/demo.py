@@ -8,6 +8,7 @@ rows of 8x8 images in three files, each row with an `id` key, under ./demo.
 from __future__ import annotations
 
 import os
+import shutil
 
 import numpy as np
 import pyarrow as pa
@@ -39,18 +40,43 @@ def make_data(folder: str) -> None:
         ids = np.arange(f * ROWS_PER_FILE, (f + 1) * ROWS_PER_FILE, dtype=np.int64)
         images = rng.random((ROWS_PER_FILE, *IMAGE_SHAPE), dtype=np.float32)
         table = pa.table({"id": ids, "image": to_tensor_array(images)})
-        pq.write_table(table, os.path.join(folder, f"part-{f:05d}.parquet"), row_group_size=400)
+        pq.write_table(table, _data_files(folder)[f], row_group_size=400)
+
+
+def _data_files(folder: str) -> list[str]:
+    return [os.path.join(folder, f"part-{f:05d}.parquet") for f in range(FILES)]
+
+
+def _make_atomically(path: str, make) -> None:
+    """Make `path` (a file or a folder) under a hidden name beside it, then move it into place.
+
+    So a run killed or failed half-way leaves nothing that a rerun would take as made.
+    The hidden name keeps the extension (Keras saves only to a `.keras` path).
+    """
+    folder, name = os.path.split(path)
+    stem, ext = os.path.splitext(name)
+    aside = os.path.join(folder, f".{stem}.making-{os.getpid()}{ext}")
+    try:
+        make(aside)
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+        os.replace(aside, path)
+    finally:
+        if os.path.isdir(aside):
+            shutil.rmtree(aside, ignore_errors=True)
+        elif os.path.exists(aside):
+            os.unlink(aside)
 
 
 def demo_options() -> list[str]:
-    """Make the demo files (once); the demo's options, which the user's own override."""
+    """Make the demo files (once, each atomically); the demo's options, which the user's own override."""
     model = os.path.join(DEMO_DIR, "model.keras")
     data = os.path.join(DEMO_DIR, "data")
-    if not os.path.exists(model):
-        os.makedirs(DEMO_DIR, exist_ok=True)
-        make_model(model)
-    if not os.path.exists(data):
-        make_data(data)
+    os.makedirs(DEMO_DIR, exist_ok=True)
+    if not os.path.isfile(model):
+        _make_atomically(model, make_model)
+    if not all(os.path.isfile(f) for f in _data_files(data)):  # an older version's half-made folder too
+        _make_atomically(data, make_data)
     return [
         "--runner=DirectRunner",
         f"--input={data}/*.parquet",

@@ -23,7 +23,7 @@ from apache_beam.io.parquetio import WriteToParquetBatched
 
 from transforms import error_line
 from transforms.counters import Counters
-from transforms.tensors import SCALARS, Feed, FeedError, tensor_type, to_tensor_array
+from transforms.tensors import SCALARS, Feed, FeedError, numpy_dtype, tensor_type, to_tensor_array
 
 if TYPE_CHECKING:  # the layout reads the engine's declarations; this file needs no TensorFlow
     from transforms.gradients import Output
@@ -367,7 +367,7 @@ class OutputLayout:
             if isinstance(c.type, pa.FixedShapeTensorType):
                 arrays.append(to_tensor_array(values.reshape((rows, *c.type.shape)), c.type.value_type))
             else:
-                arrays.append(pa.array(np.asarray(values, c.type.to_pandas_dtype()).reshape(rows)))
+                arrays.append(pa.array(np.asarray(values, numpy_dtype(c.type)).reshape(rows)))
         return pa.Table.from_arrays(arrays, schema=self.schema)
 
 
