@@ -27,6 +27,7 @@ Everything else (options, Create, Flatten, GroupByKey, the result) is Beam's.
 from __future__ import annotations
 
 import itertools
+import socket
 
 import dask
 from apache_beam import pvalue
@@ -39,6 +40,8 @@ from apache_beam.runners.dask.transform_evaluator import TRANSLATIONS, Flatten, 
 from apache_beam.transforms.core import DoFn
 from apache_beam.transforms.sideinputs import SideInputMap
 from apache_beam.transforms.window import GlobalWindow
+
+from pipeline.options import OptionsError
 from apache_beam.utils.windowed_value import WindowedValue
 
 DaskOptions = dask_runner.DaskOptions  # --dask_client_address and friends: Beam declares them
@@ -177,6 +180,28 @@ class DaskResult(dask_runner.DaskRunnerResult):
         finally:
             if self.state in (PipelineState.DONE, PipelineState.FAILED):
                 self.client.close()
+
+
+def check_scheduler(address: str | None, timeout: float = 5.0) -> None:
+    """A --dask_client_address where nothing answers is one line within seconds, not Dask's 30 s connect timeout.
+
+    Only a plain TCP connect is tried (Dask's own handshake follows in the job); no address: a local cluster.
+    """
+    if not address:
+        return
+    hostport = address.split("://", 1)[-1].rstrip("/")
+    host, _, port = hostport.rpartition(":")
+    host = host.strip("[]") or "127.0.0.1"
+    if not port.isdigit():
+        raise OptionsError(f"--dask_client_address {address!r}: expected HOST:PORT (e.g. tcp://10.0.0.5:8786)")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as err:
+        why = "connection refused" if isinstance(err, ConnectionRefusedError) else (err.strerror or type(err).__name__)
+        raise OptionsError(
+            f"--dask_client_address {address}: no Dask scheduler answers at that address ({why}); start one "
+            "(`dask scheduler`) or leave the option out to run on a local cluster"
+        ) from None
 
 
 class DaskRunner(dask_runner.DaskRunner):

@@ -323,11 +323,12 @@ class InfluenceSummary:
 
 def run_options(options, argv: Sequence[str] = ()) -> InfluenceSummary:
     """Check, plan, build, run; the summary of what happened."""
-    from pipeline.run import is_dry_run, resolve_runner
+    from pipeline.run import check_reachable, is_dry_run, resolve_runner
 
     job, mine = options.view_as(GradientOptions), options.view_as(InfluenceOptions)
     refuse_options_of(options, GradientOptions, "the main job (beam-gradients)", allowed=INFLUENCE_SHARED)
     dry_run = is_dry_run(options)
+    check_reachable(options)
     started = time.monotonic()
     plan = plan_job(job, mine)
     if not dry_run:

@@ -386,6 +386,17 @@ def spec_from(job: GradientOptions) -> GradientSpec:
     )
 
 
+def given_settings(job: GradientOptions) -> list[str]:
+    """The gradient settings (spec fields, and the row columns the answers read) given by flag or config."""
+    import dataclasses
+
+    from transforms.gradients import GradientSpec
+
+    given = job.get_all_options(drop_default=True)
+    names = [f.name for f in dataclasses.fields(GradientSpec)] + ["label_column", "class_column"]
+    return [name for name in names if name in given]
+
+
 def row_columns(job: GradientOptions) -> dict[str, str | None]:
     """The columns of the row inputs the engine may ask for, by the spec field that names each."""
     from transforms.gradients.methods.baselines import baseline_column  # TensorFlow: a model is needed by now

@@ -28,6 +28,7 @@ from pipeline.options import (
     OptionsError,
     check_required,
     flag_error,
+    given_settings,
     all_options_parser,
     help_text,
     mapping_args,
@@ -131,6 +132,14 @@ class Summary:
 def runner_name(options) -> str:
     """--runner in lower case, without a module path ('' when not given)."""
     return str(options.view_as(StandardOptions).runner or "").rsplit(".", 1)[-1].lower()
+
+
+def check_reachable(options) -> None:
+    """A Dask scheduler named by the options answers: said at once, before any model is loaded."""
+    if runner_name(options) in DASK_RUNNERS:
+        from pipeline.dask_runner import DaskOptions, check_scheduler
+
+        check_scheduler(options.view_as(DaskOptions).address)
 
 
 def resolve_runner(options):
@@ -262,11 +271,13 @@ def plan_job(job: GradientOptions) -> tuple[JobPlan, object, InputFiles, int]:
         group = exact_column(schema, job.group_column)
         keys += [group] if group not in keys else []
     try:
+        spec = spec_from(job)
+        spec.check_used(given_settings(job))
         plan, loaded = JobPlan.build(
             schema,
             inputs.paths[0],
             ProcessModel(job.model, job.trust_model_code),
-            spec_from(job),
+            spec,
             job.batch_size,
             feature_columns=columns(job.feature_columns),
             input_map=input_map,
@@ -374,6 +385,7 @@ def run_options(
         job = options.view_as(GradientOptions)
     check_required(job)
     dry_run = is_dry_run(options)
+    check_reachable(options)
     prefixes = output_prefixes(job)
     check_no_clash(prefixes)
     with quiet_native_start(job.debug):

@@ -212,3 +212,20 @@ def test_dask_runner_by_name_or_beam_module_path_is_ours_and_takes_beams_dask_op
         assert type(resolve_runner(options)) is DaskRunner
         assert options.view_as(DaskOptions).address == "tcp://127.0.0.1:8786"
         assert options.view_as(DaskOptions).npartitions == 6
+
+
+@pytest.mark.parametrize("command", [[], ["influence"]])
+def test_an_address_where_no_scheduler_answers_is_one_line_within_seconds(tmp_path, command):
+    """Dask's own client waits 30 s and then raises ConnectionRefusedError; both jobs say so at once, exit 2."""
+    port = _free_port()  # bound and closed again: nothing listens there
+    job = ["--input", str(tmp_path / "in/*.parquet"), "--model", str(tmp_path / "m.keras")] if not command else [
+        "--train", str(tmp_path / "t-*.parquet"), "--query", str(tmp_path / "q-*.parquet")]
+    argv = [sys.executable, "-m", "pipeline", *command, "--runner=DaskRunner", f"--dask_client_address=127.0.0.1:{port}",
+            "--output", str(tmp_path / "out/g"), *job]
+    started = time.monotonic()
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120, cwd=pathlib.Path(__file__).parent.parent)
+    took = time.monotonic() - started
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"--dask_client_address 127.0.0.1:{port}: no Dask scheduler answers" in lines[0], lines
+    assert took < 20, took  # not a speed claim: Dask's own connect timeout alone is 30 s

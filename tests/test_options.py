@@ -158,7 +158,7 @@ def test_console_script_is_installed():
             ["--input_map", "img=img,meta=meta", "--target", "loss", "--loss", "mse", "--label_column", "label"],
             r"label column 'label' not found in .*a.parquet; its columns are: id, img, meta, y",
         ),
-        (["--loss", "os.system('x'):f", "--label_column", "y"], r"give a Keras loss name or module.path:function"),
+        (["--target", "loss", "--loss", "os.system('x'):f", "--label_column", "y"], r"give a Keras loss name or module.path:function"),
         (["--output", "/proc/version/out/g"], r"--output '/proc/version/out/g': cannot write there"),
         (["--rejected", "/proc/version/rejected"], r"--rejected '/proc/version/rejected': cannot write there"),
     ],

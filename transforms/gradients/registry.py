@@ -12,6 +12,9 @@ class Answer:
     """What every target, method and wrt class shares: a registry name, the model and the spec."""
 
     name: ClassVar[str]  # its registry key: the spec value that picks it
+    # The settings (spec fields, and the row columns the CLI names) this answer reads: one given that no
+    # chosen answer reads is refused (GradientSpec.check_used), not silently ignored.
+    settings: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, model, spec):
         self.model = model  # a ModelFunction
@@ -20,6 +23,11 @@ class Answer:
     @classmethod
     def check_spec(cls, spec) -> None:
         """Refuse spec values this answer cannot use, before any model is loaded."""
+
+    @classmethod
+    def used_settings(cls, spec) -> tuple[str, ...]:
+        """The settings this answer reads for `spec` (an answer holding others adds theirs)."""
+        return cls.settings
 
 
 class Registry(dict):

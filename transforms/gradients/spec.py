@@ -10,8 +10,10 @@ from transforms.gradients.errors import SpecError
 from transforms.gradients.losses import check_loss_name
 from transforms.gradients.methods import METHODS
 from transforms.gradients.targets import TARGETS
-from transforms.gradients.wrt import WRT
+from transforms.gradients.wrt import FORMS, WRT
 
+# Settings every gradient reads, whatever the answers: never refused as unused.
+JOB_SETTINGS = ("target", "method", "wrt", "clip_norm", "clip_per_tensor", "unconnected", "emit", "jit_compile")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,6 +79,38 @@ class GradientSpec:
             )
         if "loss" in self.emit and not self.loss:
             raise SpecError("{emit} loss needs {loss} and {label_column}")
+
+    def answers(self) -> list[type]:
+        """The classes that answer this spec: its target, method and wrt."""
+        return [registry[getattr(self, registry.field)] for registry in (TARGETS, METHODS, WRT)]
+
+    def used_settings(self) -> set[str]:
+        """Every setting something in this spec reads."""
+        used = set(JOB_SETTINGS).union(*(answer.used_settings(self) for answer in self.answers()))
+        if "loss" in self.emit:
+            used |= {"loss", "label_column"}
+        return used
+
+    def check_used(self, given) -> None:
+        """Refuse a setting the caller gave (`given`: names) that none of this spec's answers reads.
+
+        Why: `--steps 100 --method gradient` would otherwise run, ignore the steps, and say nothing.
+        """
+        unused = [name for name in given if name not in self.used_settings()]
+        if not unused:
+            return
+        name = unused[0]
+        readers = [
+            f"{{{registry.field}}} {cls.name}"
+            for registry in (TARGETS, METHODS, WRT, FORMS)
+            for cls in registry.values()
+            if name in cls.settings
+        ]
+        chosen = ", ".join(f"{{{r.field}}} {getattr(self, r.field)}" for r in (TARGETS, METHODS, WRT))
+        raise SpecError(
+            "{%s} is not used with %s; leave it out%s" % (
+                name, chosen, f" (it is read by {' or '.join(readers)})" if readers else "")
+        )
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)

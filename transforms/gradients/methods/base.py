@@ -65,6 +65,8 @@ class InputAttribution(Method):
     (the inputs `wrt` inputs differentiates); the others stay as they are.
     """
 
+    settings = ("chunk",)  # points per model call, for a method that evaluates several per row
+
     def __init__(self, model, spec):
         super().__init__(model, spec)
         self.floating = [i for i, t in enumerate(model.inputs) if t.dtype.is_floating]

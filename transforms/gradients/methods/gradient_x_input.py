@@ -7,6 +7,7 @@ from transforms.gradients.methods.base import Attribution, InputAttribution
 
 class GradientXInput(InputAttribution):
     name = "gradient_x_input"
+    settings = ()
 
     def attribute(self, differentiate, inputs, extras, evaluate):
         gradients, forward = differentiate(inputs, extras)

@@ -24,6 +24,7 @@ def delta_name(head: str | None) -> str:
 
 class IntegratedGradients(InputAttribution):
     name = "integrated_gradients"
+    settings = ("steps", "ig_rule", "baseline", "chunk")
 
     def __init__(self, model, spec):
         super().__init__(model, spec)

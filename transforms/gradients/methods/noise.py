@@ -26,6 +26,11 @@ class NoiseTunnel(InputAttribution):
 
     statistic: ClassVar[type]
     inner: ClassVar[type] = Gradient
+    settings = ("samples", "noise", "seed", "chunk")
+
+    @classmethod
+    def used_settings(cls, spec):
+        return cls.settings + cls.inner.used_settings(spec)
 
     def __init__(self, model, spec):
         super().__init__(model, spec)

@@ -25,6 +25,7 @@ class Target(Answer):
     """
 
     takes_output_name: ClassVar[bool] = True  # `output_name` narrows the model's outputs to that one
+    settings = ("output_name",)
     # Whether `choose` picks something (a class) from the outputs at the inputs, held fixed at every point a
     # method evaluates (the path of integrated gradients, noisy samples): the engine then makes a forward pass
     # at the inputs first and adds what `choose` returns to the row's extras.

@@ -10,6 +10,7 @@ from transforms.gradients.targets.base import ClassScore
 
 class ClassColumn(ClassScore):
     name = "class"
+    settings = ("output_name", "class_column")
 
     @property
     def row_inputs(self):

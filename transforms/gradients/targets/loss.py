@@ -11,6 +11,7 @@ from transforms.gradients.targets.base import Target
 class Loss(Target):
     name = "loss"
     takes_output_name = False  # a loss needs a single-output model
+    settings = ("loss", "label_column")
 
     @classmethod
     def check_spec(cls, spec):

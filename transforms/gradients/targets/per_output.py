@@ -10,6 +10,7 @@ from transforms.gradients.targets.base import Target, per_example_sum
 class PerOutput(Target):
     name = "per_output"
     takes_output_name = False  # one head per output already
+    settings = ()
 
     @property
     def heads(self):

@@ -13,6 +13,7 @@ COLUMN = "top_k_classes"
 
 class TopK(ClassScore):
     name = "top_k"
+    settings = ("output_name", "k")
     chooses = True  # at the inputs, then fixed along a path or over noise samples
 
     @classmethod

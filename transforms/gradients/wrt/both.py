@@ -17,6 +17,10 @@ class Both(Wrt):
         Inputs.check_spec(spec)
         Weights.check_spec(spec)
 
+    @classmethod
+    def used_settings(cls, spec):
+        return Inputs.used_settings(spec) + Weights.used_settings(spec)
+
     def __init__(self, model, spec, target):
         super().__init__(model, spec, target)
         self.inputs = Inputs(model, spec, target)

@@ -25,6 +25,12 @@ class Weights(Wrt):
     """
 
     name = "weights"
+    settings = ("weights", "weight_output", "weight_memory_mb")
+
+    @classmethod
+    def used_settings(cls, spec):
+        forms = [FORMS[name] for name in spec.weight_output if name in FORMS]
+        return cls.settings + tuple(s for form in forms for s in form.used_settings(spec))
 
     @classmethod
     def check_spec(cls, spec):

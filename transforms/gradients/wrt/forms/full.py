@@ -11,6 +11,7 @@ LARGE_ROW = 1_000_000  # numbers per row beyond which `full` needs allow_large_r
 
 class Full(WeightForm):
     name = "full"
+    settings = ("allow_large_rows",)
 
     def __init__(self, model, spec, selection):
         super().__init__(model, spec, selection)

@@ -25,10 +25,16 @@ from transforms.gradients.choices import check_names
 from transforms.gradients.errors import SpecError
 from transforms.gradients.outputs import Output
 from transforms.gradients.wrt.forms.base import WeightForm
+from transforms.gradients.wrt.per_example import GRADIENT_COPIES
 
 CONSTRUCTION = "countsketch-v1"
+MAX_DIM = 2**31 - 1  # buckets are int32 indices
 DTYPES = ("float32", "float16")
 check_names("projection_dtype", DTYPES)  # the command line offers these without importing TensorFlow
+
+
+def _size(nbytes: int) -> str:
+    return f"{nbytes / 2**30:,.1f} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:,.1f} MiB"
 
 
 def sketch_seed(projection_seed: int, path: str) -> list[int]:
@@ -38,11 +44,20 @@ def sketch_seed(projection_seed: int, path: str) -> list[int]:
 
 class Projection(WeightForm):
     name = "projection"
+    settings = ("projection_dim", "projection_dtype", "projection_seed")
 
     @classmethod
     def check_spec(cls, spec):
         if spec.projection_dim < 1:
             raise SpecError("{projection_dim} must be 1 or more, not {value}", value=spec.projection_dim)
+        row_bytes = GRADIENT_COPIES * 4 * spec.projection_dim
+        if spec.projection_dim > MAX_DIM or row_bytes > spec.weight_memory_mb << 20:
+            raise SpecError(
+                "{projection_dim} {value:,} needs {size} per row ({copies} float32 copies of the projection), more "
+                "than {weight_memory_mb} {budget:,} MiB allows; lower {projection_dim} (a few thousand is usual) or "
+                "raise {weight_memory_mb}" + (f" (and it may not exceed {MAX_DIM:,})" if spec.projection_dim > MAX_DIM else ""),
+                value=spec.projection_dim, size=_size(row_bytes), copies=GRADIENT_COPIES, budget=spec.weight_memory_mb,
+            )
         if spec.jit_compile:
             raise SpecError("{weight_output} projection cannot run under {jit_compile}: XLA has no sorted segment sum")
         if spec.projection_dtype not in DTYPES:
