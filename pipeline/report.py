@@ -9,6 +9,12 @@ influence neighbours and self-influence. Figures are PNGs embedded as base64,
 so the page needs no network. The output is streamed table by table, never
 loaded whole; dataset-wide numbers come from the job's `<output>-summary.json`
 (computed by the same combiner here, streaming, where an older output has none).
+
+Pages are data: every string that reaches the page (column, model input and
+output names, key values, groups, reasons, metadata, the marker's and the
+summary's fields) is escaped, anchors are slugs of names (never the names), and
+a Content-Security-Policy allows only the page's inline styles and `data:` images:
+the page runs no script.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import html
 import io
 import json
 import os
+import re
 import sys
 from typing import Sequence
 
@@ -90,7 +97,7 @@ def figure(url: str, caption: str, chart: str, values=None) -> str:
     """An <img> in a <figure>; `values` (what was drawn) ride along as JSON in data-values."""
     data = f" data-values='{html.escape(json.dumps(values), quote=True)}'" if values is not None else ""
     return (
-        f'<figure data-chart="{html.escape(chart)}"{data}><img alt="{html.escape(caption)}" src="{url}">'
+        f'<figure data-chart="{html.escape(chart)}"{data}><img alt="{html.escape(caption)}" src="{html.escape(url)}">'
         f"<figcaption>{html.escape(caption)}</figcaption></figure>"
     )
 
@@ -346,15 +353,42 @@ def stream_inputs(pattern: str, keys: Sequence[str], wanted: set[str], blocks) -
 # ---------------------------------------------------------------- sections
 
 
-def section(title: str, body: str, anchor: str) -> str:
-    return f'<section id="{anchor}"><h2>{html.escape(title)}</h2>{body}</section>'
+# A fixed anchor written in this file ("run", "rejected"); anchors of names from data come from slug().
+_FIXED_ANCHOR = re.compile(r"[a-z][a-z0-9-]*")
+
+
+def slug(name: str) -> str:
+    """The anchor of a name from data: lowercase [a-z0-9-] and a short hash of the name, so two names never share one."""
+    text = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:40].strip("-")
+    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+    return f"{text}-{digest}" if text else digest
+
+
+def count_text(value) -> str:
+    """A count from the marker or the summary, with thousands separators; anything else (a crafted file) as text."""
+    return f"{value:,}" if isinstance(value, (int, float)) and not isinstance(value, bool) else str(value)
+
+
+class Section(str):
+    """A section's HTML, with its title and anchor for the page's nav."""
+
+    title: str
+    anchor: str
+
+
+def section(title: str, body: str, anchor: str) -> Section:
+    if not _FIXED_ANCHOR.fullmatch(anchor):  # a name from data that no caller slugged: never raw in an id
+        anchor = slug(anchor)
+    made = Section(f'<section id="{anchor}"><h2>{html.escape(title)}</h2>{body}</section>')
+    made.title, made.anchor = title, anchor
+    return made
 
 
 def table_html(header: Sequence[str], rows: Sequence[Sequence], cls: str = "") -> str:
     head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header) if any(header) else ""
     head = f"<thead><tr>{head}</tr></thead>" if head else ""
     body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
-    return f'<table class="{cls}">{head}<tbody>{body}</tbody></table>'
+    return f'<table class="{html.escape(cls)}">{head}<tbody>{body}</tbody></table>'
 
 
 def run_section(prefix: str, marker: dict | None, metadata: dict[str, str], summary_source: str) -> str:
@@ -367,9 +401,9 @@ def run_section(prefix: str, marker: dict | None, metadata: dict[str, str], summ
     else:
         warning = ""
         rows += [
-            ("rows in", f"{marker.get('rows_in', 0):,}"),
-            ("rows out", f"{marker.get('rows_out', 0):,}"),
-            ("rows rejected", f"{marker.get('rows_rejected', 0):,}"),
+            ("rows in", count_text(marker.get("rows_in", 0))),
+            ("rows out", count_text(marker.get("rows_out", 0))),
+            ("rows rejected", count_text(marker.get("rows_rejected", 0))),
             ("finished", marker.get("finished", "")),
         ]
     for key in ("model_path", "model_sha256", "batch_size", "version"):
@@ -388,11 +422,11 @@ def run_section(prefix: str, marker: dict | None, metadata: dict[str, str], summ
     return section("Run", warning + table_html(["", ""], rows, "meta"), "run")
 
 
-def gradient_sections(summary: dict, blocks, saliency: dict[str, list[tuple[str, list[dict]]]]) -> str:
+def gradient_sections(summary: dict, blocks, saliency: dict[str, list[tuple[str, list[dict]]]]) -> list[Section]:
     parts = []
     for block in blocks:
         entry = summary["gradients"][block.name]
-        body = [f"<p>{entry['count']:,} rows; shape {tuple(block.shape)}.</p>"]
+        body = [f"<p>{html.escape(count_text(entry['count']))} rows; shape {html.escape(str(tuple(block.shape)))}.</p>"]
         mean_abs = np.asarray(entry["mean_abs"], np.float64)
         if block.features is not None:
             labels = list(block.features)
@@ -409,7 +443,7 @@ def gradient_sections(summary: dict, blocks, saliency: dict[str, list[tuple[str,
                 body.append(
                     figure(
                         bars(labels, heights, f"{block.name}, {summary['group_column']} = {group}", "mean |gradient|"),
-                        f"{block.name}: feature importance where {summary['group_column']} = {group} ({g['count']:,} rows)",
+                        f"{block.name}: feature importance where {summary['group_column']} = {group} ({count_text(g['count'])} rows)",
                         "feature-importance",
                         {"gradient": block.name, "group": group, "features": labels, "mean_abs": heights},
                     )
@@ -452,11 +486,11 @@ def gradient_sections(summary: dict, blocks, saliency: dict[str, list[tuple[str,
         top = entry.get("top_by_norm") or []
         if top:
             body.append("<h3>Largest gradients</h3>" + table_html(["norm", "row"], [(f"{t['norm']:.4g}", key_text(t["keys"])) for t in top[:10]]))
-        parts.append(section(f"Gradients: {block.name}", "".join(body), f"gradient-{block.name}"))
+        parts.append(section(f"Gradients: {block.name}", "".join(body), slug(f"gradient-{block.name}")))
     if summary.get("top_by_loss"):
         rows = [(f"{t['loss']:.4g}", key_text(t["keys"])) for t in summary["top_by_loss"][:10]]
         parts.append(section("Largest losses", table_html(["loss", "row"], rows), "loss"))
-    return "".join(parts)
+    return parts
 
 
 def rejected_section(prefix: str, complete: bool) -> str:
@@ -490,14 +524,15 @@ def rejected_section(prefix: str, complete: bool) -> str:
     return section("Rejected rows", body, "rejected")
 
 
-def ranked_section(ranked: _Ranked, title: str, text: str, anchor: str) -> str:
+def ranked_section(ranked: _Ranked, title: str, text: str, name: str, anchor: str | None = None) -> str:
+    """`name` names the figure and the table (their class); `anchor`, the section (`name` where not given)."""
     if not ranked.rows:
         return ""
     body = f"<p>{html.escape(text)}</p><p>{ranked.rows:,} rows; mean {ranked.total / ranked.rows:.4g}; largest {ranked.largest:.4g}.</p>"
-    body += figure(histogram(ranked.counts, f"|{ranked.column}|", f"|{ranked.column}|"), f"histogram of |{ranked.column}|", f"{anchor}-histogram", ranked.counts.tolist())
+    body += figure(histogram(ranked.counts, f"|{ranked.column}|", f"|{ranked.column}|"), f"histogram of |{ranked.column}|", f"{name}-histogram", ranked.counts.tolist())
     rows = [(i + 1, f"{v:.4g}", key_text(k)) for i, (v, k) in enumerate(ranked.best)]
-    body += table_html(["rank", f"|{ranked.column}|", "row"], rows, anchor)
-    return section(title, body, anchor)
+    body += table_html(["rank", f"|{ranked.column}|", "row"], rows, name)
+    return section(title, body, anchor or name)
 
 
 def influence_section(prefix: str, complete: bool, k: int) -> str:
@@ -535,6 +570,8 @@ def self_influence_section(prefix: str, complete: bool, top: int) -> str:
     )
 
 
+# The page runs no script and fetches nothing: only its own inline styles and its data: images.
+CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; base-uri 'none'; form-action 'none'"
 STYLE = """
 body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222;padding:0 1em}
 h1{font-size:1.6em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:1.6em}
@@ -581,9 +618,10 @@ def write_report(
         if self_influence:
             parts.append(self_influence_section(self_influence, find_marker(self_influence) is not None, top * 3))
     title = f"beam-gradients report: {prefix}"
-    nav = "".join(f'<a href="#{a}">{html.escape(t)}</a>' for a, t in _anchors(parts))
+    nav = "".join(f'<a href="#{p.anchor}">{html.escape(p.title)}</a>' for p in parts if isinstance(p, Section))
     page = (
-        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+        f'<meta http-equiv="Content-Security-Policy" content="{html.escape(CSP)}"><title>{html.escape(title)}</title>'
         f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1><nav>{nav}</nav>{''.join(parts)}</body></html>"
     )
     if "://" in output:  # beside a remote output (gs://...): through Beam's filesystems
@@ -598,14 +636,6 @@ def write_report(
     with open(output, "w", encoding="utf-8") as fh:
         fh.write(page)
     return output
-
-
-def _anchors(parts: Sequence[str]):
-    import re
-
-    for part in parts:
-        for found in re.finditer(r'<section id="([^"]+)"><h2>([^<]*)</h2>', part):
-            yield found.group(1), html.unescape(found.group(2))
 
 
 def main_job_sections(prefix, schema, marker, metadata, input_pattern, top, sample, seed) -> list[str]:
@@ -676,10 +706,11 @@ def main_job_sections(prefix, schema, marker, metadata, input_pattern, top, samp
     parts = [run_section(prefix, marker, metadata, source)]
     if note:
         parts.append(note)
-    parts.append(gradient_sections(summary, blocks, saliency))
+    parts += gradient_sections(summary, blocks, saliency)
     for r in ranked:
         title, text = ranked_text(r.column)
-        parts.append(ranked_section(r, title, text, r.column.replace("_", "-")))
+        anchor = None if r.column in RANKED_COLUMNS else slug(r.column)  # ig_delta__<head>: a head's name
+        parts.append(ranked_section(r, title, text, r.column.replace("_", "-"), anchor))
     for c in classes:
         labels = [str(k) for k in sorted(c.counts)]
         heights = [c.counts[k] for k in sorted(c.counts)]
