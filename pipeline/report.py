@@ -79,6 +79,8 @@ def _matplotlib():
     import matplotlib
 
     matplotlib.use("Agg")
+    # Names from data and models reach titles and labels: `$` in one is text, not matplotlib's mathtext.
+    matplotlib.rcParams["text.parse_math"] = False
     import matplotlib.pyplot as plt
 
     return plt
