@@ -12,11 +12,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import time
 from typing import Sequence
 
 import apache_beam as beam
 import pyarrow as pa
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.pvalue import AsSingleton
 
 from pipeline.options import (
@@ -27,10 +29,12 @@ from pipeline.options import (
     refuse_options_of,
     split_list,
 )
-from pipeline.outputs import StagedOutputs, check_no_clash
+from pipeline.outputs import StagedOutputs, _absolute, check_inputs_untouched, check_no_clash
+from pipeline.reader import IncompleteOutput, output_shards
 from transforms import __version__
 from transforms.influence import (
     KINDS,
+    REJECTED as REJECTED_TAG,
     SELF,
     GramFn,
     JoinCheckpoints,
@@ -39,6 +43,7 @@ from transforms.influence import (
     ReadProjections,
     ScoreBlocks,
     ScoreSpec,
+    SplitUnscorable,
     in_group,
     influence_schema,
     influence_table,
@@ -47,11 +52,13 @@ from transforms.influence import (
     self_influence_schema,
 )
 from transforms.parquet import (
+    SUFFIX,
     InputError,
     check_writable,
     match_files,
     open_parquet,
     read_schemas,
+    rejected_schema,
     write_parquet,
 )
 from transforms.projections import PROJECTION, ProjectionMeta, default_keys, duplicate_key, first_difference
@@ -59,7 +66,8 @@ from transforms.scores import SCORES
 from transforms.topk import COMPACT_EVERY
 
 COMMAND = "beam-gradients influence"
-INFLUENCE, SELF_INFLUENCE = "influence", "self_influence"
+INFLUENCE, SELF_INFLUENCE, REJECTED = "influence", "self_influence", "rejected"
+REJECTED_SUFFIX = "_rejected"  # training rows that cannot be scored (a null or non-finite projection)
 BLOCK_ROWS = 4096  # training rows per matrix product, at most
 JOIN_BUCKET_BYTES = 64 << 20  # projections per bucket of the checkpoint join
 KEY_BYTES = 32  # what one candidate's key and bookkeeping cost in the top-k buffer, about
@@ -99,6 +107,12 @@ class InfluencePlan:
     def self_schema(self) -> pa.Schema:
         return self_influence_schema(self.train.key_schema, self.metadata())
 
+    def rejected_schema(self) -> pa.Schema:
+        """Training rows that cannot be scored: their keys, stage, reason and --train pattern (as the main job's)."""
+        return rejected_schema(list(self.train.key_schema)).with_metadata(
+            {k.encode(): v.encode() for k, v in self.metadata().items()}
+        )
+
     def metadata(self) -> dict[str, str]:
         influence = {
             "score": self.spec.score,
@@ -112,12 +126,13 @@ class InfluencePlan:
         return {"beam_gradients.influence": json.dumps(influence), "beam_gradients.version": __version__}
 
 
-OPTION_OF = {INFLUENCE: "--output", SELF_INFLUENCE: "--self_influence_output"}
+OPTION_OF = {INFLUENCE: "--output", SELF_INFLUENCE: "--self_influence_output", REJECTED: f"--output (its {REJECTED_SUFFIX} rows)"}
+SHARD_NAME = re.compile(r"^(?P<prefix>.+)-\d{5}-of-\d{5}" + re.escape(SUFFIX) + "$")
 
 
 def influence_outputs(job: GradientOptions, options: InfluenceOptions) -> dict[str, str]:
     """name -> output prefix, every prefix the job writes (one place, for the output checks and cleanup)."""
-    outputs = {INFLUENCE: job.output}
+    outputs = {INFLUENCE: job.output, REJECTED: f"{job.output}{REJECTED_SUFFIX}"}
     if options.self_influence:
         outputs[SELF_INFLUENCE] = options.self_influence_output or f"{job.output}_self_influence"
     return outputs
@@ -130,12 +145,36 @@ def _read_keys(path: str, keys: list[str]) -> pa.Table:
         raise InputError(f"{path}: cannot read its key columns ({err})") from err
 
 
-def plan_side(option: str, patterns: list[str], keys: list[str]) -> Side:
+def check_complete(option: str, pattern: str, paths: Sequence[str]) -> None:
+    """Every file must be a shard its output's `_SUCCESS` marker lists (and vouches for), as the reader asks."""
+    vouched: dict[str, set] = {}
+    for path in paths:
+        folder, name = FileSystems.split(path)
+        found = SHARD_NAME.match(name)
+        prefix = FileSystems.join(folder, found.group("prefix")) if found else None
+        if prefix is not None and prefix not in vouched:
+            try:
+                vouched[prefix] = {_absolute(p) for p in output_shards(prefix)}
+            except IncompleteOutput:
+                vouched[prefix] = set()
+            except InputError as err:  # a corrupt marker, or one that does not vouch for its shards
+                raise InputError(f"{option} {pattern!r}: {err}; pass --allow_incomplete to read it anyway") from None
+        if prefix is None or _absolute(path) not in vouched[prefix]:
+            marker = f"{prefix}_SUCCESS" if prefix else "a _SUCCESS marker"
+            raise InputError(
+                f"{option} {pattern!r}: {path} is not listed by {marker}, so its output is absent, still being "
+                "written or was cut short; pass --allow_incomplete to read it anyway"
+            )
+
+
+def plan_side(option: str, patterns: list[str], keys: list[str], allow_incomplete: bool = False) -> Side:
     """Match, read footers and key columns, and check one input: everything but the projections."""
     files, metas, key_tables, key_schema = [], [], [], None
     for c, pattern in enumerate(patterns):
         where = f"{option} {pattern!r}" + (f" (checkpoint {c + 1})" if len(patterns) > 1 else "")
         matched = match_files(pattern, option).paths
+        if not allow_incomplete:
+            check_complete(option, pattern, matched)
         schemas = read_schemas(matched)
         meta = ProjectionMeta.of(schemas[0], matched[0])
         for path, schema in zip(matched[1:], schemas[1:]):
@@ -236,8 +275,16 @@ def plan_job(job: GradientOptions, options: InfluenceOptions) -> InfluencePlan:
     check_no_clash({OPTION_OF[name]: prefix for name, prefix in outputs.items()})
 
     keys = split_list(job.keep_columns)
-    train = plan_side("--train", trains, keys)
-    query = plan_side("--query", queries, keys)
+    train = plan_side("--train", trains, keys, options.allow_incomplete)
+    query = plan_side("--query", queries, keys, options.allow_incomplete)
+    check_inputs_untouched(
+        {OPTION_OF[name]: prefix for name, prefix in outputs.items()},
+        {
+            "--train": [p for paths in train.files for p in paths],
+            "--query": [p for paths in query.files for p in paths],
+            "--config": [job.config],
+        },
+    )
     check_pairs(train, query)
     if score.needs_gram and options.damping == 0 and train.rows < max(train.dims):
         raise OptionsError(
@@ -259,10 +306,13 @@ def build(pipeline: beam.Pipeline, plan: InfluencePlan, prefixes: dict[str, str]
     spec, train, query = plan.spec, plan.train, plan.query
     checkpoints = spec.checkpoints
     inverse = None
-    if SCORES[spec.score].needs_gram:
+    rejected = plan.rejected_schema()
+    if SCORES[spec.score].needs_gram:  # over the rows that are scored: joined, so a row is left out of every checkpoint's
         inverse = AsSingleton(
             pipeline
-            | "Gram/Read" >> ReadProjections(train.files, train.keys, plan.read_batch_rows)
+            | "Gram/Read" >> ReadProjections(train.files, train.keys, plan.read_batch_rows, keep_bad=True)
+            | "Gram/Join" >> JoinCheckpoints(checkpoints, plan.buckets, spec.block_rows)
+            | "Gram/Finite" >> beam.ParDo(SplitUnscorable(rejected, train.patterns, with_rejected=False))
             | "Gram/Sum" >> beam.CombineGlobally(GramFn(checkpoints))
             | "Gram/Invert" >> beam.Map(inverses, spec.damping)
         )
@@ -279,11 +329,18 @@ def build(pipeline: beam.Pipeline, plan: InfluencePlan, prefixes: dict[str, str]
             | f"{name}/Prepare" >> beam.Map(prepare_queries, spec, *side)
         )
         label = f"Train{g}" if plan.groups > 1 else "Train"
-        blocks = (
+        split = (
             pipeline
-            | f"{label}/Read" >> ReadProjections(train.files, train.keys, plan.read_batch_rows)
+            | f"{label}/Read" >> ReadProjections(train.files, train.keys, plan.read_batch_rows, keep_bad=True)
             | f"{label}/Join" >> JoinCheckpoints(checkpoints, plan.buckets, spec.block_rows)
+            | f"{label}/Finite"
+            >> beam.ParDo(SplitUnscorable(rejected, train.patterns, with_rejected=g == 0)).with_outputs(
+                REJECTED_TAG, main="scorable"
+            )
         )
+        blocks = split.scorable
+        if g == 0:  # every group reads every training row: one writes the rejected ones
+            split[REJECTED_TAG] | "WriteRejected" >> write_parquet(prefixes[REJECTED], rejected)
         with_self = plan.self_influence and g == 0
         scored = blocks | f"{label}/Score" >> beam.ParDo(
             ScoreBlocks(spec, with_self), AsSingleton(queries), *side
@@ -306,6 +363,7 @@ class InfluenceSummary:
     outputs: dict[str, list[str]]
     result: object = None
     dry_run: bool = False
+    rows_rejected: int = 0  # training rows that could not be scored
 
     def __str__(self) -> str:
         if self.dry_run:
@@ -314,11 +372,33 @@ class InfluenceSummary:
         lines = [
             f"influence: {p.train.rows} training rows x {p.query.rows} queries, {p.spec.checkpoints} checkpoint(s), "
             f"score {p.spec.score}, top {p.spec.top_k} per query and kind, {p.groups} query group(s)",
+            f"training rows: {p.train.rows} in, {p.train.rows - self.rows_rejected} scored, "
+            f"{self.rows_rejected} rejected (null or non-finite projection)",
             f"wall time: {self.wall_seconds:.1f} s",
         ]
         for name, files in self.outputs.items():
             lines.append(f"{name.replace('_', ' ')}: " + (", ".join(files) or "(none)"))
         return "\n".join(lines)
+
+
+def check_rows(plan: InfluencePlan, rows: dict[str, int], scored: int) -> None:
+    """Training rows in = scored + rejected, as the written files show it; RowsUnaccounted (nothing moved) if not.
+
+    Every query gets min(top_k, scored) rows per kind, and self influence one row per scored row:
+    both count the scored rows independently of the rejected output.
+    """
+    from pipeline.run import RowsUnaccounted
+
+    expected = {INFLUENCE: plan.query.rows * len(plan.spec.kinds) * min(plan.spec.top_k, max(scored, 0))}
+    if SELF_INFLUENCE in rows:
+        expected[SELF_INFLUENCE] = scored
+    for name, count in expected.items():
+        if rows[name] != count or scored < 0:
+            raise RowsUnaccounted(
+                f"training rows unaccounted for: --train holds {plan.train.rows}, {rows[REJECTED]} were rejected, "
+                f"so {scored} scored, but the {name.replace('_', ' ')} output holds {rows[name]} rows, not {count}; "
+                "nothing was moved into place"
+            )
 
 
 def run_options(options, argv: Sequence[str] = ()) -> InfluenceSummary:
@@ -343,14 +423,22 @@ def run_options(options, argv: Sequence[str] = ()) -> InfluenceSummary:
         result = pipeline.run()
         result.wait_until_finish()
         rows = staged.count_rows()
-        marker = {"train_rows": plan.train.rows, "query_rows": plan.query.rows, "rows_out": rows[INFLUENCE]}
+        scored = plan.train.rows - rows[REJECTED]
+        check_rows(plan, rows, scored)
+        marker = {
+            "train_rows": plan.train.rows,
+            "train_rows_scored": scored,
+            "train_rows_rejected": rows[REJECTED],
+            "query_rows": plan.query.rows,
+            "rows_out": rows[INFLUENCE],
+        }
         if SELF_INFLUENCE in rows:
             marker["self_influence_rows"] = rows[SELF_INFLUENCE]
         written = staged.commit(marker)
     except BaseException:
         staged.discard()
         raise
-    return InfluenceSummary(plan, time.monotonic() - started, written, result)
+    return InfluenceSummary(plan, time.monotonic() - started, written, result, rows_rejected=rows[REJECTED])
 
 
 if __name__ == "__main__":  # `python -m pipeline.influence ...`, as Airflow's Beam operator runs a module

@@ -463,6 +463,12 @@ class InfluenceOptions(PipelineOptions):
         add("--self_influence", action="store_true", help="Also write each training row's score against itself.")
         add("--self_influence_output", help="Prefix of the self-influence output (default <output>_self_influence).")
         add(
+            "--allow_incomplete",
+            action="store_true",
+            help="Read --train and --query files that no _SUCCESS marker lists (an output still being written, "
+            "cut short, or not written by the main job).",
+        )
+        add(
             "--query_memory_mb",
             type=int,
             default=1024,

@@ -13,6 +13,7 @@ column, streams where asked, and reads only a complete output (one with its
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Iterator, Sequence
 
@@ -21,8 +22,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline.outputs import _absolute, _shard_regex, read_marker
-from transforms.parquet import InputError, open_parquet, output_files
+from pipeline.outputs import CorruptMarker, _absolute, _shard_regex, marker_entry, marker_path, output_folder, read_marker
+from transforms.parquet import InputError, open_parquet, output_files, read_footers
 
 # Outputs whose marker is their main output's (`<output>_rejected` -> `<output>_SUCCESS`).
 SECONDARY_SUFFIXES = ("_rejected", "_self_influence")
@@ -33,44 +34,162 @@ class IncompleteOutput(InputError):
     """No `_SUCCESS` marker vouches for this output: it is absent, still being written, or was cut short."""
 
 
-def find_marker(prefix: str) -> dict | None:
-    """The marker that lists `prefix`'s shards: its own, or its main output's for a rejected or self-influence prefix."""
+class OutputMismatch(InputError):
+    """A shard the marker lists is missing, or its bytes or rows are not what the marker says."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Shard:
+    """A file to read, with what its marker says it holds (None: no marker, or one written before it said)."""
+
+    path: str
+    rows: int | None = None
+    bytes: int | None = None
+
+
+def _find(prefix: str) -> tuple[dict, str] | None:
+    """(marker, the prefix it belongs to) for `prefix`: its own, or its main output's for a secondary prefix."""
     marker = read_marker(prefix)
     if marker is not None:
-        return marker
+        return marker, prefix
     for suffix in SECONDARY_SUFFIXES:
         if prefix.endswith(suffix):
-            marker = read_marker(prefix[: -len(suffix)])
-            if marker is not None and _listed(marker, prefix):
-                return marker
+            main = prefix[: -len(suffix)]
+            marker = read_marker(main)
+            if marker is not None and _select(marker, main, _of_prefix(prefix)):
+                return marker, main
     return None
 
 
-def _listed(marker: dict, prefix: str) -> list[str]:
-    pattern = _shard_regex(_absolute(prefix))
-    return sorted(p for paths in marker.get("outputs", {}).values() for p in paths if pattern.match(_absolute(p)))
+def find_marker(prefix: str) -> dict | None:
+    """The marker that lists `prefix`'s shards: its own, or its main output's for a rejected or self-influence prefix.
+
+    None where there is none; CorruptMarker where there is one that is not a job's marker.
+    """
+    found = _find(prefix)
+    return found[0] if found else None
 
 
-def output_shards(prefix: str, require_complete: bool = True) -> list[str]:
-    """The shards of the output at `prefix`: those its marker lists; without a marker, an IncompleteOutput error
-    (or, with `require_complete=False`, whatever shards are there)."""
-    marker = find_marker(prefix)
-    if marker is not None:
-        return _listed(marker, prefix)
+def _select(marker: dict, marker_prefix: str, wanted) -> list[Shard]:
+    """The listed shards `wanted(option, path)` accepts; every entry resolved inside the marker's folder, or refused."""
+    folder, where = output_folder(marker_prefix), marker_path(marker_prefix)
+    info = marker.get("shards", {})
+    chosen = []
+    for option, entries in marker["outputs"].items():
+        for entry in entries:
+            path = marker_entry(entry, folder, where)
+            if wanted(option, path):
+                recorded = info.get(path.rsplit("/", 1)[-1]) or {}
+                chosen.append(Shard(path, recorded.get("rows"), recorded.get("bytes")))
+    return sorted(chosen, key=lambda s: s.path)
+
+
+def _of_prefix(prefix: str):
+    match = _shard_regex(_absolute(prefix)).match
+    return lambda option, path: bool(match(path))
+
+
+def _check_files(shards: Sequence[Shard], where: str) -> None:
+    """Every listed shard is there, with the bytes its marker says (the filesystem's listing: nothing is read)."""
+    if not shards:
+        return
+    for shard, result in zip(shards, FileSystems.match([s.path for s in shards])):
+        if not result.metadata_list:
+            raise OutputMismatch(f"{shard.path}: listed by {where} but missing; the output is not what its marker vouches for")
+        size = result.metadata_list[0].size_in_bytes
+        if shard.bytes is not None and size != shard.bytes:
+            raise OutputMismatch(
+                f"{shard.path}: {size} bytes, but {where} says {shard.bytes}; the shard changed after the job wrote it"
+            )
+
+
+def _check_rows(shard: Shard, rows: int, where: str) -> None:
+    if shard.rows is not None and rows != shard.rows:
+        raise OutputMismatch(
+            f"{shard.path}: {rows} rows, but {where} says {shard.rows}; the shard changed after the job wrote it"
+        )
+
+
+def _shards(prefix: str, require_complete: bool) -> tuple[list[Shard], str]:
+    """The shards to read and the marker file that vouches for them ('' where none does)."""
+    try:
+        found = _find(prefix)
+        if found is not None:
+            marker, main = found
+            shards = _select(marker, main, _of_prefix(prefix))
+            _check_files(shards, marker_path(main))
+            return shards, marker_path(main)
+    except (CorruptMarker, OutputMismatch):
+        if require_complete:
+            raise
     if require_complete:
         raise IncompleteOutput(
             f"{prefix}: no {prefix}_SUCCESS marker, so the output is absent, still being written or was cut short "
             "(pass require_complete=False to read whatever shards are there)"
         )
-    return output_files(prefix)
+    return [Shard(p) for p in output_files(prefix)], ""
+
+
+def output_shards(prefix: str, require_complete: bool = True) -> list[str]:
+    """The shards of the output at `prefix`: those its marker lists, each there with the bytes the marker says.
+
+    Without a marker, IncompleteOutput; with a corrupt one (or one listing a file outside the output's
+    folder), CorruptMarker; a listed shard missing or of another size, OutputMismatch. With
+    `require_complete=False`, whatever shards are there instead of any of those errors.
+    """
+    return [s.path for s in _shards(prefix, require_complete)[0]]
+
+
+def listed_shards(prefix: str, option: str) -> list[str]:
+    """The shards the marker at `prefix` lists under `option` (e.g. "--rejected"), checked as output_shards'."""
+    return [s.path for s in _listed(prefix, option)[0]]
+
+
+def _listed(prefix: str, option: str) -> tuple[list[Shard], str]:
+    found = _find(prefix)
+    if found is None:
+        raise IncompleteOutput(f"{prefix}: no {prefix}_SUCCESS marker lists its {option} shards")
+    marker, main = found
+    shards = _select(marker, main, lambda o, path: o == option)
+    _check_files(shards, marker_path(main))
+    return shards, marker_path(main)
+
+
+def verify_output(prefix: str) -> dict:
+    """The marker of the output at `prefix`, after checking every shard it lists: there, its bytes, its rows.
+
+    Raises IncompleteOutput, CorruptMarker or OutputMismatch (one line, naming the marker or the shard).
+    """
+    found = _find(prefix)
+    if found is None:
+        raise IncompleteOutput(f"{prefix}: no {prefix}_SUCCESS marker")
+    marker, main = found
+    shards = _select(marker, main, lambda option, path: True)
+    _check_files(shards, marker_path(main))
+    for shard, footer in zip(shards, read_footers([s.path for s in shards])):
+        _check_rows(shard, footer.num_rows, marker_path(main))
+    return marker
 
 
 def iter_tables(
     prefix: str, columns: Sequence[str] | None = None, batch_rows: int = 65536, require_complete: bool = True
 ) -> Iterator[pa.Table]:
-    """The output as Arrow tables of at most `batch_rows` rows, one after another: never the whole output at once."""
-    for path in output_shards(prefix, require_complete):
-        parquet = open_parquet(path)
+    """The output as Arrow tables of at most `batch_rows` rows, one after another: never the whole output at once.
+
+    Each listed shard's rows are checked against its marker as it is opened (OutputMismatch).
+    """
+    return _iter_shards(*_shards(prefix, require_complete), columns, batch_rows)
+
+
+def iter_listed(prefix: str, option: str, columns: Sequence[str] | None = None, batch_rows: int = 65536):
+    """Tables of the shards the marker at `prefix` lists under `option`, checked as iter_tables' are."""
+    return _iter_shards(*_listed(prefix, option), columns, batch_rows)
+
+
+def _iter_shards(shards: Sequence[Shard], where: str, columns, batch_rows: int) -> Iterator[pa.Table]:
+    for shard in shards:
+        parquet = open_parquet(shard.path)
+        _check_rows(shard, parquet.metadata.num_rows, where)
         for batch in parquet.iter_batches(batch_size=batch_rows, columns=list(columns) if columns else None):
             yield pa.Table.from_batches([batch])
 

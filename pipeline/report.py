@@ -34,14 +34,18 @@ from typing import Sequence
 import numpy as np
 import pyarrow as pa
 
+from pipeline.outputs import CorruptMarker
 from pipeline.reader import (
     IncompleteOutput,
+    OutputMismatch,
     find_marker,
+    iter_listed,
     iter_tables,
     output_metadata,
     output_shards,
     read_summary,
     to_numpy,
+    verify_output,
 )
 from transforms.aggregates import HISTOGRAM_EDGES, AggregateSpec, GradientBlock, top_entries, top_candidates, histogram_counts
 from transforms.aggregates import summarize
@@ -393,15 +397,19 @@ def table_html(header: Sequence[str], rows: Sequence[Sequence], cls: str = "") -
     return f'<table class="{html.escape(cls)}">{head}<tbody>{body}</tbody></table>'
 
 
-def run_section(prefix: str, marker: dict | None, metadata: dict[str, str], summary_source: str) -> str:
+def run_section(prefix: str, marker: dict | None, metadata: dict[str, str], summary_source: str, problem=None) -> str:
+    """`problem`: why the marker does not vouch for the output (corrupt, or a shard that differs), if it does not."""
     rows = []
-    if marker is None:
+    if problem:
+        warning = f'<p class="warning">{html.escape(problem)} The page shows whatever shards are there.</p>'
+    elif marker is None:
         warning = (
             f'<p class="warning">No {html.escape(prefix)}_SUCCESS marker: this output is incomplete (a job still '
             "running, or one that failed or was cut short). The page shows whatever shards are there.</p>"
         )
     else:
         warning = ""
+    if marker is not None:
         rows += [
             ("rows in", count_text(marker.get("rows_in", 0))),
             ("rows out", count_text(marker.get("rows_out", 0))),
@@ -495,14 +503,17 @@ def gradient_sections(summary: dict, blocks, saliency: dict[str, list[tuple[str,
     return parts
 
 
-def rejected_section(prefix: str, complete: bool) -> str:
-    """Rejected rows counted by stage and reason, streamed."""
+def rejected_section(prefix: str, complete: bool, option: str | None = None) -> str:
+    """Rejected rows counted by stage and reason, streamed: of the rejected-rows output at `prefix`, or with
+    `option`, of exactly the shards the marker at `prefix` lists under it (the main job's --rejected)."""
     reasons: collections.Counter = collections.Counter()
     stages: collections.Counter = collections.Counter()
-    if not output_shards(prefix, require_complete=False):
+    if option is None and not output_shards(prefix, require_complete=False):
         return section("Rejected rows", f"<p>No rejected-rows output found at {html.escape(prefix)}.</p>", "rejected")
     try:
-        for table in iter_tables(prefix, ["stage", "reason"], require_complete=complete):
+        columns = ["stage", "reason"]
+        tables = iter_listed(prefix, option, columns) if option else iter_tables(prefix, columns, require_complete=complete)
+        for table in tables:
             for stage, reason in zip(table.column("stage").to_pylist(), table.column("reason").to_pylist()):
                 reasons[(stage, reason)] += 1
                 stages[stage] += 1
@@ -596,8 +607,16 @@ def write_report(
 ) -> str:
     """Write the page for the output at `prefix`; returns its path (`<prefix>-report.html` unless `output`)."""
     output = output or prefix + "-report.html"
-    marker = find_marker(prefix)
-    complete = marker is not None
+    marker, problem = None, None
+    try:
+        marker = find_marker(prefix)
+        if marker is not None:
+            verify_output(prefix)  # every listed shard there, with its bytes and rows
+    except CorruptMarker as err:
+        problem = f"Corrupt marker: {err}."
+    except OutputMismatch as err:
+        problem = f"A shard differs from what the marker lists: {err}."
+    complete = marker is not None and problem is None
     shards = output_shards(prefix, require_complete=False)
     if not shards:
         raise InputError(f"{prefix}: no output shards there ({prefix}-SSSSS-of-NNNNN.parquet)")
@@ -605,16 +624,16 @@ def write_report(
     metadata = output_metadata(prefix, require_complete=False)
     parts = []
     if INFLUENCE_COLUMNS <= set(schema.names):  # an influence job's output
-        parts.append(run_section(prefix, marker, metadata, "(influence output)"))
+        parts.append(run_section(prefix, marker, metadata, "(influence output)", problem))
         parts.append(influence_section(prefix, complete, top))
         beside = self_influence or prefix + SELF_INFLUENCE_SUFFIX
         if output_shards(beside, require_complete=False):
             parts.append(self_influence_section(beside, complete, top * 3))
     elif "self_influence" in schema.names:
-        parts.append(run_section(prefix, marker, metadata, "(self-influence output)"))
+        parts.append(run_section(prefix, marker, metadata, "(self-influence output)", problem))
         parts.append(self_influence_section(prefix, complete, top * 3))
     else:
-        parts += main_job_sections(prefix, schema, marker, metadata, input_pattern, top, sample, seed)
+        parts += main_job_sections(prefix, schema, marker, metadata, input_pattern, top, sample, seed, problem)
         if influence:
             parts.append(influence_section(influence, find_marker(influence) is not None, top))
         if self_influence:
@@ -640,8 +659,8 @@ def write_report(
     return output
 
 
-def main_job_sections(prefix, schema, marker, metadata, input_pattern, top, sample, seed) -> list[str]:
-    complete = marker is not None
+def main_job_sections(prefix, schema, marker, metadata, input_pattern, top, sample, seed, problem=None) -> list[str]:
+    complete = marker is not None and problem is None
     summary = read_summary(prefix)
     keys = [
         k
@@ -705,7 +724,7 @@ def main_job_sections(prefix, schema, marker, metadata, input_pattern, top, samp
             )
         )
         saliency[name] = groups
-    parts = [run_section(prefix, marker, metadata, source)]
+    parts = [run_section(prefix, marker, metadata, source, problem)]
     if note:
         parts.append(note)
     parts += gradient_sections(summary, blocks, saliency)
@@ -720,11 +739,10 @@ def main_job_sections(prefix, schema, marker, metadata, input_pattern, top, samp
         body = figure(bars(labels, heights, f"{c.column}: rows per class", "rows"), f"rows per class: {what}", "classes",
                       dict(zip(labels, heights)))
         parts.append(section(f"Classes: {c.column}", body, c.column.replace("_", "-")))
-    rejected = (marker or {}).get("outputs", {}).get("--rejected")
-    rejected_prefix = prefix + REJECTED_SUFFIX
-    if rejected:  # the marker lists the rejected shards: their prefix is theirs minus the shard name
-        rejected_prefix = rejected[0].rsplit("-", 3)[0] if rejected[0].count("-") >= 3 else rejected_prefix
-    parts.append(rejected_section(rejected_prefix, complete))
+    if complete and "--rejected" in marker["outputs"]:  # exactly the rejected shards the marker lists
+        parts.append(rejected_section(prefix, complete, "--rejected"))
+    else:
+        parts.append(rejected_section(prefix + REJECTED_SUFFIX, complete))
     return parts
 
 
@@ -760,8 +778,12 @@ def main(argv: Sequence[str]) -> int:
     except (InputError, OSError) as err:
         print(f"beam-gradients report: error: {err}", file=sys.stderr)
         return 2
-    if find_marker(args.prefix) is None:
+    try:
+        verify_output(args.prefix)
+    except IncompleteOutput:
         print(f"beam-gradients report: warning: {args.prefix} has no _SUCCESS marker; the output is incomplete", file=sys.stderr)
+    except InputError as err:  # a corrupt marker, or a shard that differs from it
+        print(f"beam-gradients report: warning: {err}", file=sys.stderr)
     print(path)
     return 0
 

@@ -48,7 +48,7 @@ from transforms.input_means import InputMeans
 from transforms.gradients import SpecError
 from transforms.plan import Fault, JobPlan
 from transforms.model import ModelError, ProcessModel
-from pipeline.outputs import StagedOutputs, check_no_clash
+from pipeline.outputs import StagedOutputs, check_inputs_untouched, check_no_clash
 from transforms.parquet import (
     InputError,
     InputFiles,
@@ -69,6 +69,7 @@ OUTPUT, REJECTED_OPTION = "--output", "--rejected"
 REJECTED_SUFFIX = "_rejected"
 # Dataset-wide aggregates, beside the shards: `<output>-summary.json` (schema in the README).
 SUMMARY_SUFFIX, SUMMARY = "-summary.json", "summary"
+REPORT_SUFFIX = "-report.html"  # `beam-gradients report`'s page, beside the output (the demo writes it)
 # Errors that mean "an option or an input is wrong": one line, no traceback.
 USER_ERRORS = (OptionsError, SpecError, FeedError, ModelError, InputError)
 
@@ -391,6 +392,11 @@ def run_options(
     with quiet_native_start(job.debug):
         plan, loaded, inputs, rows_in = plan_job(job)
     plan.fault = fault
+    check_inputs_untouched(
+        prefixes,
+        {"--input": inputs.paths + inputs.empty, "--model": [job.model], "--config": [job.config]},
+        [(OUTPUT, summary_path(job.output)), (OUTPUT, job.output + REPORT_SUFFIX)],
+    )
     if not dry_run:  # a dry run writes nothing, and may be built where the output is out of reach
         for option, prefix in prefixes.items():
             check_writable(prefix, option)

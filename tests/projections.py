@@ -30,8 +30,9 @@ def projection_metadata(dim, seed=0, dtype="float32", model_sha256="ab" * 32, va
 
 
 def write_projections(path, keys: dict, phi: np.ndarray, files=1, row_group_size=None, extra: dict | None = None,
-                      **meta) -> list[str]:
-    """Key columns, then `weight_projection` (fixed_shape_tensor [k]), then any extra columns, split over `files` files."""
+                      marker=True, **meta) -> list[str]:
+    """Key columns, then `weight_projection` (fixed_shape_tensor [k]), then any extra columns, split over `files` files;
+    with `marker`, the `<path>_SUCCESS` marker the main job writes beside a complete output."""
     dtype = meta.get("dtype", "float32")
     phi = np.asarray(phi, dtype=np.dtype(dtype))
     rows, dim = phi.shape
@@ -49,4 +50,16 @@ def write_projections(path, keys: dict, phi: np.ndarray, files=1, row_group_size
         target = f"{path}-{i:05d}-of-{files:05d}.parquet"
         pq.write_table(table, target, row_group_size=row_group_size)
         paths.append(target)
+    if marker:
+        write_marker(path, paths)
     return paths
+
+
+def write_marker(prefix, paths) -> None:
+    """`<prefix>_SUCCESS` listing `paths` by name, with their rows and bytes, as StagedOutputs.commit writes it."""
+    from pipeline.outputs import marker_path, shard_entries
+
+    shards = shard_entries([str(p) for p in paths])
+    body = {"rows_in": sum(s["rows"] for s in shards.values()), "outputs": {"--output": sorted(shards)}, "shards": shards}
+    with open(marker_path(str(prefix)), "w") as fh:
+        json.dump(body, fh)

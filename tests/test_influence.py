@@ -345,15 +345,61 @@ def test_a_yaml_config_lists_checkpoints_and_the_command_line_overrides_it(tmp_p
     assert_top(got_top(read(tmp_path / "out/inf")), {k: v for k, v in expected.items() if k[1] == "proponent"})
 
 
-def test_a_non_finite_projection_fails_the_job_naming_the_file(tmp_path, capsys):
+def test_a_non_finite_query_projection_fails_the_job_naming_the_file(tmp_path, capsys):
     phi = np.random.default_rng(0).normal(size=(10, 4))
-    phi[6, 2] = np.nan  # the main job rejects such rows; a file that holds one was not written by it
+    query = phi[:1].copy()
+    query[0, 2] = np.nan  # a query without a score to rank by: an input error, not a rejected row
     write_projections(tmp_path / "train/p", {"id": np.arange(10)}, phi)
-    write_projections(tmp_path / "query/p", {"qid": [1]}, phi[:1])
+    write_projections(tmp_path / "query/p", {"qid": [1]}, query)
     # an input error (exit 2) in-process; a remote runner reports the failed job (exit 1) with the same line
     assert influence(tmp_path, "--train", tmp_path / "train/*.parquet", "--query", tmp_path / "query/*.parquet") == 2
     err = capsys.readouterr().err
-    assert "train/p-00000-of-00001.parquet: column 'weight_projection' holds a non-finite number" in err
+    assert "query/p-00000-of-00001.parquet: column 'weight_projection' holds a non-finite number" in err
+
+
+@pytest.mark.parametrize("score, checkpoints", [("tracin", 1), ("trak", 2)])
+def test_a_non_finite_training_row_is_rejected_and_the_rest_scored_as_without_it(tmp_path, capsys, score, checkpoints):
+    rng = np.random.default_rng(3)
+    ids = np.arange(40)
+    trains = [rng.normal(size=(40, 6)) for _ in range(checkpoints)]
+    queries = [rng.normal(size=(3, 6)) for _ in range(checkpoints)]
+    bad = [6, 17]  # row 6 is NaN in the first checkpoint, row 17 infinite in the last
+    dirty = [t.copy() for t in trains]
+    dirty[0][6, 2], dirty[-1][17, 0] = np.nan, np.inf
+    good = np.setdiff1d(ids, bad)
+
+    def args(name, phis):
+        out = []
+        for c, phi in enumerate(phis):
+            keep = ids if name == "dirty" else good
+            write_projections(tmp_path / f"{name}{c}/p", {"id": keep}, phi[keep], model_sha256=f"{c:064x}")
+            write_projections(tmp_path / f"{name}-q{c}/p", {"qid": [1, 2, 3]}, queries[c], model_sha256=f"{c:064x}")
+            out += ["--train", tmp_path / f"{name}{c}/*.parquet", "--query", tmp_path / f"{name}-q{c}/*.parquet"]
+        return out + ["--score", score, "--damping", 0.5, "--top_k", 50, "--self_influence", "--read_batch_rows", 16]
+
+    assert influence(tmp_path, *args("dirty", dirty), output="out/dirty") == 0
+    assert "training rows: 40 in, 38 scored, 2 rejected" in capsys.readouterr().out
+    assert influence(tmp_path, *args("clean", trains), output="out/clean") == 0
+
+    rejected = read(tmp_path / "out/dirty_rejected").sort_by("id")
+    assert rejected.column("id").to_pylist() == bad
+    assert rejected.column("stage").to_pylist() == ["projection"] * 2
+    assert "checkpoint 1" in rejected.column("reason")[0].as_py()
+    assert f"checkpoint {checkpoints}" in rejected.column("reason")[1].as_py()
+    marker = read_marker(str(tmp_path / "out/dirty"))
+    assert (marker["train_rows"], marker["train_rows_scored"], marker["train_rows_rejected"]) == (40, 38, 2)
+    assert marker["outputs"]["rejected"] == ["dirty_rejected-00000-of-00001.parquet"]
+    for suffix in ("", "_self_influence"):  # every score of the others: those of a run without the bad rows
+        dirty_table = read(tmp_path / f"out/dirty{suffix}").drop_columns([]).to_pylist()
+        clean_table = read(tmp_path / f"out/clean{suffix}").to_pylist()
+        assert len(dirty_table) == len(clean_table) > 0
+        key = (lambda r: (r.get("qid"), r.get("kind"), r.get("rank"), r.get("train__id")))
+        for d, c in zip(sorted(dirty_table, key=key), sorted(clean_table, key=key)):
+            assert {k: v for k, v in d.items() if "score" not in k and "influence" not in k} == {
+                k: v for k, v in c.items() if "score" not in k and "influence" not in k
+            }
+            value = "score" if "score" in d else "self_influence"
+            np.testing.assert_allclose(d[value], c[value], rtol=1e-5)
 
 
 def test_checkpoints_join_by_key_across_buckets():

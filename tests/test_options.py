@@ -160,7 +160,8 @@ def test_console_script_is_installed():
         ),
         (["--target", "loss", "--loss", "os.system('x'):f", "--label_column", "y"], r"give a Keras loss name or module.path:function"),
         (["--output", "/proc/version/out/g"], r"--output '/proc/version/out/g': cannot write there"),
-        (["--rejected", "/proc/version/rejected"], r"--rejected '/proc/version/rejected': cannot write there"),
+        # a marker vouches only for its own folder: --rejected elsewhere is refused before anything is written
+        (["--rejected", "/proc/version/rejected"], r"--rejected '/proc/version/rejected' must sit in the folder of --output"),
     ],
 )
 def test_option_errors_are_one_clear_line_before_any_data_is_read(tmp_path, job, capsys, extra, message):

@@ -22,7 +22,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import GlobalWindows
 
 from transforms import METRICS
-from transforms.parquet import InputError, ReadParquetBatches, UnreadableRows
+from transforms.parquet import InputError, ReadParquetBatches, UnreadableRows, rejected_table
 from transforms.projections import PROJECTION, first_difference, key_hash, projection_matrix, sort_by_keys
 from transforms.scores import SCORES, damped_inverse, gram, query_matrix, self_influence, train_matrix
 from transforms.topk import QUERY, RANK, SCORE, TopK
@@ -76,29 +76,36 @@ class ScoreSpec:
 
 
 class _ToBlock(beam.DoFn):
-    def __init__(self, checkpoint: int, key_columns: Sequence[str]):
-        self._checkpoint, self._keys = checkpoint, list(key_columns)
+    def __init__(self, checkpoint: int, key_columns: Sequence[str], keep_bad: bool = False):
+        self._checkpoint, self._keys, self._keep_bad = checkpoint, list(key_columns), keep_bad
 
     def process(self, element):
         if isinstance(element.batch, UnreadableRows):
             raise InputError(f"{element.source}: {element.batch.reason}")
-        matrix = projection_matrix(element.batch, element.source)
+        matrix = projection_matrix(element.batch, element.source, self._keep_bad)
         yield Block(pa.Table.from_batches([element.batch.select(self._keys)]), (matrix,), self._checkpoint)
 
 
 class ReadProjections(beam.PTransform):
-    """PBegin -> Block per record batch of each checkpoint's files (bounded in rows), tagged with its checkpoint."""
+    """PBegin -> Block per record batch of each checkpoint's files (bounded in rows), tagged with its checkpoint.
 
-    def __init__(self, files: Sequence[Sequence[str]], key_columns: Sequence[str], rows: int | None = None):
+    With `keep_bad`, rows whose projection is null or not finite are kept (NaN) for SplitUnscorable
+    to reject once the checkpoints are joined; without, they fail the job (InputError naming the file).
+    """
+
+    def __init__(
+        self, files: Sequence[Sequence[str]], key_columns: Sequence[str], rows: int | None = None, keep_bad: bool = False
+    ):
         super().__init__()
         self._files, self._keys, self._rows = [list(f) for f in files], list(key_columns), rows
+        self._keep_bad = keep_bad
 
     def expand(self, pbegin):
         columns = self._keys + [PROJECTION]
         blocks = [
             pbegin
             | f"Read{c}" >> ReadParquetBatches(files, columns, self._rows, self._keys)
-            | f"Blocks{c}" >> beam.ParDo(_ToBlock(c, self._keys))
+            | f"Blocks{c}" >> beam.ParDo(_ToBlock(c, self._keys, self._keep_bad))
             for c, files in enumerate(self._files)
         ]
         return blocks[0] if len(blocks) == 1 else tuple(blocks) | "Checkpoints" >> beam.Flatten()
@@ -207,6 +214,53 @@ def in_group(block: Block, group: int, groups: int) -> Block:
     return Block(block.keys.take(rows), tuple(p[rows] for p in block.projections), block.checkpoint)
 
 
+# ---------------------------------------------------------------- rows that cannot be scored
+
+REJECTED = "rejected"  # the tag of SplitUnscorable's rejected rows
+REJECT_STAGE = "projection"
+
+
+class SplitUnscorable(beam.DoFn):
+    """Block (every checkpoint's projections, joined) -> the rows every checkpoint of which is finite;
+    the others, with `with_rejected`, to the REJECTED output as rejected rows (keys, stage, reason).
+
+    A row is rejected whole, from every checkpoint, so that the scores of the rest are those of a
+    run without it: the Gram matrices, the scores and self influence alike. `patterns` (one per
+    checkpoint) fill `source_file`: after the join a row's file is no longer known.
+    """
+
+    def __init__(self, schema: pa.Schema, patterns: Sequence[str], with_rejected: bool):
+        self._schema, self._patterns, self._with_rejected = schema, list(patterns), with_rejected
+
+    def process(self, block: Block):
+        bad = [~np.isfinite(p).all(axis=1) for p in block.projections]
+        rejected = np.logical_or.reduce(bad) if bad else np.zeros(block.rows, bool)
+        if not rejected.any():
+            yield block
+            return
+        keep = np.flatnonzero(~rejected)
+        yield Block(block.keys.take(keep), tuple(p[keep] for p in block.projections), block.checkpoint)
+        if not self._with_rejected:
+            return
+        rows = np.flatnonzero(rejected)
+        which = [[block.checkpoint + c + 1 for c in range(len(bad)) if bad[c][r]] for r in rows]
+        reasons = [
+            f"{PROJECTION!r} is null or not finite in checkpoint {', '.join(map(str, w))}" for w in which
+        ]
+        for first in sorted({w[0] for w in which}):
+            picks = [i for i, w in enumerate(which) if w[0] == first]
+            yield beam.pvalue.TaggedOutput(
+                REJECTED,
+                rejected_table(
+                    self._schema,
+                    block.keys.take(rows[picks]),
+                    [REJECT_STAGE] * len(picks),
+                    [reasons[i] for i in picks],
+                    self._patterns[first - 1],
+                ),
+            )
+
+
 # ---------------------------------------------------------------- TRAK's first pass
 
 
@@ -220,9 +274,11 @@ class GramFn(beam.CombineFn):
         return [None] * self._checkpoints
 
     def add_input(self, accumulator, block):
-        part = gram(block.projections[0])
-        c = block.checkpoint
-        accumulator[c] = part if accumulator[c] is None else accumulator[c] + part
+        # a block of one checkpoint (`block.checkpoint`), or joined: every checkpoint's, in order
+        for i, projection in enumerate(block.projections):
+            c = block.checkpoint + i
+            part = gram(projection)
+            accumulator[c] = part if accumulator[c] is None else accumulator[c] + part
         return accumulator
 
     def merge_accumulators(self, accumulators):

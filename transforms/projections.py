@@ -22,6 +22,7 @@ PROJECTION = "weight_projection"
 MODEL_SHA256 = b"beam_gradients.model_sha256"
 WEIGHTS = b"beam_gradients.weights"
 DTYPES = {"float32": pa.float32(), "float16": pa.float16()}
+DTYPE_NUMPY = {"float": np.float32, "halffloat": np.float16}  # Arrow's names -> numpy (nulls would make float64)
 # Key column types a default key may have: identifiers, not measurements.
 KEY_TYPES = (pa.types.is_integer, pa.types.is_string, pa.types.is_large_string, pa.types.is_boolean,
              pa.types.is_date, pa.types.is_timestamp, pa.types.is_binary)
@@ -85,18 +86,30 @@ def default_keys(schema: pa.Schema) -> list[str]:
     return [f.name for f in schema if f.name != PROJECTION and any(test(f.type) for test in KEY_TYPES)]
 
 
-def projection_matrix(batch: pa.RecordBatch | pa.Table, where: str) -> np.ndarray:
-    """The (rows, k) projections of a batch, float32 or float16 as stored; InputError on a null or non-finite row."""
+def projection_matrix(batch: pa.RecordBatch | pa.Table, where: str, keep_bad: bool = False) -> np.ndarray:
+    """The (rows, k) projections of a batch, float32 or float16 as stored; InputError on a null or non-finite row.
+
+    With `keep_bad`, such rows are kept instead, all NaN where null: whoever scores them rejects them.
+    """
     column = batch.column(PROJECTION)
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks()
-    if column.null_count:
+    if column.null_count and not keep_bad:
         raise InputError(f"{where}: column {PROJECTION!r} has {column.null_count} null rows")
     storage = column.storage
     values = storage.values.slice(storage.offset * storage.type.list_size, len(storage) * storage.type.list_size)
-    if values.null_count:
+    if values.null_count and not keep_bad:
         raise InputError(f"{where}: column {PROJECTION!r} holds null numbers")
-    matrix = values.to_numpy(zero_copy_only=False).reshape(len(storage), storage.type.list_size)
+    dtype = DTYPE_NUMPY.get(str(storage.type.value_type), np.float32)
+    matrix = values.to_numpy(zero_copy_only=False).astype(dtype, copy=False).reshape(len(storage), storage.type.list_size)
+    if keep_bad:
+        if values.null_count or column.null_count:
+            matrix = matrix.copy()
+            if values.null_count:
+                matrix[values.is_null().to_numpy(zero_copy_only=False).reshape(matrix.shape)] = np.nan
+            if column.null_count:
+                matrix[column.is_null().to_numpy(zero_copy_only=False)] = np.nan
+        return matrix
     if not np.isfinite(matrix).all():
         raise InputError(f"{where}: column {PROJECTION!r} holds a non-finite number")
     return matrix

@@ -1,0 +1,188 @@
+"""The output contract (issue 17): no output over an input, a marker that vouches for exactly what it lists, in its
+own folder, and says so when it is corrupt; an influence input needs its marker unless --allow_incomplete."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.outputs import CorruptMarker, read_marker, require_marker
+from pipeline.reader import OutputMismatch, read_arrays
+from pipeline.report import write_report
+from pipeline.run import main
+from tests.conftest import run_on, save, write_parquet
+from tests.projections import write_projections
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RUNNER = "--runner=DirectRunner"
+
+
+def _mlp():
+    keras.utils.set_random_seed(0)
+    return keras.Sequential([keras.Input((3,)), keras.layers.Dense(4, activation="tanh"), keras.layers.Dense(1)])
+
+
+def _data(path, rows=30, bad=()):
+    x = np.random.default_rng(0).normal(size=(rows, 3)).astype(np.float32)
+    x[list(bad)] = np.nan  # rejected rows
+    return write_parquet(path, {"id": np.arange(rows), "x": x})
+
+
+@pytest.fixture
+def done(tmp_path):
+    """A complete main-job output at tmp_path/out/g (30 rows in, 2 rejected), two shards."""
+    _data(tmp_path / "in/a.parquet", bad=(3, 7))
+    run_on(tmp_path, _mlp(), "--num_shards", 2)
+    return tmp_path
+
+
+def _bytes(paths):
+    return {str(p): open(p, "rb").read() for p in paths}
+
+
+# ---------------------------------------------------------------- outputs that overwrite inputs
+
+
+def test_an_output_over_its_own_input_is_refused_on_the_command_line(tmp_path):
+    source = _data(tmp_path / "out/g-00000-of-00001.parquet")  # an earlier run's output, read again
+    model = save(_mlp(), tmp_path)
+    before = _bytes([source])
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    args = ["--runner", "DirectRunner", "--input", str(tmp_path / "out/g-*.parquet"), "--output", str(tmp_path / "out/g")]
+    args += ["--model", model, "--feature_columns", "x"]
+    done = subprocess.run([sys.executable, "-m", "pipeline", *args], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 2, done.stderr
+    err = done.stderr.strip().splitlines()
+    assert len(err) == 1 and "--output" in err[0] and "--input" in err[0] and source in err[0], err
+    assert _bytes([source]) == before
+    assert sorted(os.listdir(tmp_path / "out")) == ["g-00000-of-00001.parquet"]
+
+
+@pytest.mark.parametrize("what", ["rejected", "summary-config"])
+def test_any_file_the_main_job_writes_over_a_file_it_reads_is_refused(tmp_path, capsys, what):
+    _data(tmp_path / "in/a.parquet")
+    model = save(_mlp(), tmp_path)
+    args = [RUNNER, "--input", str(tmp_path / "in/*.parquet"), "--model", model, "--feature_columns", "x"]
+    if what == "rejected":  # the rejected rows' shards would replace the input
+        victim = _data(tmp_path / "in/bad-00000-of-00001.parquet")
+        args += ["--output", str(tmp_path / "in/g"), "--rejected", str(tmp_path / "in/bad")]
+        options = ("--rejected", "--input")
+    else:  # the summary <output>-summary.json would replace the config file (YAML reads JSON)
+        victim = str(tmp_path / "out/g-summary.json")
+        os.makedirs(tmp_path / "out")
+        open(victim, "w").write(json.dumps({"batch_size": 8}))
+        args += ["--output", str(tmp_path / "out/g"), "--config", victim]
+        options = ("--output", "--config")
+    before = _bytes([victim])
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and all(o in err[0] for o in options), err
+    assert _bytes([victim]) == before
+
+
+def test_an_influence_output_over_its_training_input_is_refused(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    train = write_projections(tmp_path / "p/g", {"id": np.arange(8)}, rng.normal(size=(8, 4)))
+    write_projections(tmp_path / "q/p", {"qid": [1]}, rng.normal(size=(1, 4)))
+    files = train + [str(tmp_path / "p/g_SUCCESS")]
+    before = _bytes(files)
+    status = main(["influence", RUNNER, "--train", str(tmp_path / "p/g-*.parquet"), "--query", str(tmp_path / "q/*.parquet"),
+                   "--output", str(tmp_path / "p/g")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 2 and len(err) == 1 and "--output" in err[0] and "--train" in err[0], err
+    assert _bytes(files) == before
+    assert sorted(os.listdir(tmp_path / "p")) == ["g-00000-of-00001.parquet", "g_SUCCESS"]
+
+
+def test_influence_needs_its_inputs_markers_unless_allow_incomplete(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    write_projections(tmp_path / "train/p", {"id": np.arange(8)}, rng.normal(size=(8, 4)))
+    query = write_projections(tmp_path / "query/p", {"qid": [1, 2]}, rng.normal(size=(2, 4)), marker=False)
+    args = ["influence", RUNNER, "--train", str(tmp_path / "train/*.parquet"), "--query", str(tmp_path / "query/*.parquet")]
+    assert main(args + ["--output", str(tmp_path / "out/a")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--query" in err[0] and query[0] in err[0] and "--allow_incomplete" in err[0], err
+    assert not os.path.exists(tmp_path / "out")
+    assert main(args + ["--output", str(tmp_path / "out/b"), "--allow_incomplete"]) == 0
+    assert read_marker(str(tmp_path / "out/b"))["query_rows"] == 2
+
+
+def test_rejected_rows_in_another_folder_are_refused(tmp_path, capsys):
+    _data(tmp_path / "in/a.parquet")
+    args = [RUNNER, "--input", str(tmp_path / "in/*.parquet"), "--model", save(_mlp(), tmp_path), "--feature_columns", "x"]
+    assert main(args + ["--output", str(tmp_path / "out/g"), "--rejected", str(tmp_path / "elsewhere/r")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--rejected" in err[0] and "must sit in the folder of --output" in err[0], err
+
+
+# ---------------------------------------------------------------- the marker vouches for exactly what it lists
+
+
+def test_the_marker_lists_names_in_its_folder_with_rows_and_bytes(done):
+    marker = read_marker(str(done / "out/g"))
+    names = marker["outputs"]["--output"] + marker["outputs"]["--rejected"]
+    assert all("/" not in n for n in names) and marker["files"] == {"summary": "g-summary.json"}
+    for name in names:
+        path = done / "out" / name
+        assert marker["shards"][name] == {"rows": pq.read_metadata(path).num_rows, "bytes": os.path.getsize(path)}
+    assert sum(marker["shards"][n]["rows"] for n in marker["outputs"]["--output"]) == marker["rows_out"] == 28
+
+
+def test_a_shard_cut_short_is_refused_by_the_reader_and_flagged_by_the_report(done, tmp_path):
+    prefix = str(done / "out/g")
+    marker = read_marker(prefix)
+    name = max(marker["outputs"]["--output"], key=lambda n: marker["shards"][n]["rows"])
+    shard = done / "out" / name
+    table = pq.read_table(shard)
+    pq.write_table(table.slice(5), shard)  # five rows cut out, the marker untouched
+    with pytest.raises(OutputMismatch) as raised:
+        read_arrays(prefix)
+    assert str(shard) in str(raised.value) and "\n" not in str(raised.value)
+    page = open(write_report(prefix, output=str(tmp_path / "r.html"))).read()
+    assert f'<p class="warning">A shard differs from what the marker lists: {shard}' in page
+
+    os.remove(shard)  # a listed shard gone
+    with pytest.raises(OutputMismatch, match="missing"):
+        read_arrays(prefix)
+    assert len(read_arrays(prefix, require_complete=False)["id"]) == 28 - table.num_rows  # what is there, as asked
+
+
+def test_a_marker_entry_outside_its_folder_is_refused(done, tmp_path):
+    prefix = str(done / "out/g")
+    other = tmp_path / "other"
+    _data(other / "in/a.parquet", bad=(1, 2, 3, 4))
+    run_on(other, _mlp())  # another output, with 4 rejected rows, elsewhere
+    marker = read_marker(prefix)
+    good = json.loads(json.dumps(marker))  # a copy, before the entries below are changed
+    for entry in [str(other / "out/g_rejected-00000-of-00001.parquet"), "../other/out/g_rejected-00000-of-00001.parquet"]:
+        marker["outputs"]["--rejected"] = [entry]
+        open(prefix + "_SUCCESS", "w").write(json.dumps(marker))
+        with pytest.raises(CorruptMarker) as raised:
+            read_arrays(prefix)
+        assert entry in str(raised.value) and "refused" in str(raised.value)
+        page = open(write_report(prefix, output=str(tmp_path / "r.html"))).read()
+        assert "Corrupt marker" in page and 'data-count="4"' not in page  # not the other output's rejected rows
+    # a marker written before names were relative: absolute paths inside the folder still read
+    good["outputs"] = {k: [str(done / "out" / n) for n in v] for k, v in good["outputs"].items()}
+    open(prefix + "_SUCCESS", "w").write(json.dumps(good))
+    assert len(read_arrays(prefix)["id"]) == 28
+
+
+@pytest.mark.parametrize("text", ["{not json", '["a list"]', '{"outputs": {"--output": "g-00000-of-00001.parquet"}}'])
+def test_a_corrupt_marker_is_called_corrupt(done, tmp_path, text):
+    prefix = str(done / "out/g")
+    open(prefix + "_SUCCESS", "w").write(text)
+    with pytest.raises(CorruptMarker) as raised:
+        read_arrays(prefix)
+    assert f"{prefix}_SUCCESS: corrupt marker" in str(raised.value) and "\n" not in str(raised.value)
+    with pytest.raises(RuntimeError, match="corrupt marker"):
+        require_marker(prefix)  # what the DAGs' completion tasks call
+    page = open(write_report(prefix, output=str(tmp_path / "r.html"))).read()
+    assert "Corrupt marker" in page and "_SUCCESS marker: this output is incomplete" not in page
