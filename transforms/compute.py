@@ -103,12 +103,20 @@ class _GradientsFn(beam.DoFn):
         decoded = decode(feed, batch)
         row_input = next(r for r in self._engine.row_inputs if r.name == feed.input)
         if row_input.classes is not None:
-            outside = (decoded.values < 0) | (decoded.values >= row_input.classes)
-            decoded.reasons.add(
-                outside.reshape(len(outside), -1).any(axis=1),
-                "decode",
-                f"column {feed.columns[0]!r} holds a class index outside 0..{row_input.classes - 1}",
-            )
+            values = decoded.values.reshape(len(decoded.values), -1)
+            outside = (values < 0) | (values >= row_input.classes)
+            bad = outside.any(axis=1)
+            if bad.any():  # each bad row's reason names its own value (the first one outside, per row)
+                first = values[bad, outside[bad].argmax(axis=1)]
+                for value in np.unique(first):
+                    rows = np.zeros(len(bad), bool)
+                    rows[np.flatnonzero(bad)[first == value]] = True
+                    decoded.reasons.add(
+                        rows,
+                        "decode",
+                        f"column {feed.columns[0]!r} holds class {value}, outside the model's "
+                        f"{row_input.classes} classes 0..{row_input.classes - 1}",
+                    )
         return decoded
 
     def finish_bundle(self):

@@ -21,7 +21,7 @@ import zlib
 
 import tensorflow as tf
 
-from transforms.gradients.choices import check_names
+from transforms.gradients.choices import check_minimum, check_names
 from transforms.gradients.errors import SpecError
 from transforms.gradients.outputs import Output
 from transforms.gradients.wrt.forms.base import WeightForm
@@ -41,8 +41,7 @@ class Projection(WeightForm):
 
     @classmethod
     def check_spec(cls, spec):
-        if spec.projection_dim < 1:
-            raise SpecError("{projection_dim} must be 1 or more, not {value}", value=spec.projection_dim)
+        check_minimum("projection_dim", spec.projection_dim)
         if spec.jit_compile:
             raise SpecError("{weight_output} projection cannot run under {jit_compile}: XLA has no sorted segment sum")
         if spec.projection_dtype not in DTYPES:
