@@ -101,6 +101,7 @@ class Summary:
     dry_run: bool = False
     reasons: list[tuple[str, int]] = dataclasses.field(default_factory=list)  # the most frequent rejection reasons
     other_reasons: int = 0  # how many more distinct reasons the rejected rows hold
+    report_seconds: float = 0.0  # of the wall time: the demo's report page, written after the job
 
     @property
     def rejected_fraction(self) -> float:
@@ -113,7 +114,7 @@ class Summary:
         if self.rows_in and not self.rows_out:
             why = f"{_reason_counts(self.reasons[:1])}; " if self.reasons else ""
             lines.append(f"EVERY ROW WAS REJECTED ({self.rows_rejected}): {why}see the reasons in the rejected rows")
-        job_seconds = self.wall_seconds - self.startup_seconds
+        job_seconds = self.wall_seconds - self.startup_seconds - self.report_seconds
         rate = self.rows_in / job_seconds if job_seconds > 0 else 0.0
         lines.append(f"rows: {self.rows_in} in, {self.rows_out} out, {self.rows_rejected} rejected")
         if self.reasons:
@@ -131,7 +132,8 @@ class Summary:
             )
         lines += [
             f"wall time: {self.wall_seconds:.1f} s: start-up {self.startup_seconds:.1f} s (imports, model, planning), "
-            f"job {job_seconds:.1f} s ({rate:,.0f} rows/s)",
+            f"job {job_seconds:.1f} s ({rate:,.0f} rows/s)"
+            + (f", report {self.report_seconds:.1f} s" if self.report_seconds else ""),
             "output: " + (", ".join(self.outputs) or "(none)"),
             "rejected rows: " + (", ".join(self.rejected) or "(none)"),
         ]
@@ -621,7 +623,9 @@ def main(argv: Sequence[str] | None = None, fault: Fault | None = None, progress
                 if job.demo and not summary.dry_run:
                     from pipeline.report import write_demo_report
 
+                    before = time.monotonic()
                     report = write_demo_report(summary)
+                    summary.report_seconds = time.monotonic() - before
                 # the process's wall time, to the line that prints it (the demo's report included)
                 summary.wall_seconds = time.monotonic() - PROCESS_STARTED
     except USER_ERRORS as err:
