@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Sequence
 import yaml
 from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
 
-from transforms.gradients.choices import EMITS, KERAS_LOSSES, NAMES, UNCONNECTED_MODES
+from transforms.gradients.choices import EMITS, KERAS_LOSSES, MINIMUMS, NAMES, UNCONNECTED_MODES, check_minimum
 from transforms.gradients.errors import SpecError
 
 if TYPE_CHECKING:
@@ -288,16 +288,34 @@ def _join_repeated(argv: Sequence[str]) -> list[str]:
     return rest + [f"{flag}={','.join(values)}" for flag, values in flags.items() if values]
 
 
+# The other commands, one line each in the main --help.
+COMMANDS = (
+    ("beam-gradients influence ...", "the training rows that pushed each prediction"),
+    ("beam-gradients report OUTPUT_PREFIX", "one HTML page about a job's output"),
+)
+
+
 def help_text(
     prog: str = "beam-gradients",
     description: str = "Per-example gradients of a Keras model over Parquet, as a Beam batch job.",
     add_options=GradientOptions._add_argparse_args,
+    commands=COMMANDS,
 ) -> str:
+    import textwrap
+
+    if commands:
+        width = max(len(name) for name, _ in commands)
+        description += "\n\nother commands (each with its own --help):\n"
+        description += "\n".join(f"  {name:<{width}}  {text}" for name, text in commands)
     parser = argparse.ArgumentParser(
         prog=prog,
         description=description,
-        epilog="Any Beam pipeline option is accepted too: --runner, --direct_num_workers, "
-        "--direct_running_mode, --project, --region, --temp_location, ...",
+        epilog=textwrap.fill(
+            "Any Beam pipeline option is accepted too: --runner, --direct_num_workers, "
+            "--direct_running_mode, --project, --region, --temp_location, ...",
+            width=78,
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_options(parser)
     return parser.format_help()
@@ -408,6 +426,24 @@ def row_columns(job: GradientOptions) -> dict[str, str | None]:
     }
 
 
+def check_prefix(prefix: str | None, flag: str, name: str = "gradients") -> None:
+    """An output prefix names files, not a folder: `out/` or an existing folder would put the shards beside it.
+
+    The error shows a valid prefix inside the folder (`out/gradients`).
+    """
+    if not prefix:
+        return
+    remote = "://" in prefix
+    if prefix.endswith("/") or (not remote and (prefix.endswith(os.sep) or os.path.isdir(prefix))):
+        folder = prefix.rstrip("/" + os.sep) or prefix
+        example = f"{folder}/{name}" if folder != "/" else f"/{name}"
+        raise OptionsError(
+            f"{flag} {prefix!r} is a folder, but {flag} takes a prefix of file names "
+            f"(<prefix>-SSSSS-of-NNNNN.parquet, <prefix>_SUCCESS, ...); give one inside it, e.g. "
+            + (f"{flag} {example}" if flag.startswith("-") else example)
+        )
+
+
 def flag_error(err: SpecError) -> SpecError:
     """An engine error with its spec fields named as the CLI's flags (every field the engine names is a flag)."""
     return err.named({field: f"--{field}" for field in err.fields})
@@ -418,6 +454,20 @@ def check_required(job: GradientOptions) -> None:
     missing = [name for name in ("input", "output", "model") if not getattr(job, name)]
     if missing:
         raise OptionsError(f"missing {', '.join('--' + m for m in missing)}; see --help (or try --demo)")
+    check_values(job)
+
+
+def check_values(job: GradientOptions) -> None:
+    """Every check that needs no file and no model: run before TensorFlow is imported, so it answers at once."""
+    for name, flag in (("output", "--output"), ("rejected", "--rejected")):
+        check_prefix(getattr(job, name), flag)
+    for field in MINIMUMS:  # the engine checks these too, but only once TensorFlow is imported
+        try:
+            check_minimum(field, getattr(job, field))
+        except SpecError as err:
+            raise flag_error(err) from None
+    if job.clip_norm is not None and not job.clip_norm > 0:
+        raise OptionsError(f"--clip_norm must be above 0, not {job.clip_norm}")
     if job.batch_size is None or job.batch_size < 1:
         raise OptionsError(f"--batch_size must be 1 or more, not {job.batch_size}")
     if job.max_rejected_fraction is not None and not 0 <= job.max_rejected_fraction <= 1:
@@ -499,4 +549,4 @@ def influence_help_text() -> str:
             parser.add_argument(f"--{name}", help=text, **({"action": "store_true"} if name == "debug" else {}))
 
     description = "The training rows that pushed each query's prediction, from the main job's weight projections."
-    return help_text("beam-gradients influence", description, add)
+    return help_text("beam-gradients influence", description, add, commands=())

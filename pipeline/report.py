@@ -35,6 +35,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.outputs import CorruptMarker
+from pipeline.options import OptionsError, check_prefix
 from pipeline.reader import (
     IncompleteOutput,
     OutputMismatch,
@@ -772,10 +773,11 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--self_influence", help="A self-influence output prefix, to show its ranking too.")
     args = parser.parse_args(argv)
     try:
+        check_prefix(args.prefix, "OUTPUT_PREFIX", _prefix_inside(args.prefix))
         path = write_report(
             args.prefix, args.input, args.output, args.top, args.sample, args.seed, args.influence, args.self_influence
         )
-    except (InputError, OSError) as err:
+    except (InputError, OptionsError, OSError) as err:
         print(f"beam-gradients report: error: {err}", file=sys.stderr)
         return 2
     try:
@@ -786,6 +788,15 @@ def main(argv: Sequence[str]) -> int:
         print(f"beam-gradients report: warning: {err}", file=sys.stderr)
     print(path)
     return 0
+
+
+def _prefix_inside(folder: str) -> str:
+    """The name of a complete output inside a folder (its `<name>_SUCCESS` marker), else the main job's usual one."""
+    import glob
+
+    markers = sorted(glob.glob(os.path.join(glob.escape(folder), "*_SUCCESS"))) if "://" not in folder else []
+    names = [os.path.basename(m)[: -len("_SUCCESS")] for m in markers]
+    return next((name for name in names if name), "gradients")
 
 
 def write_demo_report(summary) -> str:

@@ -7,13 +7,16 @@ failed job.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import logging
 import os
 import re
+import signal
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from typing import Sequence
@@ -26,7 +29,9 @@ from pipeline.options import (
     DASK_RUNNERS,
     GradientOptions,
     OptionsError,
+    check_prefix,
     check_required,
+    check_values,
     flag_error,
     given_settings,
     all_options_parser,
@@ -56,6 +61,7 @@ from transforms.parquet import (
     check_same_columns,
     check_writable,
     match_files,
+    open_parquet,
     read_footers,
     read_schemas,
     write_parquet,
@@ -95,6 +101,9 @@ class Summary:
     summary: str | None = None  # the aggregates file written
     result: object = None  # the runner's PipelineResult; a Dataflow dry run's holds the job it built (.job)
     dry_run: bool = False
+    reasons: list[tuple[str, int]] = dataclasses.field(default_factory=list)  # the most frequent rejection reasons
+    other_reasons: int = 0  # how many more distinct reasons the rejected rows hold
+    report_seconds: float = 0.0  # of the wall time: the demo's report page, written after the job
 
     @property
     def rejected_fraction(self) -> float:
@@ -105,10 +114,14 @@ class Summary:
             return f"dry run: the job was built and checked in {self.wall_seconds:.1f} s, not run; nothing was written"
         lines = []
         if self.rows_in and not self.rows_out:
-            lines.append(f"EVERY ROW WAS REJECTED ({self.rows_rejected}): see the reasons in the rejected rows")
-        job_seconds = self.wall_seconds - self.startup_seconds
+            why = f"{_reason_counts(self.reasons[:1])}; " if self.reasons else ""
+            lines.append(f"EVERY ROW WAS REJECTED ({self.rows_rejected}): {why}see the reasons in the rejected rows")
+        job_seconds = self.wall_seconds - self.startup_seconds - self.report_seconds
         rate = self.rows_in / job_seconds if job_seconds > 0 else 0.0
         lines.append(f"rows: {self.rows_in} in, {self.rows_out} out, {self.rows_rejected} rejected")
+        if self.reasons:
+            more = f"; and {self.other_reasons} other reason(s)" if self.other_reasons else ""
+            lines.append(f"rejected: {_reason_counts(self.reasons)}{more}")
         if self.skipped:
             lines.append(f"skipped {len(self.skipped)} empty (0-byte) input file(s): {', '.join(self.skipped[:3])}")
         c = self.counters
@@ -121,13 +134,141 @@ class Summary:
             )
         lines += [
             f"wall time: {self.wall_seconds:.1f} s: start-up {self.startup_seconds:.1f} s (imports, model, planning), "
-            f"job {job_seconds:.1f} s ({rate:,.0f} rows/s)",
+            f"job {job_seconds:.1f} s ({rate:,.0f} rows/s)"
+            + (f", report {self.report_seconds:.1f} s" if self.report_seconds else ""),
             "output: " + (", ".join(self.outputs) or "(none)"),
             "rejected rows: " + (", ".join(self.rejected) or "(none)"),
         ]
         if self.summary:
             lines.append(f"summary: {self.summary}")
         return "\n".join(lines)
+
+
+def _reason_counts(reasons: list[tuple[str, int]]) -> str:
+    """`7 x column 'x' holds a null value; 3 x ...`"""
+    return "; ".join(f"{count} x {reason}" for reason, count in reasons)
+
+
+def top_reasons(files: Sequence[str], top: int = 3) -> tuple[list[tuple[str, int]], int]:
+    """The `top` most frequent reasons in rejected-row shards, with their counts, and how many other reasons there are.
+
+    Reads the `reason` column only, a record batch at a time. Never fails the job: unreadable shards count nothing.
+    """
+    counts: collections.Counter = collections.Counter()
+    for path in files:
+        try:
+            for batch in open_parquet(path).iter_batches(batch_size=65536, columns=["reason"]):
+                for item in batch.column(0).value_counts().to_pylist():
+                    counts[str(item["values"])] += item["counts"]
+        except Exception:  # noqa: BLE001  (the summary line is a courtesy; the rows are in the files)
+            continue
+    common = counts.most_common(top)
+    return common, len(counts) - len(common)
+
+
+def as_given(paths: Sequence[str], prefix: str) -> list[str]:
+    """Paths spelled like the prefix the user gave: relative to the working folder where it was relative."""
+    if "://" in prefix or os.path.isabs(prefix):
+        return list(paths)
+    return [os.path.relpath(p) if os.path.isabs(p) else p for p in paths]
+
+
+# ---------------------------------------------------------------- Ctrl-C
+
+INTERRUPTED = threading.Event()  # set by the first SIGINT the command line receives
+
+
+def _on_interrupt(signum, frame):
+    INTERRUPTED.set()
+    # Local workers outside this terminal's process group get no Ctrl-C of their own, and a runner would wait for
+    # their bundles before the KeyboardInterrupt reaches us: ask them to end now (end_worker_processes makes sure).
+    end_worker_processes(grace=0)
+    signal.default_int_handler(signum, frame)  # raises KeyboardInterrupt in the main thread
+
+
+@contextlib.contextmanager
+def catching_interrupts():
+    """While the command runs, a Ctrl-C is remembered (INTERRUPTED), however a runner wraps the KeyboardInterrupt."""
+    INTERRUPTED.clear()
+    main_thread = threading.current_thread() is threading.main_thread()
+    if not main_thread or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield  # Ctrl-C is ignored or handled by the caller (a test runner, an embedding program): left as it is
+        return
+    signal.signal(signal.SIGINT, _on_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+@contextlib.contextmanager
+def uninterrupted():
+    """Ctrl-C is ignored inside (the commit: milliseconds of moves that must not stop half-way)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def was_interrupted(err: BaseException) -> bool:
+    """A Ctrl-C: a KeyboardInterrupt anywhere in the chain, or one that a runner turned into another error."""
+    seen = []
+    while err is not None and err not in seen:
+        if isinstance(err, KeyboardInterrupt):
+            return True
+        seen.append(err)
+        err = err.__cause__ or err.__context__
+    return INTERRUPTED.is_set()
+
+
+def _descendants(root: int) -> list[int]:
+    """Every living process below `root` (children, grandchildren, ...), from /proc; [] where there is no /proc."""
+    parents = {}
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return []
+    for name in names:
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat") as fh:
+                    fields = fh.read().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if fields[0] != "Z":  # a zombie has ended already
+                parents[int(name)] = int(fields[1])
+    found, frontier = [], [root]
+    while frontier:
+        pid = frontier.pop()
+        children = [child for child, parent in parents.items() if parent == pid]
+        found += children
+        frontier += children
+    return found
+
+
+def end_worker_processes(grace: float = 3.0) -> None:
+    """End the processes this one started (the local runner's workers): SIGTERM, then SIGKILL after `grace` seconds."""
+    pids = _descendants(os.getpid())
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            with contextlib.suppress(OSError):
+                os.kill(pid, sig)
+        if not grace:
+            return
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            for pid in pids:
+                with contextlib.suppress(ChildProcessError, OSError):
+                    os.waitpid(pid, os.WNOHANG)  # reap our own children; others' are reaped by their parent
+            alive = set(_descendants(os.getpid())) & set(pids)
+            if not alive:
+                return
+            time.sleep(0.05)
+        pids = list(alive)
 
 
 def runner_name(options) -> str:
@@ -184,7 +325,10 @@ def stderr_to_log(prefix: str):
     try:
         yield
     except BaseException as err:
-        err.add_note(f"worker output: {log.name}")
+        if was_interrupted(err):  # a Ctrl-C is no failure to look into: no log to keep
+            os.unlink(log.name)
+        else:
+            err.add_note(f"worker output: {log.name}")
         raise
     else:
         os.unlink(log.name)
@@ -377,6 +521,7 @@ def run_options(
     """`started`: when the wall time starts (the process's start for the command line)."""
     started = time.monotonic() if started is None else started
     job = options.view_as(GradientOptions)
+    check_values(job)  # before the demo's model or any model: TensorFlow is imported only after these
     if job.demo:
         from pipeline.demo import demo_options
 
@@ -423,10 +568,13 @@ def run_options(
             )
         counters, pids = read_counters(result)
         marker = {"rows_in": rows_in, "rows_out": rows_out, "rows_rejected": rows_rejected, "skipped": inputs.empty}
-        placed = staged.commit(marker)
+        with uninterrupted():
+            placed = staged.commit(marker)
     except BaseException:
-        staged.discard()
+        with uninterrupted():  # a second Ctrl-C must not leave staging folders behind
+            staged.discard()
         raise
+    reasons, other_reasons = top_reasons(placed[REJECTED_OPTION]) if rows_rejected else ([], 0)
     del loaded  # kept alive until here so an in-process runner reuses the launcher's model
     return Summary(
         rows_in,
@@ -435,12 +583,14 @@ def run_options(
         counters,
         pids,
         time.monotonic() - started,
-        placed[OUTPUT],
-        placed[REJECTED_OPTION],
+        as_given(placed[OUTPUT], job.output),
+        as_given(placed[REJECTED_OPTION], prefixes[REJECTED_OPTION]),
         skipped=inputs.empty,
         result=result,
         startup_seconds=startup,
         summary=summary_path(job.output),
+        reasons=reasons,
+        other_reasons=other_reasons,
     )
 
 
@@ -449,6 +599,11 @@ def _every(seconds: float | None) -> dict:
 
 
 EXIT_OK, EXIT_FAILED, EXIT_OPTIONS, EXIT_TOO_MANY_REJECTED, EXIT_UNACCOUNTED = 0, 1, 2, 3, 4
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a command stopped by Ctrl-C
+INTERRUPTED_LINE = (
+    "interrupted: the job was stopped before it finished; nothing was committed, and an earlier output under "
+    "the same prefix is left as it was"
+)
 
 
 def main(argv: Sequence[str] | None = None, fault: Fault | None = None, progress_every: float | None = None) -> int:
@@ -471,28 +626,41 @@ def main(argv: Sequence[str] | None = None, fault: Fault | None = None, progress
         print(command_help())
         return EXIT_OK
     debug = "--debug" in argv
+    report = None
     try:
-        options = parse(argv)
-        job = options.view_as(GradientOptions)
-        debug = job.debug  # a config file may turn it on too
-        _quiet_logs(debug)
-        if influence:
-            summary = run_influence(options, argv)
-        else:
-            summary = run_options(options, argv, fault, started=PROCESS_STARTED, progress_every=progress_every)
+        with catching_interrupts():
+            options = parse(argv)
+            job = options.view_as(GradientOptions)
+            debug = job.debug  # a config file may turn it on too
+            _quiet_logs(debug)
+            if influence:
+                check_prefix(job.output, "--output", "influence")
+                summary = run_influence(options, argv)
+            else:
+                summary = run_options(options, argv, fault, started=PROCESS_STARTED, progress_every=progress_every)
+                if job.demo and not summary.dry_run:
+                    from pipeline.report import write_demo_report
+
+                    before = time.monotonic()
+                    report = write_demo_report(summary)
+                    summary.report_seconds = time.monotonic() - before
+                # the process's wall time, to the line that prints it (the demo's report included)
+                summary.wall_seconds = time.monotonic() - PROCESS_STARTED
     except USER_ERRORS as err:
         return _fail(f"error: {err}", EXIT_OPTIONS, debug)
     except RowsUnaccounted as err:
         return _fail(f"error: {err}", EXIT_UNACCOUNTED, debug)
+    except KeyboardInterrupt:
+        return _interrupted(debug)
     except Exception as err:  # the job itself failed; keep the cause, not the runner's stack
+        if was_interrupted(err):  # a runner may hand a Ctrl-C on as its own error
+            return _interrupted(debug)
         notes = "; ".join(getattr(err, "__notes__", ()))
         hint = "" if debug else f" ({notes + '; ' if notes else ''}rerun with --debug for the traceback)"
         return _fail(f"the job failed: {failure_line(err)}{hint}", EXIT_FAILED, debug)
     print(summary)
-    if not influence and job.demo and not summary.dry_run:
-        from pipeline.report import write_demo_report
-
-        print(f"report: {write_demo_report(summary)}")
+    if report:
+        print(f"report: {report}")
     limit = None if influence else job.max_rejected_fraction
     if limit is not None and not summary.dry_run and summary.rejected_fraction > limit:
         print(
@@ -503,6 +671,13 @@ def main(argv: Sequence[str] | None = None, fault: Fault | None = None, progress
         )
         return EXIT_TOO_MANY_REJECTED
     return EXIT_OK
+
+
+def _interrupted(debug: bool) -> int:
+    """Ctrl-C: the staging folders are gone already (run_options removes them); end the workers, say so, exit 130."""
+    with uninterrupted():
+        end_worker_processes()
+    return _fail(INTERRUPTED_LINE, EXIT_INTERRUPTED, debug)
 
 
 def _fail(line: str, code: int, debug: bool) -> int:

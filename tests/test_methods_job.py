@@ -1,5 +1,6 @@
 """Methods and class targets through the whole job: real Parquet, saved models, Beam's runners, subprocesses."""
 
+import json
 import os
 import subprocess
 import sys
@@ -52,7 +53,9 @@ def test_class_target_from_a_column_matches_a_per_row_tape_and_a_class_out_of_ra
     assert_close(tensor_column(out, "gradient"), np.stack(want), rtol=1e-5)
     rejected = pq.read_table(str(tmp_path / "out/g_rejected-00000-of-00001.parquet"))
     assert rejected.column("id").to_pylist() == [5]
-    assert rejected.column("reason").to_pylist() == ["column 'cls' holds a class index outside 0..3"]
+    assert rejected.column("reason").to_pylist() == ["column 'cls' holds class 4, outside the model's 4 classes 0..3"]
+    spec = json.loads(out.schema.metadata[b"beam_gradients.spec"])  # the columns the spec read are recorded with it
+    assert (spec["class_column"], spec["label_column"], spec["target"]) == ("cls", None, "class")
 
 
 def test_top_k_with_integrated_gradients_writes_k_heads_their_classes_and_deltas(tmp_path):

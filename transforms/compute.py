@@ -74,9 +74,8 @@ class _GradientsFn(beam.DoFn):
             self._first = False
             if plan.fault is not None:
                 plan.fault.bundle_started(source, batch)
-        if self._progress is not None:
-            self._progress.add(batch.rows if isinstance(batch, UnreadableRows) else batch.num_rows)
         if isinstance(batch, UnreadableRows):
+            self._done(batch.rows)
             yield from self._reject_unreadable(batch, source)
             return
         decoded = [decode(f, batch) for f in plan.feeds]
@@ -90,6 +89,7 @@ class _GradientsFn(beam.DoFn):
         bad = reasons.bad
         if bad.any():
             bad_rows, good_rows = np.flatnonzero(bad), np.flatnonzero(~bad)
+            self._done(len(bad_rows))  # rejected rows are done; the good ones count once computed
             yield from self._reject(keys.take(bad_rows), reasons, bad, source)
             values = [v[good_rows] for v in values]
             keys = keys.take(good_rows)
@@ -103,12 +103,20 @@ class _GradientsFn(beam.DoFn):
         decoded = decode(feed, batch)
         row_input = next(r for r in self._engine.row_inputs if r.name == feed.input)
         if row_input.classes is not None:
-            outside = (decoded.values < 0) | (decoded.values >= row_input.classes)
-            decoded.reasons.add(
-                outside.reshape(len(outside), -1).any(axis=1),
-                "decode",
-                f"column {feed.columns[0]!r} holds a class index outside 0..{row_input.classes - 1}",
-            )
+            values = decoded.values.reshape(len(decoded.values), -1)
+            outside = (values < 0) | (values >= row_input.classes)
+            bad = outside.any(axis=1)
+            if bad.any():  # each bad row's reason names its own value (the first one outside, per row)
+                first = values[bad, outside[bad].argmax(axis=1)]
+                for value in np.unique(first):
+                    rows = np.zeros(len(bad), bool)
+                    rows[np.flatnonzero(bad)[first == value]] = True
+                    decoded.reasons.add(
+                        rows,
+                        "decode",
+                        f"column {feed.columns[0]!r} holds class {value}, outside the model's "
+                        f"{row_input.classes} classes 0..{row_input.classes - 1}",
+                    )
         return decoded
 
     def finish_bundle(self):
@@ -149,6 +157,7 @@ class _GradientsFn(beam.DoFn):
         except Exception as err:  # the model itself failed: one line that keeps the cause, the op and the rows
             raise BatchFailed(f"{op_error_line(err)}, in a batch of {self._where()}") from err
         self._counters.inc("batches")
+        self._done(rows)
         if self._loaded.device.startswith("/GPU"):
             self._counters.inc("gpu_batches")
         self._counters.inc("none_gradients", rows * len(self._engine.unconnected))
@@ -168,6 +177,11 @@ class _GradientsFn(beam.DoFn):
         self._out_rows += table.num_rows
         self._out_bytes += table.nbytes
         yield from self._flush(force=False)
+
+    def _done(self, rows: int) -> None:
+        """Tell the launcher's progress line: `rows` more are computed (or rejected)."""
+        if self._progress is not None and rows:
+            self._progress.add(rows)
 
     def _where(self) -> str:
         """The rows of the current batch, by file: 'rows 256-511 of data/a.parquet'."""

@@ -56,6 +56,10 @@ class EngineRecipe:
         return self.model.acquire(self.build, tag=f"{self.spec.to_json()}|{self.batch_size}")
 
 
+# The row-input columns recorded with the spec in the output's metadata (None where the job had none).
+RECORDED_COLUMNS = ("class_column", "label_column")
+
+
 @dataclasses.dataclass
 class JobPlan:
     """Everything a worker needs, decided once before any data is read. Picklable."""
@@ -127,7 +131,10 @@ class JobPlan:
             "beam_gradients.version": __version__,
             "beam_gradients.model_path": redact(model.path),
             "beam_gradients.model_sha256": model.sha256,
-            "beam_gradients.spec": spec.to_json(),
+            # the spec, with the columns its row inputs are read from (a column is the job's, not the engine's)
+            "beam_gradients.spec": json.dumps(
+                {**json.loads(spec.to_json()), **{c: row_columns.get(c) for c in RECORDED_COLUMNS}}, sort_keys=True
+            ),
             "beam_gradients.batch_size": str(batch_size),
         }
         weights = engine.wrt.provenance()

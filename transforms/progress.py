@@ -20,7 +20,7 @@ _counts: dict[str, list] = {}  # folder -> [rows, time of the last write]
 
 
 class ProgressFiles:
-    """Picklable handle on the folder: `add(rows)` on workers, `rows_done()` in the launcher."""
+    """Picklable handle on the folder: `add(rows)` on workers (per computed batch), `rows_done()` in the launcher."""
 
     def __init__(self, folder: str):
         self.folder = folder

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
-from transforms.gradients.choices import EMITS, UNCONNECTED_MODES
+from transforms.gradients.choices import EMITS, UNCONNECTED_MODES, check_minimum
 from transforms.gradients.errors import SpecError
 from transforms.gradients.losses import check_loss_name
 from transforms.gradients.methods import METHODS
@@ -60,8 +60,7 @@ class GradientSpec:
             registry.check(getattr(self, registry.field)).check_spec(self)
         if self.loss:
             check_loss_name(self.loss)
-        if self.chunk is not None and self.chunk < 1:
-            raise SpecError("{chunk} must be 1 or more, not {value}", value=self.chunk)
+        check_minimum("chunk", self.chunk)
         if self.clip_norm is not None and not self.clip_norm > 0:
             raise SpecError("{clip_norm} must be above 0, not {value}", value=self.clip_norm)
         if self.clip_per_tensor and self.clip_norm is None:

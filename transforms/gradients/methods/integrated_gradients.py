@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from transforms.gradients.errors import SpecError
+from transforms.gradients.choices import check_minimum
 from transforms.gradients.methods.base import Attribution, InputAttribution, fold_chunks
 from transforms.gradients.methods.baselines import parse_baseline
 from transforms.gradients.methods.steps import alphas_and_weights, check_rule
@@ -35,8 +35,7 @@ class IntegratedGradients(InputAttribution):
     @classmethod
     def check_spec(cls, spec):
         super().check_spec(spec)
-        if spec.steps < 1:
-            raise SpecError("{steps} must be 1 or more, not {value}", value=spec.steps)
+        check_minimum("steps", spec.steps)
         check_rule(spec.ig_rule)
         parse_baseline(spec.baseline)
 

@@ -14,7 +14,7 @@ from typing import ClassVar
 
 import tensorflow as tf
 
-from transforms.gradients.errors import SpecError
+from transforms.gradients.choices import check_minimum
 from transforms.gradients.methods.base import InputAttribution, Attribution, fold_chunks
 from transforms.gradients.methods.gradient import Gradient
 from transforms.gradients.ops import per_point, row_range, seeded_normal, tile_rows
@@ -39,11 +39,8 @@ class NoiseTunnel(InputAttribution):
     @classmethod
     def check_spec(cls, spec):
         super().check_spec(spec)
-        if spec.samples < 1:
-            raise SpecError("{samples} must be 1 or more, not {value}", value=spec.samples)
-        if not spec.noise >= 0:
-            raise SpecError("{noise} must be 0 or more (a fraction of each row's input range), not {value}",
-                            value=spec.noise)
+        check_minimum("samples", spec.samples)
+        check_minimum("noise", spec.noise)
 
     @property
     def row_inputs(self):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from transforms.gradients.choices import check_minimum
 from transforms.gradients.errors import SpecError
 from transforms.gradients.outputs import Output
 from transforms.gradients.targets.base import ClassScore
@@ -19,8 +20,7 @@ class TopK(ClassScore):
     @classmethod
     def check_spec(cls, spec):
         super().check_spec(spec)
-        if spec.k < 1:
-            raise SpecError("{k} must be 1 or more, not {value}", value=spec.k)
+        check_minimum("k", spec.k)
 
     def __init__(self, model, spec):
         super().__init__(model, spec)

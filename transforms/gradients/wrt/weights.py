@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from transforms.gradients.choices import check_minimum
 from transforms.gradients.errors import SpecError
 from transforms.gradients.ops import clip
 from transforms.gradients.wrt.base import Wrt
@@ -44,8 +45,7 @@ class Weights(Wrt):
             raise SpecError("{weight_output} needs one of {choices} at least", choices=", ".join(FORMS))
         for name in spec.weight_output:
             FORMS.check(name).check_spec(spec)
-        if spec.weight_memory_mb < 1:
-            raise SpecError("{weight_memory_mb} must be 1 or more, not {value}", value=spec.weight_memory_mb)
+        check_minimum("weight_memory_mb", spec.weight_memory_mb)
 
     def __init__(self, model, spec, target):
         super().__init__(model, spec, target)

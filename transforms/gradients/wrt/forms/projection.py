@@ -21,7 +21,7 @@ import zlib
 
 import tensorflow as tf
 
-from transforms.gradients.choices import check_names
+from transforms.gradients.choices import check_minimum, check_names
 from transforms.gradients.errors import SpecError
 from transforms.gradients.outputs import Output
 from transforms.gradients.wrt.forms.base import WeightForm
@@ -48,8 +48,7 @@ class Projection(WeightForm):
 
     @classmethod
     def check_spec(cls, spec):
-        if spec.projection_dim < 1:
-            raise SpecError("{projection_dim} must be 1 or more, not {value}", value=spec.projection_dim)
+        check_minimum("projection_dim", spec.projection_dim)
         row_bytes = GRADIENT_COPIES * 4 * spec.projection_dim
         if spec.projection_dim > MAX_DIM or row_bytes > spec.weight_memory_mb << 20:
             raise SpecError(
