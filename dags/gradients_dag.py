@@ -1,7 +1,8 @@
 """Per-example gradients, once a day: one Beam job per logical date, one output partition per day.
 
 A run for day D reads `<input_base>/dt=D/*.parquet` and writes `<output_base>/dt=D/gradients-*.parquet`
-(rejected rows under `<output_base>-rejected/dt=D/`, so a reader of the partition sees one schema).
+(rejected rows as `<output_base>/dt=D/_rejected-*.parquet`: in the partition, where its marker can vouch for
+them, and named with `_` so the dataset readers of Spark, Hive and pyarrow skip them and see one schema).
 The job stages its shards and moves them into place only when complete, replacing the earlier run's
 shards of that day, then writes `<output_base>/dt=D/gradients_SUCCESS`: rerunning or clearing a day
 replaces that day's partition instead of adding to it, a failed rerun leaves the earlier one, and
@@ -70,7 +71,7 @@ with DAG(
         pipeline_options={
             "input": setting("input_base") + f"/{DAY}/*.parquet",
             "output": setting("output_base") + f"/{DAY}/gradients",
-            "rejected": setting("output_base") + f"-rejected/{DAY}/rejected",
+            "rejected": setting("output_base") + f"/{DAY}/_rejected",
             "model": setting("model"),
             "feature_columns": setting("feature_columns"),
             "keep_columns": setting("keep_columns"),

@@ -81,12 +81,13 @@ def test_dag_runs_one_day_into_its_partition_and_a_rerun_replaces_it(tmp_path, a
     partition = tmp_path / f"out/dt={DAY}"
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [f"dt={DAY}"]  # only the run's day
     assert sorted(p.name for p in partition.iterdir()) == [
+        "_rejected-00000-of-00001.parquet",  # in the day's folder, which its marker vouches for; '_': readers skip it
         "gradients-00000-of-00001.parquet",
         "gradients-summary.json",  # the aggregates, beside the shards
         "gradients_SUCCESS",
     ]
     assert f"{partition}/gradients: 40 in, 39 out, 1 rejected" in log  # the `complete` task read the marker
-    rejected = read_output(tmp_path / f"out-rejected/dt={DAY}/rejected")
+    rejected = read_output(tmp_path / f"out/dt={DAY}/_rejected")
     assert rejected.column("id").to_pylist() == [1000 + ROWS + 3]
 
     out = by_key(read_output(partition / "gradients"))
@@ -108,6 +109,7 @@ def test_dag_runs_one_day_into_its_partition_and_a_rerun_replaces_it(tmp_path, a
     first = (partition / "gradients-00000-of-00001.parquet").stat().st_mtime_ns
     run_day(env, DAY, conf)
     assert sorted(p.name for p in partition.iterdir()) == [
+        "_rejected-00000-of-00001.parquet",  # in the day's folder, which its marker vouches for; '_': readers skip it
         "gradients-00000-of-00001.parquet",
         "gradients-summary.json",  # the aggregates, beside the shards
         "gradients_SUCCESS",
@@ -117,7 +119,7 @@ def test_dag_runs_one_day_into_its_partition_and_a_rerun_replaces_it(tmp_path, a
     assert again.column("id").to_pylist() == ids
     for head in ("classes", "brightness"):
         assert_close(tensor_column(again, f"gradient__{head}"), tensor_column(out, f"gradient__{head}"))
-    assert read_output(tmp_path / f"out-rejected/dt={DAY}/rejected").num_rows == 1
+    assert read_output(tmp_path / f"out/dt={DAY}/_rejected").num_rows == 1
 
 
 def test_an_airflow_variable_selects_dataflow(airflow_env):
