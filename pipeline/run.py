@@ -66,7 +66,7 @@ from transforms.parquet import (
     read_schemas,
     write_parquet,
 )
-from transforms.tensors import FeedError, exact_column
+from transforms.tensors import FeedError, check_columns, exact_column
 
 LOG = logging.getLogger("beam_gradients")
 OUTPUT, REJECTED_OPTION = "--output", "--rejected"
@@ -397,6 +397,8 @@ def plan_job(job: GradientOptions) -> tuple[JobPlan, object, InputFiles, int]:
     """Check every option against the files and the model; nothing is computed yet.
 
     Also counts the input's rows from the footers: the number every run must account for.
+    The files are checked before TensorFlow is imported (for the spec and the model), so
+    an input that matches nothing or a column that is not there answers at once.
     """
     inputs = match_files(job.input)
     footers = read_footers(inputs.paths)
@@ -410,11 +412,21 @@ def plan_job(job: GradientOptions) -> tuple[JobPlan, object, InputFiles, int]:
         name: "+".join(exact_column(schema, c) for c in value.split("+"))
         for name, value in parse_map(job.input_map).items()
     }
-    rows = {field: exact_column(schema, c) if c else c for field, c in row_columns(job).items()}
     keys = columns(job.keep_columns)
     if job.group_column:  # kept in the output so the aggregates (and any reader) can group by it
         group = exact_column(schema, job.group_column)
         keys += [group] if group not in keys else []
+    feature_columns = columns(job.feature_columns)
+    mapped = [c for value in input_map.values() for c in value.split("+")]
+    check_columns(schema, feature_columns + mapped, "feature", inputs.paths[0])  # as planning would, only sooner
+    with quiet_native_start(job.debug):
+        return _plan_with_model(job, inputs, footers, schemas, input_map, keys, feature_columns)
+
+
+def _plan_with_model(job, inputs, footers, schemas, input_map, keys, feature_columns):
+    """plan_job's part that needs TensorFlow: the spec, the row columns it reads, the model."""
+    schema = schemas[0]
+    rows = {field: exact_column(schema, c) if c else c for field, c in row_columns(job).items()}
     try:
         spec = spec_from(job)
         spec.check_used(given_settings(job))
@@ -424,7 +436,7 @@ def plan_job(job: GradientOptions) -> tuple[JobPlan, object, InputFiles, int]:
             ProcessModel(job.model, job.trust_model_code),
             spec,
             job.batch_size,
-            feature_columns=columns(job.feature_columns),
+            feature_columns=feature_columns,
             input_map=input_map,
             row_columns=rows,
             key_columns=keys,
@@ -534,8 +546,7 @@ def run_options(
     check_reachable(options)
     prefixes = output_prefixes(job)
     check_no_clash(prefixes)
-    with quiet_native_start(job.debug):
-        plan, loaded, inputs, rows_in = plan_job(job)
+    plan, loaded, inputs, rows_in = plan_job(job)
     plan.fault = fault
     check_inputs_untouched(
         prefixes,

@@ -247,3 +247,27 @@ def test_progress_is_counted_per_computed_batch_in_a_real_job(tmp_path, monkeypa
     counted = [r for r in told if r]
     assert sum(counted) == 60
     assert max(counted) <= 8 and len(counted) >= 8  # 59 computed rows in 8 batches, and the rejected one
+
+
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (["--input=nowhere/*.parquet"], "--input 'nowhere/*.parquet' matches no file"),
+        (["--input=in/a.parquet", "--feature_columns=nope"], "feature column 'nope' not found in in/a.parquet; its columns"),
+        (["--input=in/a.parquet", "--input_map=x=nope"], "feature column 'nope' not found in in/a.parquet; its columns"),
+    ],
+)
+def test_input_errors_that_need_no_model_answer_about_as_fast_as_help(tmp_path, args, says):
+    """The files are matched and their columns checked before TensorFlow is imported for the spec and model."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (tmp_path / "in").mkdir()
+    pq.write_table(pa.table({"id": np.arange(3), "x": np.ones(3)}), tmp_path / "in/a.parquet")
+    helped, help_seconds = _cli("--help", cwd=tmp_path)
+    done, seconds = _cli("--runner=DirectRunner", "--output=o/g", "--model=m.keras", *args, cwd=tmp_path)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and says in lines[0], lines
+    assert seconds <= 1.5 * help_seconds + 1.0, (seconds, help_seconds)
