@@ -21,6 +21,7 @@ import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.pvalue import AsSingleton
 
+from transforms.contract import REJECTED_SUFFIX, SELF_INFLUENCE_SUFFIX, metadata_key
 from pipeline.options import (
     INFLUENCE_SHARED,
     GradientOptions,
@@ -67,7 +68,6 @@ from transforms.topk import COMPACT_EVERY
 
 COMMAND = "beam-gradients influence"
 INFLUENCE, SELF_INFLUENCE, REJECTED = "influence", "self_influence", "rejected"
-REJECTED_SUFFIX = "_rejected"  # training rows that cannot be scored (a null or non-finite projection)
 BLOCK_ROWS = 4096  # training rows per matrix product, at most
 JOIN_BUCKET_BYTES = 64 << 20  # projections per bucket of the checkpoint join
 KEY_BYTES = 32  # what one candidate's key and bookkeeping cost in the top-k buffer, about
@@ -123,7 +123,7 @@ class InfluencePlan:
             "query": self.query.patterns,
             "model_sha256": [m.model_sha256 for m in self.train.metas],
         }
-        return {"beam_gradients.influence": json.dumps(influence), "beam_gradients.version": __version__}
+        return {metadata_key("influence"): json.dumps(influence), metadata_key("version"): __version__}
 
 
 OPTION_OF = {INFLUENCE: "--output", SELF_INFLUENCE: "--self_influence_output", REJECTED: f"--output (its {REJECTED_SUFFIX} rows)"}
@@ -134,7 +134,7 @@ def influence_outputs(job: GradientOptions, options: InfluenceOptions) -> dict[s
     """name -> output prefix, every prefix the job writes (one place, for the output checks and cleanup)."""
     outputs = {INFLUENCE: job.output, REJECTED: f"{job.output}{REJECTED_SUFFIX}"}
     if options.self_influence:
-        outputs[SELF_INFLUENCE] = options.self_influence_output or f"{job.output}_self_influence"
+        outputs[SELF_INFLUENCE] = options.self_influence_output or f"{job.output}{SELF_INFLUENCE_SUFFIX}"
     return outputs
 
 

@@ -28,10 +28,11 @@ from typing import Mapping, Sequence
 from apache_beam.io.filesystem import FileSystem
 from apache_beam.io.filesystems import FileSystems
 
+from transforms.contract import MARKER_SUFFIX, marker_path
 from transforms import __version__, error_line
 from transforms.parquet import SUFFIX, InputError, output_files, parquet_rows, read_footers
 
-MARKER = "_SUCCESS"
+MARKER = MARKER_SUFFIX
 STAGING = ".staging-"
 
 
@@ -42,9 +43,6 @@ class OutputClash(InputError):
 class CorruptMarker(InputError):
     """A `_SUCCESS` marker that is there but is not one a job wrote: bad JSON, the wrong shape, or an unsafe entry."""
 
-
-def marker_path(prefix: str) -> str:
-    return prefix + MARKER
 
 
 def read_marker(prefix: str) -> dict | None:

@@ -22,12 +22,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
+from transforms.contract import METADATA_PREFIX, SECONDARY_SUFFIXES, summary_path
 from pipeline.outputs import CorruptMarker, _absolute, _shard_regex, marker_entry, marker_path, output_folder, read_marker
 from transforms.parquet import InputError, open_parquet, output_files, read_footers
 
 # Outputs whose marker is their main output's (`<output>_rejected` -> `<output>_SUCCESS`).
-SECONDARY_SUFFIXES = ("_rejected", "_self_influence")
-SUMMARY_SUFFIX = "-summary.json"
 
 
 class IncompleteOutput(InputError):
@@ -233,7 +232,7 @@ def read_dataframe(prefix: str, columns: Sequence[str] | None = None, require_co
 
 def read_summary(prefix: str) -> dict | None:
     """`<prefix>-summary.json`, the job's dataset-wide aggregates (schema in the README), or None where absent."""
-    path = prefix + SUMMARY_SUFFIX
+    path = summary_path(prefix)
     if not FileSystems.exists(path):
         return None
     with FileSystems.open(path, compression_type="uncompressed") as fh:
@@ -246,4 +245,4 @@ def output_metadata(prefix: str, require_complete: bool = True) -> dict[str, str
     if not shards:
         return {}
     meta = open_parquet(shards[0]).schema_arrow.metadata or {}
-    return {k.decode(): v.decode() for k, v in meta.items() if k.startswith(b"beam_gradients.")}
+    return {k.decode(): v.decode() for k, v in meta.items() if k.startswith(METADATA_PREFIX.encode())}

@@ -34,6 +34,7 @@ from typing import Sequence
 import numpy as np
 import pyarrow as pa
 
+from transforms.contract import MARKER_SUFFIX, REJECTED_SUFFIX, SELF_INFLUENCE_SUFFIX, TRAIN_PREFIX, metadata_key, report_path
 from pipeline.outputs import CorruptMarker
 from pipeline.options import OptionsError, check_prefix
 from pipeline.reader import (
@@ -52,9 +53,7 @@ from transforms.aggregates import HISTOGRAM_EDGES, AggregateSpec, GradientBlock,
 from transforms.aggregates import summarize
 from transforms.parquet import InputError, match_files, open_parquet
 
-REJECTED_SUFFIX, SELF_INFLUENCE_SUFFIX = "_rejected", "_self_influence"
 INFLUENCE_COLUMNS = {"rank", "kind", "score"}
-TRAIN_PREFIX = "train__"
 # Per-row scalar columns that get a section of their own where an output has them.
 RANKED_COLUMNS = {
     "weight_norm": ("Weight-gradient norm", "Rows whose whole weight gradient is largest: the self-influence ranking "
@@ -418,15 +417,15 @@ def run_section(prefix: str, marker: dict | None, metadata: dict[str, str], summ
             ("finished", marker.get("finished", "")),
         ]
     for key in ("model_path", "model_sha256", "batch_size", "version"):
-        if f"beam_gradients.{key}" in metadata:
-            rows.append((key.replace("_", " "), metadata[f"beam_gradients.{key}"]))
-    spec = metadata.get("beam_gradients.spec")
+        if metadata_key(key) in metadata:
+            rows.append((key.replace("_", " "), metadata[metadata_key(key)]))
+    spec = metadata.get(metadata_key("spec"))
     if spec:
         try:
             rows += [(f"spec: {k}", v) for k, v in json.loads(spec).items() if v not in (None, (), [], "")]
         except ValueError:
             rows.append(("spec", spec))
-    weights = metadata.get("beam_gradients.weights")
+    weights = metadata.get(metadata_key("weights"))
     if weights:
         rows.append(("weights", weights))
     rows.append(("aggregates", summary_source))
@@ -607,7 +606,7 @@ def write_report(
     self_influence: str | None = None,
 ) -> str:
     """Write the page for the output at `prefix`; returns its path (`<prefix>-report.html` unless `output`)."""
-    output = output or prefix + "-report.html"
+    output = output or report_path(prefix)
     marker, problem = None, None
     try:
         marker = find_marker(prefix)
@@ -795,7 +794,7 @@ def _prefix_inside(folder: str) -> str:
     import glob
 
     markers = sorted(glob.glob(os.path.join(glob.escape(folder), "*_SUCCESS"))) if "://" not in folder else []
-    names = [os.path.basename(m)[: -len("_SUCCESS")] for m in markers]
+    names = [os.path.basename(m)[: -len(MARKER_SUFFIX)] for m in markers]
     return next((name for name in names if name), "gradients")
 
 

@@ -48,6 +48,7 @@ from pipeline.progress import Progress
 from transforms import FAILURE_TAG, METRICS, op_error_line
 from transforms.aggregates import AggregatesFn, AggregateSpec, to_json
 from transforms.compute import REJECTED, RESULTS, ComputeGradients
+from transforms.contract import REJECTED_SUFFIX, report_path, summary_path
 from transforms.counters import COUNTERS, MODEL_LOAD_PID
 from transforms.input_means import InputMeans
 from transforms.gradients import SpecError
@@ -70,12 +71,7 @@ from transforms.tensors import FeedError, check_columns, exact_column
 
 LOG = logging.getLogger("beam_gradients")
 OUTPUT, REJECTED_OPTION = "--output", "--rejected"
-# Not "-rejected": `<output>-rejected-00000-of-00001.parquet` matches the output's own
-# shard pattern `<output>-*-of-00001.parquet`, which Beam's sink deletes as it finalizes.
-REJECTED_SUFFIX = "_rejected"
-# Dataset-wide aggregates, beside the shards: `<output>-summary.json` (schema in the README).
-SUMMARY_SUFFIX, SUMMARY = "-summary.json", "summary"
-REPORT_SUFFIX = "-report.html"  # `beam-gradients report`'s page, beside the output (the demo writes it)
+SUMMARY = "summary"  # the staged file's name: `<output>-summary.json` (transforms/contract.py)
 # Errors that mean "an option or an input is wrong": one line, no traceback.
 USER_ERRORS = (OptionsError, SpecError, FeedError, ModelError, InputError)
 
@@ -523,8 +519,6 @@ def run(argv: Sequence[str] = (), fault: Fault | None = None, **options) -> Summ
     return run_options(parse(argv), argv, fault, started=time.monotonic())
 
 
-def summary_path(output: str) -> str:
-    return output + SUMMARY_SUFFIX
 
 
 def run_options(
@@ -551,7 +545,7 @@ def run_options(
     check_inputs_untouched(
         prefixes,
         {"--input": inputs.paths + inputs.empty, "--model": [job.model], "--config": [job.config]},
-        [(OUTPUT, summary_path(job.output)), (OUTPUT, job.output + REPORT_SUFFIX)],
+        [(OUTPUT, summary_path(job.output)), (OUTPUT, report_path(job.output))],
     )
     if not dry_run:  # a dry run writes nothing, and may be built where the output is out of reach
         for option, prefix in prefixes.items():

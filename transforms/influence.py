@@ -21,6 +21,7 @@ import pyarrow as pa
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import GlobalWindows
 
+from transforms.contract import SELF_INFLUENCE_COLUMN, TRAIN_PREFIX
 from transforms import METRICS
 from transforms.parquet import InputError, ReadParquetBatches, UnreadableRows, rejected_table
 from transforms.projections import PROJECTION, first_difference, key_hash, projection_matrix, sort_by_keys
@@ -29,8 +30,7 @@ from transforms.topk import QUERY, RANK, SCORE, TopK
 
 PROPONENT, OPPONENT = "proponent", "opponent"
 KINDS = (PROPONENT, OPPONENT)
-TRAIN_PREFIX = "train__"
-SELF_INFLUENCE = "self_influence"
+SELF_INFLUENCE = SELF_INFLUENCE_COLUMN
 SELF = "self"  # the tag of ScoreBlocks' self-influence output
 
 

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 import pyarrow as pa
 
+from transforms.contract import metadata_key
 from transforms import __version__
 from transforms.gradients.errors import SpecError
 from transforms.model import Loaded, ProcessModel, redact
@@ -128,18 +129,18 @@ class JobPlan:
             dtype = row_input.dtype.as_numpy_dtype
             extras.append(plan_feed(schema, row_input.name, [column], row_input.shape, dtype, source))
         metadata = {
-            "beam_gradients.version": __version__,
-            "beam_gradients.model_path": redact(model.path),
-            "beam_gradients.model_sha256": model.sha256,
+            metadata_key("version"): __version__,
+            metadata_key("model_path"): redact(model.path),
+            metadata_key("model_sha256"): model.sha256,
             # the spec, with the columns its row inputs are read from (a column is the job's, not the engine's)
-            "beam_gradients.spec": json.dumps(
+            metadata_key("spec"): json.dumps(
                 {**json.loads(spec.to_json()), **{c: row_columns.get(c) for c in RECORDED_COLUMNS}}, sort_keys=True
             ),
-            "beam_gradients.batch_size": str(batch_size),
+            metadata_key("batch_size"): str(batch_size),
         }
         weights = engine.wrt.provenance()
         if weights is not None:  # what a later job (influence) compares before it uses the weight columns
-            metadata["beam_gradients.weights"] = json.dumps(weights)
+            metadata[metadata_key("weights")] = json.dumps(weights)
         key_fields = [schema.field(c) for c in key_columns]
         layout = OutputLayout(key_fields, engine.outputs, feeds, metadata=metadata)
         plan = cls(recipe, feeds, extras, list(key_columns), layout, rejected_schema(key_fields))

@@ -16,11 +16,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from transforms.contract import metadata_key
 from transforms.parquet import InputError
 
 PROJECTION = "weight_projection"
-MODEL_SHA256 = b"beam_gradients.model_sha256"
-WEIGHTS = b"beam_gradients.weights"
+MODEL_SHA256 = metadata_key("model_sha256").encode()
+WEIGHTS = metadata_key("weights").encode()
 DTYPES = {"float32": pa.float32(), "float16": pa.float16()}
 DTYPE_NUMPY = {"float": np.float32, "halffloat": np.float16}  # Arrow's names -> numpy (nulls would make float64)
 # Key column types a default key may have: identifiers, not measurements.
