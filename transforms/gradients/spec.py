@@ -111,6 +111,8 @@ class GradientSpec:
             for cls in registry.values()
             if name in cls.settings
         ]
+        if name in NoiseTunnel.settings and name != "samples" and readers:  # noise, seed: SmoothGrad over any method
+            readers.append("{samples} with any method")
         chosen = ", ".join(f"{{{r.field}}} {getattr(self, r.field)}" for r in (TARGETS, METHODS, WRT))
         raise SpecError(
             "{%s} is not used with %s; leave it out%s" % (
