@@ -35,7 +35,7 @@ DEFAULTS = {
     "class_column": None,  # for target class
     "method": None,  # the job's default: gradient
     "steps": None,  # integrated_gradients (default 50)
-    "samples": None,  # smoothgrad, vargrad, squaregrad (default 50)
+    "samples": None,  # smoothgrad, vargrad, squaregrad (default 50); another method: SmoothGrad over it
     "emit": None,
     "batch_size": None,
     "project": None,

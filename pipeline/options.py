@@ -76,7 +76,12 @@ class GradientOptions(PipelineOptions):
             default="zeros",
             help="Integrated gradients: zeros, value:<number>, column:<name>, mean (the dataset's, a first pass) or blur:<sigma>.",
         )
-        add("--samples", type=int, default=50, help="smoothgrad, vargrad, squaregrad: noisy samples per row.")
+        add(
+            "--samples",
+            type=int,
+            help="Noisy samples per row (default 50 for smoothgrad, vargrad, squaregrad; with another method: "
+            "SmoothGrad over it).",
+        )
         add("--noise", type=float, default=0.2, help="Noise standard deviation, as a fraction of each row's range.")
         add("--seed", type=int, default=0, help="Seed of the noise (mixed with each row's keys or position).")
         add("--chunk", type=int, help="Steps or samples per row in one model call (default: about 1024 rows).")

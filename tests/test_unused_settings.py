@@ -35,7 +35,7 @@ def job(tmp_path):
     "extra, setting, reader",
     [
         (["--method=gradient", "--steps=10"], "--steps", "--method integrated_gradients"),
-        (["--method=integrated_gradients", "--samples=3"], "--samples", "--method smoothgrad"),
+        (["--method=integrated_gradients", "--noise=0.3"], "--noise", "--method smoothgrad"),
         (["--method=smoothgrad", "--ig_rule=gauss_legendre"], "--ig_rule", "--method integrated_gradients"),
         (["--wrt=inputs", "--weight_output=full"], "--weight_output", "--wrt weights"),
         (["--wrt=weights", "--weight_output=norm", "--projection_dim=64"], "--projection_dim", "--weight_output projection"),
@@ -57,6 +57,8 @@ def test_the_same_settings_run_where_something_reads_them(job, tmp_path):
     """The refusals above are about use, not the values: where a chosen answer reads them, they run."""
     assert main(job + ["--method=integrated_gradients", "--steps=4", "--ig_rule=gauss_legendre"]) == 0
     assert main(job + ["--target=top_k", "--k=2", "--method=smoothgrad", "--samples=2", "--seed=4"]) == 0
+    # --samples with another method is SmoothGrad over it: it reads --noise and --seed then.
+    assert main(job + ["--method=integrated_gradients", "--samples=2", "--noise=0.3", "--seed=4", "--steps=3"]) == 0
     assert main(job + ["--target=loss", "--loss=sparse_categorical_crossentropy", "--label_column=label", "--wrt=weights",
                        "--weight_output=norm,projection", "--projection_dim=64", "--projection_seed=2"]) == 0
 

@@ -11,7 +11,7 @@ import tensorflow as tf
 from transforms.gradients.errors import SpecError
 from transforms.gradients.forward import Forward
 from transforms.gradients.losses import PerExampleLoss
-from transforms.gradients.methods import METHODS
+from transforms.gradients.methods import build_method
 from transforms.gradients.model_function import ModelFunction
 from transforms.gradients.ops import example_norm
 from transforms.gradients.outputs import DatasetInput, Output, RowInput
@@ -48,7 +48,7 @@ class GradientEngine:
         self.device = device
         self.loss = PerExampleLoss(spec.loss, model) if spec.loss else None
         self.target = TARGETS[spec.target](model, spec)
-        self.method = METHODS[spec.method](model, spec)
+        self.method = build_method(model, spec)
         self.wrt = WRT[spec.wrt](model, spec, self.target)
         self.row_inputs: list[RowInput] = (
             ([self.loss.label] if self.loss else []) + self.target.row_inputs + self.method.row_inputs

@@ -8,7 +8,7 @@ import json
 from transforms.gradients.choices import EMITS, UNCONNECTED_MODES, check_minimum
 from transforms.gradients.errors import SpecError
 from transforms.gradients.losses import check_loss_name
-from transforms.gradients.methods import METHODS
+from transforms.gradients.methods import METHODS, NoiseTunnel, check_method, method_settings
 from transforms.gradients.targets import TARGETS
 from transforms.gradients.wrt import FORMS, WRT
 
@@ -47,7 +47,9 @@ class GradientSpec:
     steps: int = 50
     ig_rule: str = "riemann_trapezoid"
     baseline: str = "zeros"
-    samples: int = 50
+    # None: not given. A noise method (smoothgrad, ...) then uses NoiseTunnel.SAMPLES, recorded here as the value
+    # used; given to another method, SmoothGrad over that method (methods.build_method).
+    samples: int | None = None
     noise: float = 0.2  # standard deviation, as a fraction of each row's input range (max - min)
     seed: int = 0
     chunk: int | None = None  # steps or samples per row in one model call; None: about CHUNK_ROWS rows
@@ -56,8 +58,11 @@ class GradientSpec:
     output_name: str | None = None
 
     def __post_init__(self):
-        for registry in (TARGETS, METHODS, WRT):
-            registry.check(getattr(self, registry.field)).check_spec(self)
+        if self.samples is None and issubclass(METHODS.get(self.method, object), NoiseTunnel):  # the metadata records the samples used
+            object.__setattr__(self, "samples", NoiseTunnel.SAMPLES)
+        TARGETS.check(self.target).check_spec(self)
+        check_method(self)
+        WRT.check(self.wrt).check_spec(self)
         if self.loss:
             check_loss_name(self.loss)
         check_minimum("chunk", self.chunk)
@@ -85,7 +90,8 @@ class GradientSpec:
 
     def used_settings(self) -> set[str]:
         """Every setting something in this spec reads."""
-        used = set(JOB_SETTINGS).union(*(answer.used_settings(self) for answer in self.answers()))
+        used = set(JOB_SETTINGS).union(method_settings(self), *(a.used_settings(self) for a in (
+            TARGETS[self.target], WRT[self.wrt])))
         if "loss" in self.emit:
             used |= {"loss", "label_column"}
         return used
@@ -105,6 +111,8 @@ class GradientSpec:
             for cls in registry.values()
             if name in cls.settings
         ]
+        if name in NoiseTunnel.settings and name != "samples" and readers:  # noise, seed: SmoothGrad over any method
+            readers.append("{samples} with any method")
         chosen = ", ".join(f"{{{r.field}}} {getattr(self, r.field)}" for r in (TARGETS, METHODS, WRT))
         raise SpecError(
             "{%s} is not used with %s; leave it out%s" % (
