@@ -18,7 +18,7 @@ import pyarrow as pa
 from apache_beam.transforms.window import GlobalWindows
 
 from transforms import BatchFailed, op_error_line
-from transforms import coders  # noqa: F401  (registers the Arrow coders the ParDos' type hints select)
+from transforms.coders import ArrowTable  # registers the Arrow coders the ParDos' type hints select
 from transforms.counters import Counters
 from transforms.parquet import UnreadableRows, rejected_table
 from transforms.progress import ProgressFiles
@@ -248,5 +248,5 @@ class ComputeGradients(beam.PTransform):
 
     def expand(self, batches):
         side = [self._means] if self._means is not None else []
-        fn = beam.ParDo(_GradientsFn(self._plan, self._progress), *side).with_output_types(pa.Table)
+        fn = beam.ParDo(_GradientsFn(self._plan, self._progress), *side).with_output_types(ArrowTable)
         return batches | fn.with_outputs(REJECTED, main=RESULTS)

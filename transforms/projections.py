@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from transforms.contract import metadata_key
+from transforms.hashing import bucket_column_hash, splitmix64
 from transforms.parquet import InputError
 
 PROJECTION = "weight_projection"
@@ -154,44 +155,11 @@ def _anti_join(a: pa.Table, b: pa.Table) -> pa.Table:
     return a.join(b, a.column_names, join_type="left anti", use_threads=False)
 
 
-# splitmix64's constants: a fast, well-mixed, deterministic 64-bit hash (no per-process salt, unlike hash()).
-_M1, _M2, _GOLDEN = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB), np.uint64(0x9E3779B97F4A7C15)
-
-
-def _mix(x: np.ndarray) -> np.ndarray:
-    with np.errstate(over="ignore"):
-        x = (x + _GOLDEN).astype(np.uint64)
-        x = (x ^ (x >> np.uint64(30))) * _M1
-        x = (x ^ (x >> np.uint64(27))) * _M2
-        return x ^ (x >> np.uint64(31))
-
-
-def _column_hash(column: pa.Array) -> np.ndarray:
-    if pa.types.is_string(column.type) or pa.types.is_large_string(column.type) or pa.types.is_binary(column.type):
-        column = column.cast(pa.large_binary())
-        offsets = np.frombuffer(column.buffers()[1], np.int64)[column.offset : column.offset + len(column) + 1]
-        data = np.frombuffer(column.buffers()[2], np.uint8) if column.buffers()[2] else np.zeros(0, np.uint8)
-        data = data[offsets[0] : offsets[-1]].astype(np.uint64)
-        starts, lengths = offsets[:-1] - offsets[0], np.diff(offsets)
-        position = np.arange(len(data), dtype=np.int64) - np.repeat(starts, lengths)
-        with np.errstate(over="ignore"):  # sums of bytes mixed with their position, modulo 2**64
-            total = np.concatenate([[np.uint64(0)], np.cumsum(_mix(data * np.uint64(1 << 9) + position.astype(np.uint64)))])
-            sums = total[starts + lengths] - total[starts]
-            return _mix(sums ^ lengths.astype(np.uint64))
-    if pa.types.is_date(column.type) or pa.types.is_timestamp(column.type) or pa.types.is_boolean(column.type):
-        column = column.cast(pa.int64())
-    if pa.types.is_floating(column.type):
-        values = column.cast(pa.float64()).to_numpy(zero_copy_only=False).view(np.uint64)
-    else:
-        values = column.cast(pa.int64()).to_numpy(zero_copy_only=False).view(np.uint64)
-    return _mix(values)
-
-
 def key_hash(keys: pa.Table) -> np.ndarray:
     """A deterministic uint64 per row from its key columns: the same key gives the same hash in every process."""
     result = np.zeros(keys.num_rows, np.uint64)
     for name in keys.column_names:
         column = keys.column(name).combine_chunks()
         with np.errstate(over="ignore"):
-            result = _mix(result * np.uint64(31) + _column_hash(column))
+            result = splitmix64(result * np.uint64(31) + bucket_column_hash(column))
     return result
