@@ -33,7 +33,7 @@ from pipeline.options import (
 from pipeline.outputs import StagedOutputs, _absolute, check_inputs_untouched, check_no_clash
 from pipeline.reader import IncompleteOutput, output_shards
 from transforms import __version__
-from transforms.influence import (
+from transforms.influence.steps import (
     KINDS,
     REJECTED as REJECTED_TAG,
     SELF,
@@ -52,19 +52,12 @@ from transforms.influence import (
     prepare_queries,
     self_influence_schema,
 )
-from transforms.parquet import (
-    SUFFIX,
-    InputError,
-    check_writable,
-    match_files,
-    open_parquet,
-    read_schemas,
-    rejected_schema,
-    write_parquet,
-)
-from transforms.projections import PROJECTION, ProjectionMeta, default_keys, duplicate_key, first_difference
-from transforms.scores import SCORES
-from transforms.topk import COMPACT_EVERY
+from transforms.io.files import SUFFIX, InputError, check_writable, match_files, open_parquet, read_schemas
+from transforms.io.schema import rejected_schema
+from transforms.io.write import write_parquet
+from transforms.influence.projections import PROJECTION, ProjectionMeta, default_keys, duplicate_key, first_difference
+from transforms.influence.scores import SCORES
+from transforms.influence.topk import COMPACT_EVERY
 
 COMMAND = "beam-gradients influence"
 INFLUENCE, SELF_INFLUENCE, REJECTED = "influence", "self_influence", "rejected"

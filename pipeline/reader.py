@@ -24,7 +24,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from transforms.contract import METADATA_PREFIX, SECONDARY_SUFFIXES, summary_path
 from pipeline.outputs import CorruptMarker, _absolute, _shard_regex, marker_entry, marker_path, output_folder, read_marker
-from transforms.parquet import InputError, open_parquet, output_files, read_footers
+from transforms.io.files import InputError, open_parquet, output_files, read_footers
 
 # Outputs whose marker is their main output's (`<output>_rejected` -> `<output>_SUCCESS`).
 

@@ -51,7 +51,7 @@ from pipeline.reader import (
 )
 from transforms.aggregates import HISTOGRAM_EDGES, AggregateSpec, GradientBlock, top_entries, top_candidates, histogram_counts
 from transforms.aggregates import summarize
-from transforms.parquet import InputError, match_files, open_parquet
+from transforms.io.files import InputError, match_files, open_parquet
 
 INFLUENCE_COLUMNS = {"rank", "kind", "score"}
 # Per-row scalar columns that get a section of their own where an output has them.

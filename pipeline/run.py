@@ -52,22 +52,22 @@ from transforms.contract import REJECTED_SUFFIX, report_path, summary_path
 from transforms.counters import COUNTERS, MODEL_LOAD_PID
 from transforms.input_means import InputMeans
 from transforms.gradients import SpecError
-from transforms.plan import Fault, JobPlan
+from transforms.feeds.plan import Fault, JobPlan
 from transforms.model import ModelError, ProcessModel
 from pipeline.outputs import StagedOutputs, check_inputs_untouched, check_no_clash
-from transforms.parquet import (
+from transforms.io.files import (
     InputError,
     InputFiles,
-    ReadParquetBatches,
     check_same_columns,
     check_writable,
     match_files,
     open_parquet,
     read_footers,
     read_schemas,
-    write_parquet,
 )
-from transforms.tensors import FeedError, check_columns, exact_column
+from transforms.io.read import ReadParquetBatches
+from transforms.io.write import write_parquet
+from transforms.feeds.columns import FeedError, check_columns, exact_column
 
 LOG = logging.getLogger("beam_gradients")
 OUTPUT, REJECTED_OPTION = "--output", "--rejected"

@@ -22,7 +22,7 @@ from pipeline.report import main as report_main
 from pipeline.report import write_report
 from pipeline.run import run
 from tests.conftest import save, write_parquet
-from transforms.tensors import to_tensor_array
+from transforms.io.arrow import to_tensor_array
 
 
 def images(page: str) -> list[Image.Image]:

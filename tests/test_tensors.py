@@ -4,7 +4,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from transforms.tensors import FeedError, decode, plan_feed, to_tensor_array
+from transforms.feeds.columns import FeedError, decode, plan_feed
+from transforms.io.arrow import to_tensor_array
 
 
 def _decode(array, shape, dtype=np.float32):

@@ -3,10 +3,10 @@
 Two column hashes live here, and they are not the same function: each one's bytes
 are a contract kept as it was first written.
 
-- `seed_column_hash`: the noise methods' per-row seeds (`transforms.row_seeds`).
+- `seed_column_hash`: the noise methods' per-row seeds (`transforms.feeds.row_seeds`).
   Numbers by their value's 64 bits (-0.0 as 0.0), strings and bytes by BLAKE2b of
   their bytes, a null by a fixed value. Columns combine as `splitmix64(acc ^ column)`.
-- `bucket_column_hash`: the influence job's key buckets (`transforms.projections.key_hash`).
+- `bucket_column_hash`: the influence job's key buckets (`transforms.influence.projections.key_hash`).
   Numbers by their 64 bits as Arrow casts them (a null integer as the float NaN's
   bits), strings and binary by a vectorized sum of splitmix64-mixed bytes.
   Columns combine as `splitmix64(acc * 31 + column)`.

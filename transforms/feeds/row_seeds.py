@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 
 from transforms.hashing import digest64, seed_column_hash, splitmix64
-from transforms.tensors import Decoded, Reasons
+from transforms.feeds.columns import Decoded, Reasons
 
 def key_seeds(keys: pa.Table | pa.RecordBatch) -> np.ndarray:
     """int64 per row, from the key columns' values (in their order)."""

@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 
 from transforms.contract import metadata_key
 from transforms.hashing import bucket_column_hash, splitmix64
-from transforms.parquet import InputError
+from transforms.io.files import InputError
 
 PROJECTION = "weight_projection"
 MODEL_SHA256 = metadata_key("model_sha256").encode()

@@ -7,7 +7,7 @@
 
 The score matrix never exists: a block of training rows meets every query of
 its group in one matrix product, and only each query's k best survive the block.
-The numbers live in transforms/scores (numpy) and transforms/topk (numpy, Arrow).
+The numbers live in transforms/influence/scores (numpy) and transforms/influence/topk (numpy, Arrow).
 """
 
 from __future__ import annotations
@@ -23,10 +23,12 @@ from apache_beam.transforms.window import GlobalWindows
 
 from transforms.contract import SELF_INFLUENCE_COLUMN, TRAIN_PREFIX
 from transforms import METRICS
-from transforms.parquet import InputError, ReadParquetBatches, UnreadableRows, rejected_table
-from transforms.projections import PROJECTION, first_difference, key_hash, projection_matrix, sort_by_keys
-from transforms.scores import SCORES, damped_inverse, gram, query_matrix, self_influence, train_matrix
-from transforms.topk import QUERY, RANK, SCORE, TopK
+from transforms.io.files import InputError
+from transforms.io.read import ReadParquetBatches, UnreadableRows
+from transforms.io.schema import rejected_table
+from transforms.influence.projections import PROJECTION, first_difference, key_hash, projection_matrix, sort_by_keys
+from transforms.influence.scores import SCORES, damped_inverse, gram, query_matrix, self_influence, train_matrix
+from transforms.influence.topk import QUERY, RANK, SCORE, TopK
 
 PROPONENT, OPPONENT = "proponent", "opponent"
 KINDS = (PROPONENT, OPPONENT)
