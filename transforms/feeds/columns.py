@@ -17,13 +17,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from transforms.errors import SettingError
+
 TENSOR = "tensor"  # fixed_shape_tensor or (nested) fixed_size_list: one zero-copy view
 LIST = "list"  # variable-length (nested) list: length checked per row
 SCALARS = "scalars"  # one or more scalar numeric columns stacked in order
 
 
-class FeedError(ValueError):
-    """A column that cannot feed the model; raised before any data is read."""
+class FeedError(SettingError):
+    """A column that cannot feed the model; raised before any data is read (a template: see transforms.errors)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -214,8 +216,9 @@ def plan_input_feeds(
     unknown = sorted(set(input_map) - set(names))
     if unknown:
         raise FeedError(
-            f"--input_map names {', '.join(repr(u) for u in unknown)}, which the model does not have; "
-            f"its inputs are: {', '.join(names)}"
+            "{input_map} names {unknown}, which the model does not have; its inputs are: {inputs}",
+            unknown=", ".join(repr(u) for u in unknown),
+            inputs=", ".join(names),
         )
     feature_columns = list(feature_columns or [])
     check_columns(schema, feature_columns, "feature", source)
@@ -228,10 +231,12 @@ def plan_input_feeds(
         elif name in schema.names and (not feature_columns or name in feature_columns):
             columns = [name]
         else:
-            hint = "--feature_columns or " if len(inputs) == 1 else ""
+            hint = "{feature_columns} or " if len(inputs) == 1 else ""
             raise FeedError(
-                f"model input {name!r} is mapped to no column; pass {hint}--input_map {name}=<column>. "
-                f"Columns are: {_columns_list(schema)}"
+                "model input {name!r} is mapped to no column; pass " + hint + "{input_map} {name}=<column>. "
+                "Columns are: {columns}",
+                name=name,
+                columns=_columns_list(schema),
             )
         feeds.append(plan_feed(schema, name, columns, shape, dtype, source))
     return feeds

@@ -44,10 +44,10 @@ class ProjectionMeta:
     @classmethod
     def of(cls, schema: pa.Schema, path: str) -> "ProjectionMeta":
         """Read from a file's schema; InputError naming the file when it is not a projection output."""
-        rerun = "write it with the main job's --wrt weights --weight_output projection"
+        rerun = "write it with the main job's {wrt} weights {weight_output} projection"
         metadata = schema.metadata or {}
         if PROJECTION not in schema.names:
-            raise InputError(f"{path} has no column {PROJECTION!r}; {rerun}")
+            raise InputError("{path} has no column {column!r}; " + rerun, path=path, column=PROJECTION)
         try:
             weights = json.loads(metadata[WEIGHTS])
             projection = weights["projection"]
@@ -60,7 +60,9 @@ class ProjectionMeta:
                 str(projection["construction"]),
             )
         except (KeyError, TypeError, ValueError) as err:
-            raise InputError(f"{path}: its metadata does not say how its projections were made ({err!r}); {rerun}") from err
+            raise InputError(
+                "{path}: its metadata does not say how its projections were made ({err!r}); " + rerun, path=path, err=err
+            ) from err
         column = schema.field(PROJECTION).type
         expected = pa.fixed_shape_tensor(DTYPES.get(meta.dtype, pa.float32()), [meta.dim])
         if meta.dtype not in DTYPES or column != expected:

@@ -17,42 +17,49 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
 from transforms import error_line
+from transforms.errors import SettingError, setting
 
 SHARD_TEMPLATE = "-SSSSS-of-NNNNN"
 SUFFIX = ".parquet"
 
 
-class InputError(ValueError):
-    """Input files that cannot be read; the message names the file."""
+class InputError(SettingError):
+    """Input files that cannot be read; the message names the file (a template: see transforms.errors)."""
 
 
 @dataclasses.dataclass(frozen=True)
 class InputFiles:
-    """The files an --input pattern matches: those to read, and the zero-byte ones skipped."""
+    """The files an input pattern matches: those to read, and the zero-byte ones skipped."""
 
     paths: list[str]
     empty: list[str]
 
 
-def match_files(pattern: str, option: str = "--input") -> InputFiles:
+def match_files(pattern: str, option: str | None = None) -> InputFiles:
     """Every file `pattern` matches (local or remote, Beam's filesystems), sorted.
+
+    Errors name `pattern` as `option` (the caller's words), else as the `input` setting.
 
     Zero-byte files are what a failed writer leaves behind: they are skipped
     (and reported), not read; a file with content that is not Parquet stays an error.
     """
+    where = ("{option}" if option is not None else setting("input")) + " {pattern!r}"
     if _is_folder(pattern):  # a folder reads its Parquet files, with or without the trailing slash
         pattern = pattern.rstrip("/") + "/*" + SUFFIX
     try:
         result = FileSystems.match([pattern])[0]
     except Exception as err:  # BeamIOError and friends: the filesystem says why
-        raise InputError(f"{option} {pattern!r}: cannot list files ({err})") from err
+        raise InputError(where + ": cannot list files ({err})", option=option, pattern=pattern, err=err) from err
     found = sorted(result.metadata_list, key=lambda m: m.path)
     if not found:
-        raise InputError(f"{option} {pattern!r} matches no file")
+        raise InputError(where + " matches no file", option=option, pattern=pattern)
     paths = [m.path for m in found if m.size_in_bytes]
     empty = [m.path for m in found if not m.size_in_bytes]
     if not paths:
-        raise InputError(f"{option} {pattern!r}: every file it matches is empty (0 bytes): {', '.join(empty[:3])}")
+        raise InputError(
+            where + ": every file it matches is empty (0 bytes): {empty}",
+            option=option, pattern=pattern, empty=", ".join(empty[:3]),
+        )
     return InputFiles(paths, empty)
 
 
@@ -136,4 +143,4 @@ def check_writable(prefix: str, option: str) -> None:
         FileSystems.create(probe).close()
         FileSystems.delete([probe])
     except Exception as err:
-        raise InputError(f"{option} {prefix!r}: cannot write there ({error_line(err)})") from err
+        raise InputError("{option} {prefix!r}: cannot write there ({why})", option=option, prefix=prefix, why=error_line(err)) from err

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 import pyarrow as pa
 
+from transforms.contract import KEY, REJECTED_COLUMNS, column_entry, columns_metadata
 from transforms.feeds.columns import SCALARS, Feed, FeedError
 from transforms.io.arrow import numpy_dtype, tensor_type, to_tensor_array
 
@@ -62,13 +63,21 @@ class OutputLayout:
         clashes = sorted({n for n in names if names.count(n) > 1})
         if clashes:
             raise FeedError(
-                f"output column {', '.join(repr(c) for c in clashes)} would appear twice; "
-                "rename the key column or drop it from --keep_columns"
+                "output column {clashes} would appear twice; rename the key column or drop it from {keep_columns}",
+                clashes=", ".join(repr(c) for c in clashes),
             )
         self.columns = columns
+        heads = {o.name: getattr(o, "head", None) for o in outputs}  # where the engine declares its outputs' heads
+        inputs = {o.name: o.input for o in outputs}
+        declared = [
+            column_entry(c.name, c.kind, c.source, heads[c.source], inputs[c.source], c.feature_name)
+            if c.source is not None else column_entry(c.name, KEY)
+            for c in columns
+        ]
+        metadata = {**(metadata or {}), **columns_metadata(declared)}
         self.schema = pa.schema(
             [pa.field(c.name, c.type) for c in columns],
-            metadata={k.encode(): v.encode() for k, v in (metadata or {}).items()},
+            metadata={k.encode(): v.encode() for k, v in metadata.items()},
         )
 
     def table(self, keys: pa.Table, result: dict, rows: int) -> pa.Table:
@@ -90,10 +99,7 @@ class OutputLayout:
 
 def rejected_schema(key_fields: Sequence[pa.Field]) -> pa.Schema:
     """Rejected rows: the key columns, then where and why each row was refused."""
-    return pa.schema(
-        list(key_fields)
-        + [pa.field("stage", pa.string()), pa.field("reason", pa.string()), pa.field("source_file", pa.string())]
-    )
+    return pa.schema(list(key_fields) + [pa.field(name, pa.string()) for name in REJECTED_COLUMNS])
 
 
 def rejected_table(schema: pa.Schema, keys: pa.Table, stages, reasons, source: str) -> pa.Table:
