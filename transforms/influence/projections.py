@@ -17,7 +17,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from transforms.contract import metadata_key
-from transforms.hashing import bucket_column_hash, splitmix64
 from transforms.io.files import InputError
 
 PROJECTION = "weight_projection"
@@ -155,13 +154,3 @@ def first_difference(a: pa.Table, b: pa.Table) -> tuple[str, bool] | None:
 
 def _anti_join(a: pa.Table, b: pa.Table) -> pa.Table:
     return a.join(b, a.column_names, join_type="left anti", use_threads=False)
-
-
-def key_hash(keys: pa.Table) -> np.ndarray:
-    """A deterministic uint64 per row from its key columns: the same key gives the same hash in every process."""
-    result = np.zeros(keys.num_rows, np.uint64)
-    for name in keys.column_names:
-        column = keys.column(name).combine_chunks()
-        with np.errstate(over="ignore"):
-            result = splitmix64(result * np.uint64(31) + bucket_column_hash(column))
-    return result

@@ -38,7 +38,8 @@ from transforms.errors import setting
 from transforms.io.files import InputError
 from transforms.io.read import ReadParquetBatches, UnreadableRows
 from transforms.io.schema import rejected_table
-from transforms.influence.projections import PROJECTION, first_difference, key_hash, projection_matrix, sort_by_keys
+from transforms.hashing import key_hash
+from transforms.influence.projections import PROJECTION, first_difference, projection_matrix, sort_by_keys
 from transforms.influence.scores import SCORES, damped_inverse, gram, query_matrix, self_influence, train_matrix
 from transforms.influence.topk import QUERY, RANK, SCORE, TopK
 
