@@ -24,8 +24,6 @@ from apache_beam.transforms.window import GlobalWindows
 from transforms.contract import (
     INFLUENCE_KIND,
     KEY,
-    RANK,
-    SCORE,
     SELF_INFLUENCE_COLUMN,
     SELF_INFLUENCE_KIND,
     TRAIN_KEY,
@@ -33,6 +31,7 @@ from transforms.contract import (
     column_entry,
     columns_metadata,
 )
+from transforms.contract import RANK as RANK_KIND, SCORE as SCORE_KIND  # topk's RANK, SCORE are its own columns
 from transforms import METRICS
 from transforms.errors import setting
 from transforms.io.files import InputError
@@ -415,8 +414,8 @@ def influence_schema(query_keys: pa.Schema, train_keys: pa.Schema, metadata: dic
     fields = list(query_keys) + [pa.field("rank", pa.int32()), pa.field("kind", pa.string())]
     fields += [pa.field(TRAIN_PREFIX + f.name, f.type) for f in train_keys]
     fields.append(pa.field("score", pa.float32()))
-    declared = [column_entry(f.name, KEY) for f in query_keys] + [column_entry("rank", RANK), column_entry("kind", INFLUENCE_KIND)]
-    declared += [column_entry(TRAIN_PREFIX + f.name, TRAIN_KEY) for f in train_keys] + [column_entry("score", SCORE)]
+    declared = [column_entry(f.name, KEY) for f in query_keys] + [column_entry("rank", RANK_KIND), column_entry("kind", INFLUENCE_KIND)]
+    declared += [column_entry(TRAIN_PREFIX + f.name, TRAIN_KEY) for f in train_keys] + [column_entry("score", SCORE_KIND)]
     return _with_metadata(fields, {**metadata, **columns_metadata(declared)})
 
 
