@@ -112,4 +112,4 @@ def test_readme_main_command_and_worked_example_run_end_to_end(tmp_path):
     gaps = expected.reshape(10, -1).sum(axis=1) - (scores[np.arange(10), classes] - zero[np.arange(10), classes])
     assert_close(ig.column("ig_delta").to_numpy()[order], gaps, rtol=1e-3, atol=1e-5)
     report = (tmp_path / "demo/out/ig-report.html").read_text()
-    assert "ig_delta" in report and "predicted_class" in report
+    assert "Integrated-gradients completeness gap" in report and "Classes: predicted_class" in report
