@@ -1,8 +1,9 @@
 """The documentation is true (README.md's own checks are in tests/test_readme.py).
 
 - Every code block of docs/*.md runs as the README's do: Python blocks, and commands on the demo's
-  files, run as written in a folder where `beam-gradients --demo` ran; every other `beam-gradients`
-  command is checked against its command's `--help` (each flag exists, each choice is offered).
+  files, run as written in a folder where `beam-gradients --demo` ran (a `# -> a, b` line after such
+  a command is checked against the columns it wrote); every other `beam-gradients` command is
+  checked against its command's `--help` (each flag exists, each choice is offered).
   YAML blocks name only options. Blocks of output, trees and JSON are shown, not run.
 - Every flag that `--help` of the three commands lists is documented, and the docs (README.md and
   docs/*.md) name no flag that none of them accepts (Beam's pipeline options count: the commands take
@@ -27,6 +28,7 @@ import shlex
 import subprocess
 import sys
 
+import pyarrow.parquet as pq
 import pytest
 import yaml
 
@@ -146,14 +148,23 @@ def test_each_pages_code_runs_as_written(page, demo_folder, help_texts):
             options = yaml.safe_load(text)
             known = listed_flags(help_texts["run"]) | beam_options()
             assert {f"--{key}" for key in options} <= known, (page.name, set(options))
-        for argv in commands(text):
-            _check_against_help(argv, help_texts, page.name)
-            if _runs_on_the_demo(argv):
-                done = subprocess.run([str(EXECUTABLES / argv[0]), *argv[1:]], cwd=demo_folder, env=ENV,
-                                      capture_output=True, text=True, timeout=600)
-                assert done.returncode == 0, f"{page.name}: {shlex.join(argv)}\n{done.stderr[-3000:]}"
-                ran += 1
-    if page.name in ("api.md", "outputs.md", "report.md"):  # the pages whose examples run on the demo's files
+        last = None  # the command that ran last in this block
+        for line in re.sub(r"\\\n\s*", " ", text).splitlines():
+            if line.startswith("beam-gradients "):
+                argv = shlex.split(line, comments=True)
+                _check_against_help(argv, help_texts, page.name)
+                last = None
+                if _runs_on_the_demo(argv):
+                    done = subprocess.run([str(EXECUTABLES / argv[0]), *argv[1:]], cwd=demo_folder, env=ENV,
+                                          capture_output=True, text=True, timeout=600)
+                    assert done.returncode == 0, f"{page.name}: {shlex.join(argv)}\n{done.stderr[-3000:]}"
+                    ran, last = ran + 1, argv
+            elif line.startswith("# -> ") and last is not None:  # the columns the command just run writes
+                said = [c.strip() for c in re.sub(r"\s*\([^)]*\)", "", line[5:]).split(",")]
+                output = last[last.index("--output") + 1]
+                shard = sorted(demo_folder.glob(f"{output}-00000-of-*.parquet"))
+                assert shard and pq.read_schema(shard[0]).names == said, (page.name, line, shard)
+    if page.name in ("api.md", "influence.md", "methods.md", "outputs.md", "report.md", "weights.md"):  # run on the demo
         assert ran >= 1, page.name
 
 
