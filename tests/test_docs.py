@@ -17,7 +17,9 @@
 from __future__ import annotations
 
 import argparse
+import ast
 import doctest
+import functools
 import hashlib
 import importlib
 import importlib.util
@@ -102,7 +104,8 @@ def offered_choices(help_text: str) -> dict[str, set[str]]:
     return {flag: set(choices.split(",")) for flag, choices in re.findall(r"(--[a-z_]+) \{([^}]*)\}", help_text)}
 
 
-def beam_options() -> set[str]:
+@functools.cache
+def beam_options() -> frozenset[str]:
     """Every option of Beam's PipelineOptions subclasses (the runners' included): the commands accept them."""
     from apache_beam.options.pipeline_options import PipelineOptions
 
@@ -116,7 +119,7 @@ def beam_options() -> set[str]:
         cls = pending.pop()
         pending.extend(cls.__subclasses__())
         cls._add_argparse_args(parser)
-    return {s for action in parser._actions for s in action.option_strings if s.startswith("--")}
+    return frozenset(s for action in parser._actions for s in action.option_strings if s.startswith("--"))
 
 
 # ---- the code blocks ----------------------------------------------------------------------------------------------
@@ -259,6 +262,23 @@ def test_how_it_works_names_every_registered_answer_and_only_files_that_exist():
     mentioned = re.findall(r"\b([a-z_]+\.py)\b", tree)
     for name in mentioned:
         assert list(ROOT.glob(f"**/{name}")), f"how-it-works.md names {name}, which does not exist"
+
+
+def _dag_defaults(name: str) -> dict:
+    """A DAG file's DEFAULTS, read without importing Airflow."""
+    tree = ast.parse((ROOT / "dags" / name).read_text())
+    return next(ast.literal_eval(node.value) for node in tree.body
+                if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) == "DEFAULTS")
+
+
+def test_the_airflow_pages_name_the_dags_settings():
+    text = (DOCS / "scale.md").read_text()
+    table = text[text.index("| setting | default |"):].split("\n\n")[0]
+    in_table = {name for row in table.splitlines()[2:] for name in re.findall(r"`(\w+)`", row.split("|")[1])}
+    assert in_table == set(_dag_defaults("gradients_dag.py"))
+    influence = text[text.index("`dags/influence_dag.py`"):].split("\n\n")[0]
+    assert set(re.findall(r"`(\w+)`", influence)) - {"beam_gradients_influence", "complete", "_SUCCESS"} == set(
+        _dag_defaults("influence_dag.py"))
 
 
 # ---- doctests -----------------------------------------------------------------------------------------------------
