@@ -33,7 +33,7 @@ from pipeline.options import (
 from pipeline.outputs import StagedOutputs, _absolute, check_inputs_untouched, check_no_clash
 from pipeline.reader import IncompleteOutput, output_shards
 from transforms import __version__
-from transforms.influence import (
+from transforms.influence.steps import (
     KINDS,
     REJECTED as REJECTED_TAG,
     SELF,
@@ -52,19 +52,12 @@ from transforms.influence import (
     prepare_queries,
     self_influence_schema,
 )
-from transforms.parquet import (
-    SUFFIX,
-    InputError,
-    check_writable,
-    match_files,
-    open_parquet,
-    read_schemas,
-    rejected_schema,
-    write_parquet,
-)
-from transforms.projections import PROJECTION, ProjectionMeta, default_keys, duplicate_key, first_difference
-from transforms.scores import SCORES
-from transforms.topk import COMPACT_EVERY
+from transforms.io.files import SUFFIX, InputError, check_writable, match_files, open_parquet, read_schemas
+from transforms.io.schema import rejected_schema
+from transforms.io.write import write_parquet
+from transforms.influence.projections import PROJECTION, ProjectionMeta, default_keys, duplicate_key, first_difference
+from transforms.influence.scores import SCORES
+from transforms.influence.topk import COMPACT_EVERY
 
 COMMAND = "beam-gradients influence"
 INFLUENCE, SELF_INFLUENCE, REJECTED = "influence", "self_influence", "rejected"
@@ -126,6 +119,7 @@ class InfluencePlan:
         return {metadata_key("influence"): json.dumps(influence), metadata_key("version"): __version__}
 
 
+FLAGS = {name: f"--{name}" for name in ("train", "query", "damping")}  # the settings the Beam steps' errors name
 OPTION_OF = {INFLUENCE: "--output", SELF_INFLUENCE: "--self_influence_output", REJECTED: f"--output (its {REJECTED_SUFFIX} rows)"}
 SHARD_NAME = re.compile(r"^(?P<prefix>.+)-\d{5}-of-\d{5}" + re.escape(SUFFIX) + "$")
 
@@ -311,10 +305,10 @@ def build(pipeline: beam.Pipeline, plan: InfluencePlan, prefixes: dict[str, str]
         inverse = AsSingleton(
             pipeline
             | "Gram/Read" >> ReadProjections(train.files, train.keys, plan.read_batch_rows, keep_bad=True)
-            | "Gram/Join" >> JoinCheckpoints(checkpoints, plan.buckets, spec.block_rows)
+            | "Gram/Join" >> JoinCheckpoints(checkpoints, plan.buckets, spec.block_rows, FLAGS)
             | "Gram/Finite" >> beam.ParDo(SplitUnscorable(rejected, train.patterns, with_rejected=False))
             | "Gram/Sum" >> beam.CombineGlobally(GramFn(checkpoints))
-            | "Gram/Invert" >> beam.Map(inverses, spec.damping)
+            | "Gram/Invert" >> beam.Map(inverses, spec.damping, FLAGS)
         )
     side = (inverse,) if inverse is not None else ()
     schema = plan.schema()
@@ -325,14 +319,14 @@ def build(pipeline: beam.Pipeline, plan: InfluencePlan, prefixes: dict[str, str]
             pipeline
             | f"{name}/Read" >> ReadProjections(query.files, query.keys)
             | f"{name}/Select" >> beam.Map(in_group, g, plan.groups)
-            | f"{name}/Join" >> beam.CombineGlobally(JoinQueries(checkpoints))
+            | f"{name}/Join" >> beam.CombineGlobally(JoinQueries(checkpoints, FLAGS))
             | f"{name}/Prepare" >> beam.Map(prepare_queries, spec, *side)
         )
         label = f"Train{g}" if plan.groups > 1 else "Train"
         split = (
             pipeline
             | f"{label}/Read" >> ReadProjections(train.files, train.keys, plan.read_batch_rows, keep_bad=True)
-            | f"{label}/Join" >> JoinCheckpoints(checkpoints, plan.buckets, spec.block_rows)
+            | f"{label}/Join" >> JoinCheckpoints(checkpoints, plan.buckets, spec.block_rows, FLAGS)
             | f"{label}/Finite"
             >> beam.ParDo(SplitUnscorable(rejected, train.patterns, with_rejected=g == 0)).with_outputs(
                 REJECTED_TAG, main="scorable"

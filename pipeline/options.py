@@ -504,8 +504,8 @@ class InfluenceOptions(PipelineOptions):
 
     @classmethod
     def _add_argparse_args(cls, parser):
-        from transforms.influence import KINDS
-        from transforms.scores import SCORES
+        from transforms.influence.steps import KINDS
+        from transforms.influence.scores import SCORES
 
         add = parser.add_argument
         add("--train", help="Training rows' projections: a file or glob per checkpoint (comma-separated or repeated).")

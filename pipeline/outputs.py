@@ -30,7 +30,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from transforms.contract import MARKER_SUFFIX, marker_path
 from transforms import __version__, error_line
-from transforms.parquet import SUFFIX, InputError, output_files, parquet_rows, read_footers
+from transforms.io.files import SUFFIX, InputError, output_files, parquet_rows, read_footers
 
 MARKER = MARKER_SUFFIX
 STAGING = ".staging-"

@@ -52,22 +52,22 @@ from transforms.contract import REJECTED_SUFFIX, report_path, summary_path
 from transforms.counters import COUNTERS, MODEL_LOAD_PID
 from transforms.input_means import InputMeans
 from transforms.gradients import SpecError
-from transforms.plan import Fault, JobPlan
+from transforms.feeds.plan import Fault, JobPlan
 from transforms.model import ModelError, ProcessModel
 from pipeline.outputs import StagedOutputs, check_inputs_untouched, check_no_clash
-from transforms.parquet import (
+from transforms.io.files import (
     InputError,
     InputFiles,
-    ReadParquetBatches,
     check_same_columns,
     check_writable,
     match_files,
     open_parquet,
     read_footers,
     read_schemas,
-    write_parquet,
 )
-from transforms.tensors import FeedError, check_columns, exact_column
+from transforms.io.read import ReadParquetBatches
+from transforms.io.write import write_parquet
+from transforms.feeds.columns import FeedError, check_columns, exact_column
 
 LOG = logging.getLogger("beam_gradients")
 OUTPUT, REJECTED_OPTION = "--output", "--rejected"
@@ -617,7 +617,7 @@ def main(argv: Sequence[str] | None = None, fault: Fault | None = None, progress
     `fault` is for tests only (see JobPlan.fault); `progress_every` sets the seconds between progress lines.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["report"]:  # `beam-gradients report OUTPUT_PREFIX`: the HTML page (pipeline/report.py)
+    if argv[:1] == ["report"]:  # `beam-gradients report OUTPUT_PREFIX`: the HTML page (pipeline/report/)
         from pipeline.report import main as report_main
 
         return report_main(argv[1:])
@@ -651,8 +651,8 @@ def main(argv: Sequence[str] | None = None, fault: Fault | None = None, progress
                     summary.report_seconds = time.monotonic() - before
                 # the process's wall time, to the line that prints it (the demo's report included)
                 summary.wall_seconds = time.monotonic() - PROCESS_STARTED
-    except USER_ERRORS as err:
-        return _fail(f"error: {err}", EXIT_OPTIONS, debug)
+    except USER_ERRORS as err:  # an error below pipeline/ names settings; here they are flags
+        return _fail(f"error: {flag_error(err) if isinstance(err, SpecError) else err}", EXIT_OPTIONS, debug)
     except RowsUnaccounted as err:
         return _fail(f"error: {err}", EXIT_UNACCOUNTED, debug)
     except KeyboardInterrupt:

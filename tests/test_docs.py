@@ -239,7 +239,7 @@ def test_how_it_works_names_every_registered_answer_and_only_files_that_exist():
     from transforms.gradients.methods.baselines import BASELINES
     from transforms.gradients.targets import TARGETS
     from transforms.gradients.wrt import FORMS, WRT
-    from transforms.scores import SCORES
+    from transforms.influence.scores import SCORES
 
     text = (DOCS / "how-it-works.md").read_text()
     rows = dict(re.findall(r"^\| [^|]+ \| `(\w+)` \| (.+) \|$", text, re.M))

@@ -26,8 +26,8 @@ import pyarrow as pa
 from transforms.compute import REJECTED, RESULTS
 from transforms.compute import ComputeGradients as _Compute
 from transforms.model import ProcessModel
-from transforms.parquet import SourceBatch
-from transforms.plan import JobPlan
+from transforms.io.read import SourceBatch
+from transforms.feeds.plan import JobPlan
 
 SOURCE = "(pipeline)"  # the source_file of rejected rows that came from a PCollection
 ROWS_PER_BATCH = 1024  # dicts are gathered into Arrow batches of up to this many rows
