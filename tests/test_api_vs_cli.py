@@ -130,3 +130,11 @@ def test_every_registered_answer_has_a_case():
     assert {c.split("=", 1)[1] for c in CASES if c.startswith("target=")} == set(TARGETS)
     assert {c.split("=", 1)[1] for c in CASES if c.startswith("wrt=")} == set(WRT)
     assert {c.split("=", 1)[1] for c in CASES if c.startswith("baseline=")} == set(BASELINES)
+
+
+def test_a_seeded_method_without_key_columns_is_refused_through_the_api(data):
+    """Rows in a PCollection have no place in a file: their noise could only be seeded by their keys."""
+    folder, path, model = data
+    schema = pq.read_schema(path)
+    with pytest.raises(ValueError, match="give key_columns"):
+        ComputeGradients(model, schema=schema, feature_columns=["x"], method="smoothgrad")
