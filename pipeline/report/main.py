@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.reader import iter_tables, read_summary
-from pipeline.report import figures
+import pipeline.report.figures as figures  # the module, so tests can patch its functions
 from pipeline.report.figures import bars, heat, histogram, png
 from pipeline.report.html import Section, count_text, figure, key_text, section, slug, table_html
 from pipeline.report.passes import (
