@@ -31,24 +31,3 @@ def check_names(field: str, names) -> None:
     if tuple(names) != NAMES[field]:
         raise AssertionError(f"{field}: registered {tuple(names)}, but choices.py lists {NAMES[field]}; make them equal")
 
-
-# The lowest value of each numeric setting (and what the number means, where that helps): checked by the engine's
-# answers that use the setting, and by a command line before it imports TensorFlow, so `--steps 0` answers at once.
-MINIMUMS = {
-    "steps": (1, ""),
-    "samples": (1, ""),
-    "k": (1, ""),
-    "chunk": (1, ""),
-    "projection_dim": (1, ""),
-    "weight_memory_mb": (1, ""),
-    "noise": (0, " (a fraction of each row's input range)"),
-}
-
-
-def check_minimum(field: str, value) -> None:
-    """A SpecError naming `field` where `value` (None: not given) is below MINIMUMS[field] (or NaN)."""
-    from transforms.gradients.errors import SpecError
-
-    lowest, meaning = MINIMUMS[field]
-    if value is not None and not value >= lowest:
-        raise SpecError("{%s} must be %d or more%s, not {value}" % (field, lowest, meaning), value=value)
