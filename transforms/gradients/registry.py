@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import ClassVar, Iterable
 
-from transforms.gradients.choices import check_names
 from transforms.gradients.errors import SpecError
 from transforms.gradients.settings import Setting
 
@@ -54,7 +53,6 @@ class Registry(dict):
     def __init__(self, field: str, classes: Iterable[type]):
         super().__init__((cls.name, cls) for cls in classes)
         self.field = field
-        check_names(field, self.names)  # the command line offers NAMES[field] without importing TensorFlow
 
     @property
     def names(self) -> tuple[str, ...]:

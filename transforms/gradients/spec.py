@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
-from transforms.gradients.choices import EMITS, NAMES, UNCONNECTED_MODES
+from transforms.gradients.choices import EMITS, UNCONNECTED_MODES
 from transforms.gradients.errors import SpecError
 from transforms.gradients.losses import check_loss_name
 from transforms.gradients.methods import METHODS, NoiseTunnel, check_method, method_settings
@@ -16,14 +16,14 @@ from transforms.gradients.wrt import FORMS, WRT
 # The settings of the engine itself, read by every gradient whatever the answers (never refused as unused).
 # The answers' own settings are declared by their classes (`declares`), each in its own file.
 ENGINE_SETTINGS = (
-    Setting("target", str, "sum", f"What to differentiate: {', '.join(NAMES['target'])}.", choices=NAMES["target"]),
-    Setting("method", str, "gradient", f"How the gradient is taken: {', '.join(NAMES['method'])}.", choices=NAMES["method"]),
+    Setting("target", str, "sum", f"What to differentiate: {', '.join(TARGETS)}.", choices=TARGETS.names),
+    Setting("method", str, "gradient", f"How the gradient is taken: {', '.join(METHODS)}.", choices=METHODS.names),
     Setting(
         "wrt",
         str,
         "inputs",
         "Differentiate with respect to the model's inputs, its trainable weights, or both.",
-        choices=NAMES["wrt"],
+        choices=WRT.names,
     ),
     Setting("clip_norm", float, None, "Rescale each example's own gradient to this L2 norm at most.", above=0),
     Setting(

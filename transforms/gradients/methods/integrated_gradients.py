@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from transforms.gradients.choices import NAMES
 from transforms.gradients.methods.base import Attribution, InputAttribution, fold_chunks
 from transforms.gradients.methods.baselines import parse_baseline
-from transforms.gradients.methods.steps import alphas_and_weights, check_rule
+from transforms.gradients.methods.steps import RULES, alphas_and_weights, check_rule
 from transforms.gradients.ops import per_example_sum, per_point, tile_rows
 from transforms.gradients.outputs import Output
 from transforms.gradients.settings import Setting
@@ -31,8 +30,8 @@ class IntegratedGradients(InputAttribution):
             "ig_rule",
             str,
             "riemann_trapezoid",
-            f"Integrated gradients: the step rule, {', '.join(NAMES['ig_rule'])}.",
-            choices=NAMES["ig_rule"],
+            f"Integrated gradients: the step rule, {', '.join(RULES)}.",
+            choices=tuple(RULES),
         ),
         Setting(
             "baseline",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from transforms.gradients.choices import NAMES
 from transforms.gradients.errors import SpecError
 from transforms.gradients.ops import clip
 from transforms.gradients.settings import Setting
@@ -39,9 +38,9 @@ class Weights(Wrt):
             "weight_output",
             str,
             ("norm",),
-            f"What each row's weight gradient is written as, comma-separated: {', '.join(NAMES['weight_output'])} "
+            f"What each row's weight gradient is written as, comma-separated: {', '.join(FORMS)} "
             "(default: norm).",
-            choices=NAMES["weight_output"],
+            choices=FORMS.names,
             items=True,
         ),
         Setting(

@@ -21,7 +21,6 @@ import zlib
 
 import tensorflow as tf
 
-from transforms.gradients.choices import check_names
 from transforms.gradients.errors import SpecError
 from transforms.gradients.outputs import Output
 from transforms.gradients.settings import Setting
@@ -31,7 +30,6 @@ from transforms.gradients.wrt.per_example import GRADIENT_COPIES
 CONSTRUCTION = "countsketch-v1"
 MAX_DIM = 2**31 - 1  # buckets are int32 indices
 DTYPES = ("float32", "float16")
-check_names("projection_dtype", DTYPES)  # the command line offers these without importing TensorFlow
 
 
 def _size(nbytes: int) -> str:
