@@ -34,9 +34,9 @@ def options_text() -> str:
 
 def main() -> None:
     sys.path.insert(0, ROOT)
-    for path, text in ((DECLARED, declared_source()), (OPTIONS, options_text())):
+    for path, text in ((DECLARED, declared_source), (OPTIONS, options_text)):  # in turn: the docs read the copy
         with open(path, "w") as fh:
-            fh.write(text)
+            fh.write(text())
         print(f"wrote {os.path.relpath(path, ROOT)}")
 
 
