@@ -250,7 +250,7 @@ class StagedOutputs:
 
     >>> staged = StagedOutputs({"--output": "out/g", "--rejected": "out/g_rejected"})
     >>> staged.staging["--output"]  # doctest: +ELLIPSIS
-    'out/.g.staging-.../g'
+    '.../out/.g.staging-.../g'
     """
 
     def __init__(self, prefixes: Mapping[str, str], run_id: str | None = None, files: Mapping[str, str] | None = None):
