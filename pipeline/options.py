@@ -419,7 +419,7 @@ def _table(settings, helps: dict | None = None) -> list[str]:
     for s in settings:
         kind = f"list of {s.type.__name__}" if s.items else s.type.__name__
         allowed = ", ".join(f"`{c}`" for c in s.choices) if s.choices else (s.bounds() if s.bounded else "")
-        text = flag_text((helps or {}).get(s.name) or s.help).replace("|", "\\|")
+        text = flag_text((helps or {}).get(s.name) or s.help).replace("|", "\\|").replace("<", "&lt;")
         lines.append(f"| `--{s.name}` | {kind} | {_shown(s.default)} | {allowed} | {s.owner} | {text} |")
         if s.negatable:
             lines.append(f"| `--no_{s.name}` | bool | | | {s.owner} | Undo a config's {s.name}. |")
