@@ -25,6 +25,7 @@ import pyarrow as pa
 
 from transforms.compute import REJECTED, RESULTS
 from transforms.graph import GradientsGraph
+from transforms.job_settings import BATCH_SIZE
 from transforms.model import ProcessModel
 from transforms.io.read import SourceBatch
 from transforms.feeds.plan import JobPlan
@@ -84,15 +85,15 @@ class ComputeGradients(beam.PTransform):
         clip_norm: float | None = None,
         emit: Sequence[str] = (),
         unconnected: str = "zeros",
-        batch_size: int = 256,
+        batch_size: int = BATCH_SIZE.default,
         trust_model_code: bool = False,
         **spec_options,
     ):
-        from transforms.gradients import GradientSpec
         from transforms.gradients.methods.baselines import baseline_column
+        from transforms.gradients.spec import spec_from_kwargs
 
         super().__init__()
-        spec = GradientSpec(
+        spec = spec_from_kwargs(
             target=target,
             method=method,
             loss=loss,

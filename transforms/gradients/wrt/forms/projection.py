@@ -21,16 +21,15 @@ import zlib
 
 import tensorflow as tf
 
-from transforms.gradients.choices import check_minimum, check_names
 from transforms.gradients.errors import SpecError
 from transforms.gradients.outputs import Output
+from transforms.gradients.settings import Setting
 from transforms.gradients.wrt.forms.base import WeightForm
 from transforms.gradients.wrt.per_example import GRADIENT_COPIES
 
 CONSTRUCTION = "countsketch-v1"
 MAX_DIM = 2**31 - 1  # buckets are int32 indices
 DTYPES = ("float32", "float16")
-check_names("projection_dtype", DTYPES)  # the command line offers these without importing TensorFlow
 
 
 def _size(nbytes: int) -> str:
@@ -44,11 +43,15 @@ def sketch_seed(projection_seed: int, path: str) -> list[int]:
 
 class Projection(WeightForm):
     name = "projection"
-    settings = ("projection_dim", "projection_dtype", "projection_seed")
+    declares = (
+        Setting("projection_dim", int, 2048, "Length k of each row's weight projection.", minimum=1),
+        Setting("projection_dtype", str, "float32", "Type of the projection.", choices=DTYPES),
+        Setting("projection_seed", int, 0, "Seed of the projection: equal seeds, comparable rows."),
+    )
 
     @classmethod
     def check_spec(cls, spec):
-        check_minimum("projection_dim", spec.projection_dim)
+        cls.check_declared(spec, "projection_dim")
         row_bytes = GRADIENT_COPIES * 4 * spec.projection_dim
         if spec.projection_dim > MAX_DIM or row_bytes > spec.weight_memory_mb << 20:
             raise SpecError(
