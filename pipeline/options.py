@@ -97,8 +97,18 @@ class GradientOptions(PipelineOptions):
             "--wrt",
             default="inputs",
             choices=NAMES["wrt"],
-            help="Differentiate with respect to the model's inputs, its trainable weights, or both.",
+            help="Differentiate with respect to the model's inputs, its trainable weights, both, or a layer's output.",
         )
+        # ---- wrt layer (issue 19): declared by transforms/gradients/wrt/layer.py (Layer.settings) ----
+        add("--layer", help="With --wrt layer: the layer whose output is attributed (nested sub-models' too).")
+        add("--pad_token", type=int, help="With --wrt layer: the token id that is padding (zero attribution).")
+        add(
+            "--token_score",
+            default="sum",
+            choices=NAMES["token_score"],
+            help="With --wrt layer: token_scores reduce each position's features by their sum or L2 norm.",
+        )
+        # ---- end wrt layer ----
         add(
             "--weights",
             help="With --wrt weights/both: layer names (comma-separated) or a regular expression over variable "
@@ -406,6 +416,9 @@ def spec_from(job: GradientOptions) -> GradientSpec:
         projection_seed=job.projection_seed,
         allow_large_rows=job.allow_large_rows,
         weight_memory_mb=job.weight_memory_mb,
+        layer=job.layer,  # wrt layer (issue 19)
+        pad_token=job.pad_token,
+        token_score=job.token_score,
     )
 
 

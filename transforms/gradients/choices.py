@@ -9,12 +9,16 @@ classes' names are exactly the ones listed here, so the two cannot drift.
 NAMES = {
     "target": ("sum", "per_output", "loss", "class", "predicted", "top_k"),
     "method": ("gradient", "gradient_x_input", "integrated_gradients", "smoothgrad", "vargrad", "squaregrad"),
-    "wrt": ("inputs", "weights", "both"),
+    "wrt": ("inputs", "weights", "both", "layer"),
     "weight_output": ("norm", "projection", "full"),
     "projection_dtype": ("float32", "float16"),
+    "token_score": ("sum", "l2"),
     "ig_rule": ("riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid", "gauss_legendre"),
 }
 UNCONNECTED_MODES = ("zeros", "error")
+# The wrt answers whose gradients are taken at the method's points (the inputs, or a layer's activation), so every
+# method works with them; the others (weights) take the plain gradient only.
+POINT_WRT = ("inputs", "layer")
 EMITS = ("predictions", "loss", "norm")
 KERAS_LOSSES = (
     "mse",

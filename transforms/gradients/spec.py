@@ -53,6 +53,10 @@ class GradientSpec:
     noise: float = 0.2  # standard deviation, as a fraction of each row's input range (max - min)
     seed: int = 0
     chunk: int | None = None  # steps or samples per row in one model call; None: about CHUNK_ROWS rows
+    # With respect to a layer's output (wrt/layer.py): which layer, which token is padding, how token scores reduce.
+    layer: str | None = None
+    pad_token: int | None = None
+    token_score: str = "sum"
     # The targets' settings (targets/).
     k: int = 3
     output_name: str | None = None

@@ -5,6 +5,7 @@ or, where `samples` is given to a method that takes no samples itself, SmoothGra
 it (captum's `NoiseTunnel(IntegratedGradients)`).
 """
 
+from transforms.gradients.choices import POINT_WRT
 from transforms.gradients.errors import SpecError
 from transforms.gradients.methods.base import Attribution, Differentiate, Evaluate, Method
 from transforms.gradients.methods.gradient import Gradient
@@ -29,7 +30,7 @@ def check_method(spec) -> None:
     """Refuse spec values the method (and the noise around it, where wrapped) cannot use."""
     METHODS.check(spec.method).check_spec(spec)
     if wrapped(spec):
-        if spec.wrt != "inputs":
+        if spec.wrt not in POINT_WRT:
             raise SpecError("{samples} with {method} %s is SmoothGrad over it: noise on the inputs, it needs {wrt} "
                             "inputs, not {value!r}" % spec.method, value=spec.wrt)
         SmoothGrad.check_spec(spec)

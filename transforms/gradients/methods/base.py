@@ -7,6 +7,7 @@ from typing import Callable, NamedTuple
 import tensorflow as tf
 
 from transforms.gradients.forward import Forward
+from transforms.gradients.choices import POINT_WRT
 from transforms.gradients.errors import SpecError
 from transforms.gradients.outputs import DatasetInput, Output, RowInput
 from transforms.gradients.registry import Answer
@@ -69,11 +70,11 @@ class InputAttribution(Method):
 
     def __init__(self, model, spec):
         super().__init__(model, spec)
-        self.floating = [i for i, t in enumerate(model.inputs) if t.dtype.is_floating]
+        self.floating = list(model.attributed)  # the floating-point inputs, or a layer's activation
 
     @classmethod
     def check_spec(cls, spec):
-        if spec.wrt != "inputs":
+        if spec.wrt not in POINT_WRT:
             raise SpecError("{method} %s attributes the inputs: it needs {wrt} inputs, not {value!r}" % cls.name,
                             value=spec.wrt)
 

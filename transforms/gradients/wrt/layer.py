@@ -1,0 +1,119 @@
+"""`layer`: attributions with respect to a named layer's output (an embedding for text, a convolution's maps).
+
+The model is split at the layer (`layer_split.LayerSplit`): the method's points are
+the layer's activation, so every method works there unchanged (the gradient,
+gradient x activation, integrated gradients from a baseline activation through
+the rest of the network, the noise tunnel with noise scaled to the activation's
+range). Columns, per head:
+
+- `gradient__<layer>`: the attribution, with the layer output's per-row shape;
+- where that shape is positions x features: `token_scores__<layer>` (positions,),
+  the attribution reduced over the features axis (`token_score`: `sum`, so that
+  integrated gradients' token scores add up to f(x) - f(baseline); or `l2`, the
+  norm, for a magnitude), and `mask__<layer>` (int8, 1: a real position, 0: padding).
+
+Padding positions (the Keras mask the layer's output carries, e.g. from an
+`Embedding(mask_zero=True)`, and/or the positions whose token equals `pad_token`)
+get zero attribution in both columns. `ig_delta` is measured before that zeroing.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from transforms.gradients.choices import NAMES
+from transforms.gradients.errors import SpecError
+from transforms.gradients.ops import clip
+from transforms.gradients.outputs import Output, gradient_name
+from transforms.gradients.wrt.inputs import Inputs
+from transforms.gradients.wrt.layer_split import LayerSplit, find_layer
+
+# Baselines that make sense at a layer's activation (the others are built from the input columns).
+LAYER_BASELINES = ("zeros", "value", "token")
+
+
+def _suffix(name: str, head: str | None) -> str:
+    return name if head is None else f"{name}__{head}"
+
+
+class Layer(Inputs):
+    name = "layer"
+    settings = ("layer", "pad_token", "token_score")
+
+    @classmethod
+    def check_spec(cls, spec):
+        if not spec.layer:
+            raise SpecError("{wrt} layer needs {layer}: the name of the layer whose output is attributed")
+        if spec.token_score not in NAMES["token_score"]:
+            raise SpecError("{token_score} must be one of {choices}, not {value!r}",
+                            choices=", ".join(NAMES["token_score"]), value=spec.token_score)
+        if spec.pad_token is not None and spec.pad_token < 0:
+            raise SpecError("{pad_token} must be a token id (0 or more), not {value}", value=spec.pad_token)
+        kind = spec.baseline.partition(":")[0]
+        if spec.method == "integrated_gradients" and kind not in LAYER_BASELINES:
+            raise SpecError("{baseline} %s is built from the input columns; at a layer use zeros, value:<number> or "
+                            "token:<id> (an embedding's)" % kind)
+
+    @classmethod
+    def function(cls, model, spec):
+        return LayerSplit(model, find_layer(model, spec.layer))
+
+    def __init__(self, model: LayerSplit, spec, target):
+        super().__init__(model, spec, target)
+        self.layer = model.layer.name
+        self.shape = model.inputs[0].shape
+        self.tokens = len(self.shape) == 2  # positions x features
+        self.pad_input = self._pad_input() if spec.pad_token is not None else None
+        self.mask = None  # [batch, positions] float32, 1 for a real position; set by `enter`, at trace time
+
+    def _pad_input(self) -> int:
+        """The index of the integer model input whose tokens `pad_token` is compared with."""
+        positions = self.shape[:1]
+        found = [i for i, t in enumerate(self.model.inputs[1:]) if t.dtype.is_integer and t.shape == positions]
+        if not self.tokens or len(found) != 1:
+            raise SpecError(
+                "{pad_token} needs one integer input of shape %s (the tokens of {layer} %s's positions); "
+                "the model has %d" % (positions, self.layer, len(found))
+            )
+        return found[0]
+
+    def declare(self):
+        outputs = []
+        for head in self.target.heads:
+            outputs.append(Output(gradient_name(self.layer, head, True), "gradient", self.shape, input=self.layer))
+            if self.tokens:
+                outputs.append(Output(_suffix(f"token_scores__{self.layer}", head), "token_scores", self.shape[:1],
+                                      input=self.layer))
+        if self.tokens:
+            outputs.append(Output(f"mask__{self.layer}", "mask", self.shape[:1], dtype="int8", input=self.layer))
+        return outputs
+
+    def enter(self, inputs):
+        activation, mask = self.model.head(inputs)
+        if self.tokens:
+            keep = tf.ones(tf.shape(activation)[:2], tf.bool)
+            if mask is not None:
+                keep &= tf.cast(tf.reshape(mask, tf.shape(keep)), tf.bool)
+            if self.pad_input is not None:
+                keep &= tf.not_equal(tf.cast(inputs[self.pad_input], tf.int64), self.spec.pad_token)
+            self.mask = tf.cast(keep, tf.float32)
+        return [activation, *inputs]
+
+    def _connected(self, gradient, x, index, head):
+        if gradient is None:
+            raise SpecError("{layer} {value!r}: its output does not reach {of}", value=self.layer,
+                            of=self.target.describe(head))
+        return tf.cast(gradient, tf.float32)
+
+    def columns(self, gradients):
+        values = {}
+        for head, grads in zip(self.target.heads, gradients):
+            (g,) = clip(grads, self.spec.clip_norm, self.spec.clip_per_tensor)
+            if self.tokens:
+                g = g * self.mask[:, :, None]
+                scores = tf.reduce_sum(g, -1) if self.spec.token_score == "sum" else tf.norm(g, axis=-1)
+                values[_suffix(f"token_scores__{self.layer}", head)] = scores
+            values[gradient_name(self.layer, head, True)] = g
+        if self.tokens:
+            values[f"mask__{self.layer}"] = tf.cast(self.mask, tf.int8)
+        return values
