@@ -8,7 +8,8 @@ classes' names are exactly the ones listed here, so the two cannot drift.
 # Per registry field (the spec field that picks an answer): its answers' names, in the registry's order.
 NAMES = {
     "target": ("sum", "per_output", "loss", "class", "predicted", "top_k"),
-    "method": ("gradient", "gradient_x_input", "integrated_gradients", "smoothgrad", "vargrad", "squaregrad"),
+    "method": ("gradient", "gradient_x_input", "integrated_gradients", "smoothgrad", "vargrad", "squaregrad", "grad_cam",
+               "grad_cam_pp"),
     "wrt": ("inputs", "weights", "both", "layer"),
     "weight_output": ("norm", "projection", "full"),
     "projection_dtype": ("float32", "float16"),

@@ -52,6 +52,7 @@ class GradientEngine:
         self.target = TARGETS[spec.target](self.function, spec)
         self.method = build_method(self.function, spec)
         self.wrt = WRT[spec.wrt](self.function, spec, self.target)
+        self.wrt.attributed_shape = self.method.attributed_shape  # what the method writes per attributed tensor
         self.row_inputs: list[RowInput] = (
             ([self.loss.label] if self.loss else []) + self.target.row_inputs + self.method.row_inputs
         )
@@ -89,8 +90,8 @@ class GradientEngine:
                 self._concrete = self._fn.get_concrete_function()
         return self
 
-    def _forward(self, points: list[tf.Tensor], extras: dict[str, tf.Tensor]) -> Forward:
-        forward = Forward(self.function.call(points), extras, self.loss)
+    def _forward(self, points: list[tf.Tensor], extras: dict[str, tf.Tensor], function=None) -> Forward:
+        forward = Forward((function or self.function).call(points), extras, self.loss)
         forward.scalars = self.target(forward)
         return forward
 

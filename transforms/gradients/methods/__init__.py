@@ -8,6 +8,8 @@ it (captum's `NoiseTunnel(IntegratedGradients)`).
 from transforms.gradients.choices import POINT_WRT
 from transforms.gradients.errors import SpecError
 from transforms.gradients.methods.base import Attribution, Differentiate, Evaluate, Method
+from transforms.gradients.methods.grad_cam import GradCAM
+from transforms.gradients.methods.grad_cam_pp import GradCAMPP
 from transforms.gradients.methods.gradient import Gradient
 from transforms.gradients.methods.gradient_x_input import GradientXInput
 from transforms.gradients.methods.integrated_gradients import IntegratedGradients
@@ -18,7 +20,7 @@ from transforms.gradients.methods.steps import RULES as IG_RULES
 from transforms.gradients.methods.vargrad import VarGrad
 from transforms.gradients.registry import Registry
 
-METHODS = Registry("method", [Gradient, GradientXInput, IntegratedGradients, SmoothGrad, VarGrad, SquareGrad])
+METHODS = Registry("method", [Gradient, GradientXInput, IntegratedGradients, SmoothGrad, VarGrad, SquareGrad, GradCAM, GradCAMPP])
 
 
 def wrapped(spec) -> bool:
@@ -68,4 +70,6 @@ __all__ = [
     "SmoothGrad",
     "VarGrad",
     "SquareGrad",
+    "GradCAM",
+    "GradCAMPP",
 ]

@@ -37,6 +37,10 @@ class Wrt(Answer):
         """The function the target and method see: the model itself; a layer's answer, the model split there."""
         return model
 
+    def attributed_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The per-row shape written for an attributed tensor of `shape`; the engine sets the method's here."""
+        return tuple(shape)
+
     def enter(self, inputs: list[tf.Tensor]) -> list[tf.Tensor]:
         """The model's inputs -> the points of `function` (the same, unless it is split at a layer)."""
         return inputs

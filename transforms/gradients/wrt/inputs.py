@@ -36,7 +36,7 @@ class Inputs(Wrt):
             Output(
                 gradient_name(t.name, head, multi_input),
                 "gradient",
-                t.shape,
+                self.attributed_shape(t.shape),
                 input=t.name,
                 per_feature=gradient_name(t.name, head, multi_input, feature="{feature}"),
             )
