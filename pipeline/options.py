@@ -108,6 +108,8 @@ class GradientOptions(PipelineOptions):
             choices=NAMES["token_score"],
             help="With --wrt layer: token_scores reduce each position's features by their sum or L2 norm.",
         )
+        add("--vocab", help="With --wrt layer: a vocabulary file (one token a line, or a .json id->token map) naming "
+            "the token ids in <output>-summary.json's token aggregates.")
         # ---- end wrt layer ----
         add(
             "--weights",

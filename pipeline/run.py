@@ -68,6 +68,7 @@ from transforms.parquet import (
     write_parquet,
 )
 from transforms.tensors import FeedError, check_columns, exact_column
+from transforms.vocabulary import read_vocabulary
 
 LOG = logging.getLogger("beam_gradients")
 OUTPUT, REJECTED_OPTION = "--output", "--rejected"
@@ -468,7 +469,8 @@ def build(
     shards = job.num_shards or 0
     computed[RESULTS] | "WriteGradients" >> write_parquet(prefixes[OUTPUT], plan.layout.schema, shards)
     computed[REJECTED] | "WriteRejected" >> write_parquet(prefixes[REJECTED_OPTION], plan.rejected_schema, shards)
-    spec = AggregateSpec.from_layout(plan.layout, plan.key_columns, job.group_column, job.top_rows)
+    vocabulary = read_vocabulary(job.vocab) if job.vocab else None  # names the token aggregates' ids (issue 19)
+    spec = AggregateSpec.from_layout(plan.layout, plan.key_columns, job.group_column, job.top_rows, vocabulary)
     (
         computed[RESULTS]
         | "Aggregate" >> beam.CombineGlobally(AggregatesFn(spec))

@@ -53,7 +53,8 @@ def test_token_attributions_through_the_job_with_bad_rows_rejected_and_identical
         assert (summary.rows_out, summary.rows_rejected) == (ROWS - 2, 2)
         outputs[name] = by_key(read_output(tmp_path / f"{name}/g"))
     out = outputs["batch8"]
-    assert out.schema.names[:5] == ["id", "gradient__emb", "token_scores__emb", "mask__emb", "ig_delta"]
+    assert out.schema.names[:6] == ["id", "gradient__emb", "token_scores__emb", "mask__emb", "tokens__emb", "ig_delta"]
+    assert tensor_column(out, "tokens__emb").tolist() == ids[out.column("id").to_numpy()].tolist()
     assert out.schema.field("mask__emb").type == pa.fixed_shape_tensor(pa.int8(), [LENGTH])
     for name, table in outputs.items():
         for column in ("gradient__emb", "token_scores__emb", "mask__emb", "ig_delta"):
@@ -93,3 +94,33 @@ def test_bad_layer_and_integer_inputs_fail_in_one_line(tmp_path, capsys):
     assert "--wrt layer --layer <name>" in line and "(its embedding layers: emb)" in line
     line = _cli_error(capsys, *base, "--layer", "emb")
     assert "--layer" in line and "not used" in line
+
+
+def test_token_aggregates_per_id_and_per_group_with_a_vocabulary(tmp_path):
+    model = _text_model()
+    ids = _token_rows(tmp_path)
+    labels = np.arange(ROWS) % 2
+    for f, part in enumerate((slice(0, ROWS // 2), slice(ROWS // 2, ROWS))):  # add a label column to each file
+        table = pq.read_table(str(tmp_path / f"in/{f}.parquet")).append_column("label", pa.array(labels[part]))
+        pq.write_table(table, str(tmp_path / f"in/{f}.parquet"), row_group_size=5)
+    (tmp_path / "vocab.txt").write_text("\n".join(["[PAD]"] + [f"w{i}" for i in range(1, VOCAB)]) + "\n")
+    extra = ["--wrt", "layer", "--layer", "emb", "--method", "gradient_x_input", "--batch_size", "8",
+             "--group_column", "label", "--vocab", tmp_path / "vocab.txt", *MULTI]
+    run_on(tmp_path, save(model, tmp_path), *extra, features="tokens")
+    out = by_key(read_output(tmp_path / "out/g"))
+    summary = json.loads((tmp_path / "out/g-summary.json").read_text())
+    block = summary["tokens"]["token_scores__emb"]
+    assert block["tokens_column"] == "tokens__emb"
+    scores, mask = tensor_column(out, "token_scores__emb"), tensor_column(out, "mask__emb") != 0
+    tokens, label = tensor_column(out, "tokens__emb"), out.column("label").to_numpy()
+
+    def expected(rows):
+        real = mask & rows[:, None]
+        return [{"id": int(i), "count": int((tokens[real] == i).sum()), "mean": float(scores[real][tokens[real] == i].mean()),
+                 "token": f"w{i}"} for i in np.unique(tokens[real])]
+
+    for got, want in ((block["tokens"], expected(np.ones(len(out), bool))),
+                      (block["groups"]["1"], expected(label == 1))):
+        assert [(e["id"], e["count"], e["token"]) for e in got] == [(e["id"], e["count"], e["token"]) for e in want]
+        assert_close([e["mean"] for e in got], [e["mean"] for e in want], rtol=1e-5, atol=1e-9)
+    assert 0 not in [e["id"] for e in block["tokens"]]  # padding is not a token here

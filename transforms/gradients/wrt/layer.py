@@ -10,7 +10,9 @@ range). Columns, per head:
 - where that shape is positions x features: `token_scores__<layer>` (positions,),
   the attribution reduced over the features axis (`token_score`: `sum`, so that
   integrated gradients' token scores add up to f(x) - f(baseline); or `l2`, the
-  norm, for a magnitude), and `mask__<layer>` (int8, 1: a real position, 0: padding).
+  norm, for a magnitude), and `mask__<layer>` (int8, 1: a real position, 0: padding);
+- where one integer model input has shape (positions,): `tokens__<layer>`, its ids (the job's token aggregates
+  read them).
 
 Padding positions (the Keras mask the layer's output carries, e.g. from an
 `Embedding(mask_zero=True)`, and/or the positions whose token equals `pad_token`)
@@ -62,42 +64,50 @@ class Layer(Inputs):
         super().__init__(model, spec, target)
         self.layer = model.layer.name
         self.shape = model.inputs[0].shape
-        self.tokens = len(self.shape) == 2  # positions x features
-        self.pad_input = self._pad_input() if spec.pad_token is not None else None
-        self.mask = None  # [batch, positions] float32, 1 for a real position; set by `enter`, at trace time
-
-    def _pad_input(self) -> int:
-        """The index of the integer model input whose tokens `pad_token` is compared with."""
-        positions = self.shape[:1]
-        found = [i for i, t in enumerate(self.model.inputs[1:]) if t.dtype.is_integer and t.shape == positions]
-        if not self.tokens or len(found) != 1:
+        self.positional = len(self.shape) == 2  # positions x features
+        self.token_input = self._token_input()  # the model input (index in the split's inputs) holding the tokens
+        if spec.pad_token is not None and self.token_input is None:
             raise SpecError(
                 "{pad_token} needs one integer input of shape %s (the tokens of {layer} %s's positions); "
-                "the model has %d" % (positions, self.layer, len(found))
+                "the model has none or several" % (self.shape[:1], self.layer)
             )
-        return found[0]
+        self.mask = None  # [batch, positions] float32, 1 for a real position; set by `enter`, at trace time
+        self.token_ids = None  # [batch, positions], the token input; set by `enter`
+
+    def _token_input(self) -> int | None:
+        """The index of the one integer model input of shape (positions,): its tokens sit at the layer's positions."""
+        if not self.positional:
+            return None
+        found = [i for i, t in enumerate(self.model.inputs) if t.dtype.is_integer and t.shape == self.shape[:1]]
+        return found[0] if len(found) == 1 else None
 
     def declare(self):
         outputs = []
         for head in self.target.heads:
             outputs.append(Output(gradient_name(self.layer, head, True), "gradient", self.shape, input=self.layer))
-            if self.tokens:
+            if self.positional:
                 outputs.append(Output(_suffix(f"token_scores__{self.layer}", head), "token_scores", self.shape[:1],
                                       input=self.layer))
-        if self.tokens:
+        if self.positional:
             outputs.append(Output(f"mask__{self.layer}", "mask", self.shape[:1], dtype="int8", input=self.layer))
+        if self.token_input is not None:  # the ids at the positions, so scores read without the input beside them
+            dtype = self.model.inputs[self.token_input].dtype.name
+            outputs.append(Output(f"tokens__{self.layer}", "tokens", self.shape[:1], dtype=dtype, input=self.layer))
         return outputs
 
     def enter(self, inputs):
         activation, mask = self.model.head(inputs)
-        if self.tokens:
+        points = [activation, *inputs]
+        if self.token_input is not None:
+            self.token_ids = points[self.token_input]
+        if self.positional:
             keep = tf.ones(tf.shape(activation)[:2], tf.bool)
             if mask is not None:
                 keep &= tf.cast(tf.reshape(mask, tf.shape(keep)), tf.bool)
-            if self.pad_input is not None:
-                keep &= tf.not_equal(tf.cast(inputs[self.pad_input], tf.int64), self.spec.pad_token)
+            if self.spec.pad_token is not None:
+                keep &= tf.not_equal(tf.cast(self.token_ids, tf.int64), self.spec.pad_token)
             self.mask = tf.cast(keep, tf.float32)
-        return [activation, *inputs]
+        return points
 
     def _connected(self, gradient, x, index, head):
         if gradient is None:
@@ -109,11 +119,13 @@ class Layer(Inputs):
         values = {}
         for head, grads in zip(self.target.heads, gradients):
             (g,) = clip(grads, self.spec.clip_norm, self.spec.clip_per_tensor)
-            if self.tokens:
+            if self.positional:
                 g = g * self.mask[:, :, None]
                 scores = tf.reduce_sum(g, -1) if self.spec.token_score == "sum" else tf.norm(g, axis=-1)
                 values[_suffix(f"token_scores__{self.layer}", head)] = scores
             values[gradient_name(self.layer, head, True)] = g
-        if self.tokens:
+        if self.positional:
             values[f"mask__{self.layer}"] = tf.cast(self.mask, tf.int8)
+        if self.token_input is not None:
+            values[f"tokens__{self.layer}"] = self.token_ids
         return values
