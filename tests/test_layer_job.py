@@ -124,3 +124,21 @@ def test_token_aggregates_per_id_and_per_group_with_a_vocabulary(tmp_path):
         assert [(e["id"], e["count"], e["token"]) for e in got] == [(e["id"], e["count"], e["token"]) for e in want]
         assert_close([e["mean"] for e in got], [e["mean"] for e in want], rtol=1e-5, atol=1e-9)
     assert 0 not in [e["id"] for e in block["tokens"]]  # padding is not a token here
+
+
+def test_the_layers_docs_python_examples_run_as_written(tmp_path):
+    """docs/layers.md's examples (a text model with token scores, Grad-CAM) run in a fresh folder."""
+    import os
+    import pathlib
+    import re
+    import subprocess
+    import sys
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    blocks = re.findall(r"```python\n(.*?)```", (root / "docs/layers.md").read_text(), re.S)
+    assert len(blocks) == 2
+    for block in blocks:
+        ran = subprocess.run([sys.executable, "-c", block], cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                             env=dict(os.environ, PYTHONPATH=str(root)))
+        assert ran.returncode == 0, block + ran.stderr[-3000:]
+    assert "(20, 16, 16)" in ran.stdout
