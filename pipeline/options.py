@@ -496,6 +496,8 @@ def check_values(job: GradientOptions) -> None:
         raise OptionsError(f"--num_shards must be 0 (the runner decides) or more, not {job.num_shards}")
     if job.top_rows is None or job.top_rows < 0:
         raise OptionsError(f"--top_rows must be 0 or more, not {job.top_rows}")
+    if job.vocab and job.wrt != "layer":  # issue 19: names the ids of --wrt layer's token aggregates only
+        raise OptionsError(f"--vocab names the token ids of --wrt layer's token scores; with --wrt {job.wrt}, leave it out")
     if job.read_batch_rows is not None and job.read_batch_rows < 1:
         raise OptionsError(f"--read_batch_rows must be 1 or more, not {job.read_batch_rows}")
 

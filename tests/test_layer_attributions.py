@@ -259,3 +259,29 @@ def test_token_baseline_needs_wrt_layer():
     model, _, _ = token_and_float()
     with pytest.raises(SpecError, match="token:<id>"):
         GradientEngine(from_keras(model), GradientSpec(method="integrated_gradients", baseline="token:0"), 2)
+
+
+@pytest.mark.parametrize("name", [n for n in MODELS if n != "transformer"])  # its custom layer would need trust
+def test_every_model_kind_runs_through_the_job_with_identical_bytes_across_batch_sizes(tmp_path, name):
+    import pyarrow as pa
+
+    from tests.conftest import by_key, read_output, run_job, save, write_parquet
+
+    model, layer, _ = MODELS[name]()
+    xs = [_tokens(12)] + ([RNG.normal(size=(12, 3)).astype(np.float32)] if len(model.inputs) == 2 else [])
+    columns = {"id": np.arange(12), "tokens": pa.array(list(xs[0]), pa.list_(pa.int32()))}
+    if len(xs) == 2:
+        columns["features"] = xs[1]
+    write_parquet(tmp_path / "in/a.parquet", columns, row_group_size=5)
+    path = save(model, tmp_path)
+    results = []
+    for batch in (3, 5):
+        run_job("--input", tmp_path / "in/a.parquet", "--output", tmp_path / f"b{batch}/g", "--model", path,
+                "--keep_columns", "id", "--wrt", "layer", "--layer", layer, "--method", "integrated_gradients",
+                "--steps", "8", "--target", "predicted", "--batch_size", batch)
+        results.append(by_key(read_output(tmp_path / f"b{batch}/g")))
+    assert results[0].drop(["id"]).equals(results[1].drop(["id"]))
+    spec = GradientSpec(wrt="layer", layer=layer, method="integrated_gradients", steps=8, target="predicted")
+    want = GradientEngine(from_keras(model), spec, batch_size=12)(xs)
+    got = results[0].column(f"gradient__{layer}").combine_chunks().to_numpy_ndarray()
+    assert_close(got, want[f"gradient__{layer}"], rtol=1e-5, atol=1e-7)
