@@ -22,6 +22,12 @@ import tensorflow as tf
 from transforms.gradients.errors import SpecError
 from transforms.gradients.model_function import ModelFunction, TensorInfo, _per_example
 
+try:  # Keras 3's Layer.__call__ attaches the output's mask (to the tensor, or a global table where it cannot)
+    from keras.src.backend import get_keras_mask as _keras_mask
+except ImportError:  # pragma: no cover - another Keras 3 layout
+    def _keras_mask(tensor):
+        return getattr(tensor, "_keras_mask", None)
+
 _LOCK = threading.RLock()  # one replacement at a time: a model is shared by a process's threads
 
 
@@ -77,11 +83,15 @@ def embedding_consumers(model: ModelFunction) -> dict[str, list]:
 def _replaced(layer, call):
     """`layer.call` replaced by `call(original, *args, **kwargs)` inside the block."""
     original = layer.call
+    own = layer.__dict__.get("call")  # a layer that set its own `call` on the instance gets it back
     object.__setattr__(layer, "call", lambda *args, **kwargs: call(original, *args, **kwargs))
     try:
         yield
     finally:
-        object.__delattr__(layer, "call")
+        if own is None:
+            object.__delattr__(layer, "call")
+        else:
+            object.__setattr__(layer, "call", own)
 
 
 class LayerSplit(ModelFunction):
@@ -125,9 +135,7 @@ class LayerSplit(ModelFunction):
         if len(seen) != 1:
             raise SpecError("{layer} {value!r} is called %d times by the model; name a layer called once"
                             % len(seen), value=self.layer.name)
-        from keras.src.backend import get_keras_mask
-
-        mask = get_keras_mask(seen[0])
+        mask = _keras_mask(seen[0])
         return tf.cast(seen[0], tf.float32), mask
 
     def _call(self, tensors: list[tf.Tensor]) -> list[tf.Tensor]:
