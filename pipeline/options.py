@@ -364,6 +364,8 @@ def check_values(job: GradientOptions) -> None:
         if any(settings[field].kind == "job" for field in err.fields):
             raise OptionsError(str(flag_error(err))) from None
         raise flag_error(err) from None
+    if job.vocab and job.wrt != "layer":  # names the ids of --wrt layer's token aggregates only
+        raise OptionsError(f"--vocab names the token ids of --wrt layer's token scores; with --wrt {job.wrt}, leave it out")
 
 
 # ---------------------------------------------------------------- `beam-gradients influence`

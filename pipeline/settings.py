@@ -40,6 +40,13 @@ RUN_REST = (
         "it is kept in the output like a {keep_columns} column.",
     ),
     _job("top_rows", int, 20, "Rows listed in <output>-summary.json's top-by-norm and top-by-loss.", minimum=0),
+    _job(
+        "vocab",
+        str,
+        None,
+        "With {wrt} layer: a vocabulary file (one token a line, or a .json id->token map) naming the token ids "
+        "in <output>-summary.json's token aggregates.",
+    ),
     _job("quiet", bool, False, "No progress lines while the job runs."),
     _job("config", str, None, "YAML file of options; flags on the command line override it."),
     _job("debug", bool, False, "Show tracebacks on errors."),

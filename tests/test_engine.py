@@ -47,9 +47,10 @@ def _eager(model, rows, scalar):
 def test_the_registries_are_the_choices_and_name_one_file_per_answer():
     assert TARGETS.names == ("sum", "per_output", "loss", "class", "predicted", "top_k")
     assert METHODS.names == (
-        "gradient", "gradient_x_input", "integrated_gradients", "smoothgrad", "vargrad", "squaregrad"
+        "gradient", "gradient_x_input", "integrated_gradients", "smoothgrad", "vargrad", "squaregrad", "grad_cam",
+        "grad_cam_pp",  # issue 19
     )
-    assert WRT.names == ("inputs", "weights", "both")
+    assert WRT.names == ("inputs", "weights", "both", "layer")  # issue 19 added layer
     with pytest.raises(SpecError, match=r"^target must be one of sum, per_output, loss, class, predicted, top_k, not 'sideways'$"):
         GradientSpec(target="sideways")
 

@@ -103,7 +103,11 @@ def _method(model, method: str, scalar, i: int) -> np.ndarray:
     return {"smoothgrad": grads.mean(0), "vargrad": grads.var(0), "squaregrad": (grads**2).mean(0)}[method]
 
 
-REFERENCE_METHODS = {"gradient", "gradient_x_input", "integrated_gradients", "smoothgrad", "vargrad", "squaregrad"}
+# Grad-CAM maps an image model's feature maps: compared with xplique and an eager tape in test_grad_cam.py, and
+# refused here, where the model has no image input.
+IMAGE_METHODS = {"grad_cam", "grad_cam_pp"}
+REFERENCE_METHODS = {"gradient", "gradient_x_input", "integrated_gradients", "smoothgrad", "vargrad", "squaregrad",
+                     *IMAGE_METHODS}
 
 
 def test_every_registered_answer_has_a_reference_here():
@@ -112,8 +116,8 @@ def test_every_registered_answer_has_a_reference_here():
 
 
 def _refused_by_definition(method: str, target: str, wrt: str) -> bool:
-    """A weight gradient is the plain gradient of one scalar per row."""
-    return wrt == "both" and (method != "gradient" or len(_heads(target, np.zeros((ROWS, CLASSES)))) != 1)
+    """A weight gradient is the plain gradient of one scalar per row; Grad-CAM needs an image model."""
+    return method in IMAGE_METHODS or wrt == "both" and (method != "gradient" or len(_heads(target, np.zeros((ROWS, CLASSES)))) != 1)
 
 
 @pytest.mark.parametrize(

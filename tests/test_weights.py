@@ -132,7 +132,7 @@ def _spec(**kw):
 
 
 def test_the_registries_list_the_new_answers():
-    assert WRT.names == ("inputs", "weights", "both")
+    assert WRT.names == ("inputs", "weights", "both", "layer")  # issue 19 added layer
     assert FORMS.names == ("norm", "projection", "full")
     with pytest.raises(SpecError, match=r"^weight_output must be one of norm, projection, full, not 'sum'$"):
         _spec(weight_output=("sum",))

@@ -47,6 +47,59 @@ class GradientBlock:
 
 
 @dataclasses.dataclass(frozen=True)
+class TokenBlock:
+    """Token scores at a layer (`token_scores__<layer>[__head]`), the ids at its positions and which are padding."""
+
+    scores: str
+    tokens: str
+    mask: str
+
+    def values(self, table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, scores) of every real (not padding) position in `table`, flattened."""
+        def grid(name):
+            return table.column(name).combine_chunks().to_numpy_ndarray().reshape(table.num_rows, -1)
+
+        real = grid(self.mask) != 0
+        return grid(self.tokens)[real].astype(np.int64), grid(self.scores)[real]
+
+
+class _TokenSums:
+    """Per token id: how many real positions held it, and the sum of their scores (arrays indexed by id)."""
+
+    def __init__(self):
+        self.count = np.zeros(0, np.int64)
+        self.sum = np.zeros(0)
+
+    def _grow(self, size: int) -> None:
+        if size > len(self.count):
+            self.count = np.concatenate([self.count, np.zeros(size - len(self.count), np.int64)])
+            self.sum = np.concatenate([self.sum, np.zeros(size - len(self.sum))])
+
+    def add(self, ids: np.ndarray, scores: np.ndarray) -> None:
+        if not len(ids):
+            return
+        size = int(ids.max()) + 1
+        self._grow(size)
+        self.count[:size] += np.bincount(ids, minlength=size)
+        self.sum[:size] += np.bincount(ids, weights=scores.astype(np.float64), minlength=size)
+
+    def merge(self, other: "_TokenSums") -> None:
+        self._grow(len(other.count))
+        self.count[: len(other.count)] += other.count
+        self.sum[: len(other.sum)] += other.sum
+
+    def entries(self, vocabulary: Sequence[str] | None) -> list[dict]:
+        """One entry per id seen, by id: its count and mean score (and its token, where a vocabulary names it)."""
+        entries = []
+        for i in np.flatnonzero(self.count):
+            entry = {"id": int(i), "count": int(self.count[i]), "mean": float(self.sum[i] / self.count[i])}
+            if vocabulary is not None:
+                entry["token"] = vocabulary[i] if i < len(vocabulary) else None
+            entries.append(entry)
+        return entries
+
+
+@dataclasses.dataclass(frozen=True)
 class AggregateSpec:
     """What to aggregate: the gradient outputs, the key columns to name top rows by, an optional group column."""
 
@@ -55,9 +108,12 @@ class AggregateSpec:
     group_column: str | None = None
     loss_column: str | None = None
     top: int = 20
+    token_blocks: tuple[TokenBlock, ...] = ()  # wrt layer: per token id, the mean token score
+    vocabulary: tuple[str, ...] | None = None  # token id -> string (`vocab`), to name the ids in the summary
 
     @classmethod
-    def from_layout(cls, layout, key_columns: Sequence[str], group_column: str | None = None, top: int = 20):
+    def from_layout(cls, layout, key_columns: Sequence[str], group_column: str | None = None, top: int = 20,
+                    vocabulary: Sequence[str] | None = None):
         """From an OutputLayout: every column of kind `gradient`, grouped by the output it comes from."""
         blocks: dict[str, list] = {}
         for column in layout.columns:
@@ -71,7 +127,14 @@ class AggregateSpec:
             else:
                 made.append(GradientBlock(name, (columns[0].name,), tuple(columns[0].type.shape)))
         loss = LOSS_COLUMN if LOSS_COLUMN in layout.schema.names else None
-        return cls(tuple(made), tuple(key_columns), group_column, loss, top)
+        kinds = {c.name: c.kind for c in layout.columns}
+        tokens = []
+        for column in layout.columns:  # token_scores__<layer>[__head], with tokens__<layer> and mask__<layer>
+            layer = column.name.split("__")[1] if column.kind == "token_scores" else None
+            if layer and kinds.get(f"tokens__{layer}") == "tokens" and kinds.get(f"mask__{layer}") == "mask":
+                tokens.append(TokenBlock(column.name, f"tokens__{layer}", f"mask__{layer}"))
+        vocabulary = tuple(vocabulary) if vocabulary is not None else None
+        return cls(tuple(made), tuple(key_columns), group_column, loss, top, tuple(tokens), vocabulary)
 
 
 def row_norms(values: np.ndarray) -> np.ndarray:
@@ -147,6 +210,8 @@ class Accumulator:
         self.rows = 0
         self.blocks = [_BlockAccumulator(int(np.prod(b.shape, dtype=np.int64))) for b in spec.blocks]
         self.top_loss: list[tuple[float, dict]] = []
+        # Per token block: the sums over all rows, and per group (None once there are more than MAX_GROUPS).
+        self.tokens = [(_TokenSums(), {}) for _ in spec.token_blocks]
 
 
 def _group_names(table: pa.Table, column: str) -> np.ndarray:
@@ -182,6 +247,15 @@ class AggregatesFn(beam.CombineFn):
                     block_acc.groups.setdefault(name, _Sums(values.shape[1])).add(values[groups == name])
                 if len(block_acc.groups) > MAX_GROUPS:
                     block_acc.groups = None
+        for block, (everything, groups_) in zip(spec.token_blocks, acc.tokens):
+            ids, scores = block.values(table)
+            everything.add(ids, scores)
+            if groups is not None and groups_ is not None:
+                real = table.column(block.mask).combine_chunks().to_numpy_ndarray().reshape(table.num_rows, -1) != 0
+                owners = np.repeat(groups, real.sum(axis=1))  # the group of each real position, in order
+                for name in np.unique(groups):
+                    groups_.setdefault(name, _TokenSums()).add(ids[owners == name], scores[owners == name])
+        acc.tokens = [(t, g if g is None or len(g) <= MAX_GROUPS else None) for t, g in acc.tokens]
         if spec.loss_column:
             loss = np.asarray(table.column(spec.loss_column), np.float64)
             acc.top_loss = top_entries(acc.top_loss + top_candidates(table, loss, spec.key_columns, spec.top), spec.top)
@@ -191,6 +265,16 @@ class AggregatesFn(beam.CombineFn):
         accumulators = iter(accumulators)
         merged = next(accumulators)
         for acc in accumulators:
+            tokens = []
+            for (mine, mine_groups), (theirs, theirs_groups) in zip(merged.tokens, acc.tokens):
+                mine.merge(theirs)
+                if mine_groups is None or theirs_groups is None:
+                    tokens.append((mine, None))
+                    continue
+                for name, sums in theirs_groups.items():
+                    mine_groups.setdefault(name, _TokenSums()).merge(sums)
+                tokens.append((mine, mine_groups if len(mine_groups) <= MAX_GROUPS else None))
+            merged.tokens = tokens
             merged.rows += acc.rows
             merged.top_loss = top_entries(merged.top_loss + acc.top_loss, self.spec.top)
             for mine, theirs in zip(merged.blocks, acc.blocks):
@@ -226,7 +310,7 @@ class AggregatesFn(beam.CombineFn):
                 entry["groups"] = {g: s.means(block.shape) for g, s in sorted(block_acc.groups.items())}
             gradients[block.name] = entry
         dropped = bool(spec.group_column) and any(b.groups is None for b in acc.blocks)
-        return {
+        summary = {
             "version": SUMMARY_VERSION,
             "rows": acc.rows,
             "key_columns": list(spec.key_columns),
@@ -236,6 +320,17 @@ class AggregatesFn(beam.CombineFn):
             "gradients": gradients,
             "top_by_loss": [{"loss": v, "keys": k} for v, k in acc.top_loss] if spec.loss_column else None,
         }
+        if spec.token_blocks:  # only where there are token scores: other outputs' summaries are unchanged
+            summary["tokens"] = {
+                block.scores: {
+                    "tokens_column": block.tokens,
+                    "tokens": everything.entries(spec.vocabulary),
+                    "groups": None if groups is None or not spec.group_column else
+                    {g: s.entries(spec.vocabulary) for g, s in sorted(groups.items())},
+                }
+                for block, (everything, groups) in zip(spec.token_blocks, acc.tokens)
+            }
+        return summary
 
 
 def summarize(tables: Iterable[pa.Table], spec: AggregateSpec) -> dict:

@@ -37,6 +37,7 @@ class Writes:
     num_shards: int = 0  # 0: the runner decides
     group_column: str | None = None  # the aggregates are also computed per value of this column
     top_rows: int = 20  # rows the aggregates list by norm and by loss
+    vocabulary: tuple[str | None, ...] | None = None  # token id -> string, naming the token aggregates' ids
 
 
 class GradientsGraph(beam.PTransform):
@@ -89,7 +90,7 @@ class GradientsGraph(beam.PTransform):
         plan, to = self._plan, self._writes
         computed[RESULTS] | "WriteGradients" >> write_parquet(to.results, plan.layout.schema, to.num_shards)
         computed[REJECTED] | "WriteRejected" >> write_parquet(to.rejected, plan.rejected_schema, to.num_shards)
-        spec = AggregateSpec.from_layout(plan.layout, plan.key_columns, to.group_column, to.top_rows)
+        spec = AggregateSpec.from_layout(plan.layout, plan.key_columns, to.group_column, to.top_rows, to.vocabulary)
         (
             computed[RESULTS]
             | "Aggregate" >> beam.CombineGlobally(AggregatesFn(spec))

@@ -52,6 +52,7 @@ from transforms.io.files import (
 )
 from transforms.feeds.plan import Fault, JobPlan
 from transforms.feeds.columns import check_columns, exact_column
+from transforms.vocabulary import read_vocabulary
 
 OUTPUT, REJECTED_OPTION = "--output", "--rejected"
 SUMMARY = "summary"  # the staged file's name: `<output>-summary.json` (transforms/contract.py)
@@ -281,6 +282,7 @@ def run_options(
         job.num_shards or 0,
         job.group_column,
         job.top_rows,
+        read_vocabulary(job.vocab) if job.vocab else None,
     )
     pipeline | "Job" >> GradientsGraph(
         plan, files=inputs.paths, read_batch_rows=job.read_batch_rows, writes=writes, progress=progress.files

@@ -39,6 +39,9 @@ class Feed:
     dtype: str
     # For nested lists as deep as the input's rank: each level's length is checked against its dim.
     levels: tuple[int, ...] | None = None
+    # Token ids read by an embedding: valid in 0..vocabulary-1 (a row holding another is rejected), and the layer.
+    vocabulary: int | None = None
+    embedding: str | None = None
 
     @property
     def size(self) -> int:
@@ -323,6 +326,28 @@ def _check_finite(values: np.ndarray, owners: _Owners, reasons: Reasons, column:
         reasons.add(owners.rows_with(~finite), "validate", f"column {column!r} holds NaN or infinity")
 
 
+def _check_vocabulary(feed: Feed, raw: np.ndarray, owners: _Owners, reasons: Reasons, column: str) -> None:
+    """A row holding a token id outside the embedding's vocabulary is rejected, its reason naming the id."""
+    outside = (raw < 0) | (raw >= feed.vocabulary)
+    if not outside.any():
+        return
+    rows = owners.rows_with(outside)
+    index = np.flatnonzero(outside)
+    owner = owners.index[index] if owners.index is not None else index // owners.per_row
+    first = {}
+    for row, value in zip(owner.tolist(), raw[index].tolist()):  # only bad values: few
+        first.setdefault(row, value)
+    for value in sorted(set(first.values())):
+        mask = np.zeros(len(rows), bool)
+        mask[[r for r, v in first.items() if v == value]] = True
+        reasons.add(
+            mask,
+            "decode",
+            f"column {column!r} holds token id {value}, outside the vocabulary 0..{feed.vocabulary - 1} "
+            f"of embedding {feed.embedding!r}",
+        )
+
+
 def _leaf(array: pa.Array, n: int, feed: Feed, reasons: Reasons) -> tuple[pa.Array, _Owners, np.ndarray]:
     """Flatten (nested) lists to their numbers: (numbers, their owning rows, rows with a null list).
 
@@ -399,6 +424,8 @@ def decode(feed: Feed, batch: pa.RecordBatch | pa.Table) -> Decoded:
     raw = _to_numpy(leaf)
     _check_finite(raw, owners, reasons, column)
     raw = _cast(feed, raw, owners, reasons, column)
+    if feed.vocabulary is not None:
+        _check_vocabulary(feed, raw, owners, reasons, column)
     if feed.kind == TENSOR:
         return Decoded(raw.reshape((n, *feed.shape)), reasons)
     values = np.zeros((n, feed.size), dtype=feed.dtype)

@@ -22,6 +22,24 @@ from transforms.io.schema import OutputLayout, rejected_schema
 from transforms.feeds.row_seeds import RowSeedFeed
 from transforms.feeds.columns import Feed, check_columns, plan_feed, plan_input_feeds
 
+def with_vocabularies(feeds: list[Feed], model: ModelFunction) -> list[Feed]:
+    """Feeds of token inputs that an Embedding reads, with its vocabulary: an id outside it rejects the row.
+
+    Why: an embedding lookup of an id outside its table fails the whole batch on a CPU (and reads zeros on a GPU).
+    """
+    from transforms.gradients.wrt.layer_split import embedding_consumers
+
+    consumers = embedding_consumers(model)
+    planned = []
+    for feed in feeds:
+        layers = consumers.get(feed.input)
+        if layers and np.issubdtype(np.dtype(feed.dtype), np.integer):
+            smallest = min(layers, key=lambda layer: layer.input_dim)
+            feed = dataclasses.replace(feed, vocabulary=int(smallest.input_dim), embedding=smallest.name)
+        planned.append(feed)
+    return planned
+
+
 if TYPE_CHECKING:  # the engine is built on workers and at planning, never at import: --help needs no TensorFlow
     from transforms.gradients import GradientEngine, GradientSpec, ModelFunction
 
@@ -114,6 +132,7 @@ class JobPlan:
         engine: GradientEngine = loaded.value
         inputs = [(t.name, t.shape, t.dtype.as_numpy_dtype) for t in engine.model.inputs]
         feeds = plan_input_feeds(schema, inputs, feature_columns, input_map or {}, source)
+        feeds = with_vocabularies(feeds, engine.model)
         extras = []
         for row_input in engine.row_inputs:
             if row_input.column is None:  # the row's seed: from its keys, or its position when none are kept

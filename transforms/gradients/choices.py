@@ -6,6 +6,9 @@ declared.py (docs/make_options.py), so `--help` and every option error answer at
 """
 
 UNCONNECTED_MODES = ("zeros", "error")
+# The wrt answers whose gradients are taken at the method's points (the inputs, or a layer's activation), so every
+# method works with them; the others (weights) take the plain gradient only.
+POINT_WRT = ("inputs", "layer")
 EMITS = ("predictions", "loss", "norm")
 KERAS_LOSSES = (
     "mse",

@@ -7,8 +7,8 @@ from transforms.gradients.settings import Setting
 
 SETTINGS = (
     Setting('target', str, 'sum', 'What to differentiate: sum, per_output, loss, class, predicted, top_k.', choices=('sum', 'per_output', 'loss', 'class', 'predicted', 'top_k'), owner='every gradient'),
-    Setting('method', str, 'gradient', 'How the gradient is taken: gradient, gradient_x_input, integrated_gradients, smoothgrad, vargrad, squaregrad.', choices=('gradient', 'gradient_x_input', 'integrated_gradients', 'smoothgrad', 'vargrad', 'squaregrad'), owner='every gradient'),
-    Setting('wrt', str, 'inputs', "Differentiate with respect to the model's inputs, its trainable weights, or both.", choices=('inputs', 'weights', 'both'), owner='every gradient'),
+    Setting('method', str, 'gradient', 'How the gradient is taken: gradient, gradient_x_input, integrated_gradients, smoothgrad, vargrad, squaregrad, grad_cam, grad_cam_pp.', choices=('gradient', 'gradient_x_input', 'integrated_gradients', 'smoothgrad', 'vargrad', 'squaregrad', 'grad_cam', 'grad_cam_pp'), owner='every gradient'),
+    Setting('wrt', str, 'inputs', "Differentiate with respect to the model's inputs, its trainable weights, both, or a layer's output.", choices=('inputs', 'weights', 'both', 'layer'), owner='every gradient'),
     Setting('clip_norm', float, None, "Rescale each example's own gradient to this L2 norm at most.", above=0, owner='every gradient'),
     Setting('clip_per_tensor', bool, False, "With {clip_norm}: clip each differentiated tensor on its own, not all of a row's together.", owner='every gradient'),
     Setting('unconnected', str, 'zeros', 'An input the target does not depend on: write zeros (and count it) or fail.', choices=('zeros', 'error'), owner='every gradient'),
@@ -29,6 +29,9 @@ SETTINGS = (
     Setting('weights', str, None, 'With {wrt} weights/both: layer names (comma-separated) or a regular expression over variable paths (default: every trainable variable).', owner='wrt weights'),
     Setting('weight_output', str, ('norm',), "What each row's weight gradient is written as, comma-separated: norm, projection, full (default: norm).", choices=('norm', 'projection', 'full'), items=True, owner='wrt weights'),
     Setting('weight_memory_mb', int, 1024, 'Memory budget of the per-example weight gradients: sets the rows per micro-batch.', minimum=1, owner='wrt weights'),
+    Setting('layer', str, None, "With {wrt} layer: the layer whose output is attributed (nested sub-models' too).", owner='wrt layer'),
+    Setting('pad_token', int, None, 'With {wrt} layer: the token id that is padding (zero attribution).', minimum=0, range_text='a token id (0 or more)', owner='wrt layer'),
+    Setting('token_score', str, 'sum', "With {wrt} layer: token_scores reduce each position's features by their sum or L2 norm.", choices=('sum', 'l2'), owner='wrt layer'),
     Setting('projection_dim', int, 2048, "Length k of each row's weight projection.", minimum=1, owner='weight_output projection'),
     Setting('projection_dtype', str, 'float32', 'Type of the projection.', choices=('float32', 'float16'), owner='weight_output projection'),
     Setting('projection_seed', int, 0, 'Seed of the projection: equal seeds, comparable rows.', owner='weight_output projection'),

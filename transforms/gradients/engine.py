@@ -48,9 +48,12 @@ class GradientEngine:
         self.batch_size = batch_size
         self.device = device
         self.loss = PerExampleLoss(spec.loss, model) if spec.loss else None
-        self.target = TARGETS[spec.target](model, spec)
-        self.method = build_method(model, spec)
-        self.wrt = WRT[spec.wrt](model, spec, self.target)
+        # What the target and method see: the model, or (wrt a layer) the model from that layer's output on.
+        self.function = WRT[spec.wrt].function(model, spec)
+        self.target = TARGETS[spec.target](self.function, spec)
+        self.method = build_method(self.function, spec)
+        self.wrt = WRT[spec.wrt](self.function, spec, self.target)
+        self.wrt.attributed_shape = self.method.attributed_shape  # what the method writes per attributed tensor
         self.row_inputs: list[RowInput] = (
             ([self.loss.label] if self.loss else []) + self.target.row_inputs + self.method.row_inputs
         )
@@ -88,8 +91,8 @@ class GradientEngine:
                 self._concrete = self._fn.get_concrete_function()
         return self
 
-    def _forward(self, points: list[tf.Tensor], extras: dict[str, tf.Tensor]) -> Forward:
-        forward = Forward(self.model.call(points), extras, self.loss)
+    def _forward(self, points: list[tf.Tensor], extras: dict[str, tf.Tensor], function=None) -> Forward:
+        forward = Forward((function or self.function).call(points), extras, self.loss)
         forward.scalars = self.target(forward)
         return forward
 
@@ -98,12 +101,12 @@ class GradientEngine:
 
     def _compute(self, *args):
         n = len(self.model.inputs)
-        inputs = list(args[:n])
+        inputs = self.wrt.enter(list(args[:n]))  # the points the method starts from
         extras = {r.name: x for r, x in zip(self.row_inputs, args[n : n + len(self.row_inputs)])}
         for d, x in zip(self.dataset_inputs, args[n + len(self.row_inputs) :]):  # the same for every row
             extras[d.name] = tf.broadcast_to(x[None], (self.batch_size, *d.shape))
         if self.target.chooses:  # e.g. the predicted class, chosen at the inputs and fixed for every point
-            extras.update(self.target.choose(self.model.call(inputs)))
+            extras.update(self.target.choose(self.function.call(inputs)))
         attribution = self.method.attribute(self._differentiate, inputs, extras, self._forward)
         forward = attribution.forward or self._forward(inputs, extras)
         values = self.wrt.columns(attribution.gradients)

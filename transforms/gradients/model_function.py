@@ -46,6 +46,8 @@ class ModelFunction:
         self.call = call
         self.weights = list(weights)
         self.layers = dict(layers or {})
+        # The inputs a method attributes (by index): the floating-point ones; a split at a layer: its activation.
+        self.attributed = [i for i, t in enumerate(self.inputs) if t.dtype.is_floating]
         self._keep = keep  # the object `call` needs alive (a loaded SavedModel)
 
     @property

@@ -22,7 +22,7 @@ ENGINE_SETTINGS = (
         "wrt",
         str,
         "inputs",
-        "Differentiate with respect to the model's inputs, its trainable weights, or both.",
+        "Differentiate with respect to the model's inputs, its trainable weights, both, or a layer's output.",
         choices=WRT.names,
     ),
     Setting("clip_norm", float, None, "Rescale each example's own gradient to this L2 norm at most.", above=0),

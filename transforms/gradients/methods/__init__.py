@@ -5,8 +5,11 @@ or, where `samples` is given to a method that takes no samples itself, SmoothGra
 it (captum's `NoiseTunnel(IntegratedGradients)`).
 """
 
+from transforms.gradients.choices import POINT_WRT
 from transforms.gradients.errors import SpecError
 from transforms.gradients.methods.base import Attribution, Differentiate, Evaluate, Method
+from transforms.gradients.methods.grad_cam import GradCAM
+from transforms.gradients.methods.grad_cam_pp import GradCAMPP
 from transforms.gradients.methods.gradient import Gradient
 from transforms.gradients.methods.gradient_x_input import GradientXInput
 from transforms.gradients.methods.integrated_gradients import IntegratedGradients
@@ -17,7 +20,7 @@ from transforms.gradients.methods.steps import RULES as IG_RULES
 from transforms.gradients.methods.vargrad import VarGrad
 from transforms.gradients.registry import Registry
 
-METHODS = Registry("method", [Gradient, GradientXInput, IntegratedGradients, SmoothGrad, VarGrad, SquareGrad])
+METHODS = Registry("method", [Gradient, GradientXInput, IntegratedGradients, SmoothGrad, VarGrad, SquareGrad, GradCAM, GradCAMPP])
 
 
 def wrapped(spec) -> bool:
@@ -29,7 +32,7 @@ def check_method(spec) -> None:
     """Refuse spec values the method (and the noise around it, where wrapped) cannot use."""
     METHODS.check(spec.method).check_spec(spec)
     if wrapped(spec):
-        if spec.wrt != "inputs":
+        if spec.wrt not in POINT_WRT:
             raise SpecError("{samples} with {method} %s is SmoothGrad over it: noise on the inputs, it needs {wrt} "
                             "inputs, not {value!r}" % spec.method, value=spec.wrt)
         SmoothGrad.check_spec(spec)
@@ -67,4 +70,6 @@ __all__ = [
     "SmoothGrad",
     "VarGrad",
     "SquareGrad",
+    "GradCAM",
+    "GradCAMPP",
 ]

@@ -7,6 +7,7 @@ from typing import Callable, NamedTuple
 import tensorflow as tf
 
 from transforms.gradients.forward import Forward
+from transforms.gradients.choices import POINT_WRT
 from transforms.gradients.errors import SpecError
 from transforms.gradients.outputs import DatasetInput, Output, RowInput
 from transforms.gradients.registry import Answer
@@ -16,8 +17,9 @@ from transforms.gradients.settings import Setting
 # The engine binds the target and the wrt answer into it. Points have the batch's shape, or a multiple of its rows
 # (extras then tiled the same way): a method that evaluates many points per row calls it on chunks of them.
 Differentiate = Callable[[list[tf.Tensor], dict[str, tf.Tensor]], tuple[list[list[tf.Tensor]], Forward]]
-# (points, row extras) -> the forward pass at the points, the target's scalars set; no gradient (IG's f(baseline)).
-Evaluate = Callable[[list[tf.Tensor], dict[str, tf.Tensor]], Forward]
+# (points, row extras[, function]) -> the forward pass at the points, the target's scalars set; no gradient (IG's
+# f(baseline)). `function` (a ModelFunction) replaces the engine's where a method splits the model itself (Grad-CAM).
+Evaluate = Callable[..., Forward]
 # Points per row evaluated in one call of `differentiate` when the spec sets no `chunk`: about this many rows.
 CHUNK_ROWS = 1024
 
@@ -53,6 +55,10 @@ class Method(Answer):
     def declare(self, heads: list[str | None]) -> list[Output]:
         return []
 
+    def attributed_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The per-row shape this method writes for an attributed input of `shape` (Grad-CAM: its height, width)."""
+        return tuple(shape)
+
     def attribute(
         self, differentiate: Differentiate, inputs: list[tf.Tensor], extras: dict[str, tf.Tensor], evaluate: Evaluate
     ) -> Attribution:
@@ -72,11 +78,11 @@ class InputAttribution(Method):
 
     def __init__(self, model, spec):
         super().__init__(model, spec)
-        self.floating = [i for i, t in enumerate(model.inputs) if t.dtype.is_floating]
+        self.floating = list(model.attributed)  # the floating-point inputs, or a layer's activation
 
     @classmethod
     def check_spec(cls, spec):
-        if spec.wrt != "inputs":
+        if spec.wrt not in POINT_WRT:
             raise SpecError("{method} %s attributes the inputs: it needs {wrt} inputs, not {value!r}" % cls.name,
                             value=spec.wrt)
 

@@ -161,7 +161,28 @@ class Blur(Baseline):
         return [self._blur(x) for x in xs]
 
 
-BASELINES = {cls.kind: cls for cls in (Zeros, Value, Column, Mean, Blur)}
+class Token(Baseline):
+    """At an embedding layer's output (wrt layer): the embedding of one token id (a pad or [MASK]) at every position."""
+
+    kind = "token"
+    takes = "id"
+
+    @classmethod
+    def check(cls, argument):
+        super().check(argument)
+        _number(argument, "token:<id> needs a token id (a whole number, 0 or more)", lambda v: v >= 0 and v == int(v))
+
+    def __init__(self, model, floating, argument):
+        super().__init__(model, floating, argument)
+        if not hasattr(model, "embedding"):
+            raise SpecError("{baseline} token:<id> is an embedding's output: it needs {wrt} layer and {layer}")
+        self.token = int(float(argument))
+
+    def __call__(self, xs, extras):
+        return [self.model.embedding(self.token, x) for x in xs]
+
+
+BASELINES = {cls.kind: cls for cls in (Zeros, Value, Column, Mean, Blur, Token)}
 
 
 def parse_baseline(value: str) -> tuple[type[Baseline], str | None]:
@@ -169,7 +190,7 @@ def parse_baseline(value: str) -> tuple[type[Baseline], str | None]:
     kind, sep, argument = value.partition(":")
     if kind not in BASELINES:
         raise SpecError(
-            "{baseline} must be one of zeros, value:<number>, column:<name>, mean, blur:<sigma>, not {value!r}",
+            "{baseline} must be one of zeros, value:<number>, column:<name>, mean, blur:<sigma>, token:<id>, not {value!r}",
             value=value,
         )
     cls = BASELINES[kind]

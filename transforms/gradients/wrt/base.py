@@ -32,6 +32,19 @@ class Wrt(Answer):
         self.target = target
         self.unconnected: set[tuple[str, str | None]] = set()  # (tensor, head) pairs written as zeros
 
+    @classmethod
+    def function(cls, model: ModelFunction, spec) -> ModelFunction:
+        """The function the target and method see: the model itself; a layer's answer, the model split there."""
+        return model
+
+    def attributed_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The per-row shape written for an attributed tensor of `shape`; the engine sets the method's here."""
+        return tuple(shape)
+
+    def enter(self, inputs: list[tf.Tensor]) -> list[tf.Tensor]:
+        """The model's inputs -> the points of `function` (the same, unless it is split at a layer)."""
+        return inputs
+
     def declare(self) -> list[Output]:
         raise NotImplementedError
 

@@ -19,9 +19,16 @@ class Inputs(Wrt):
 
     def __init__(self, model, spec, target):
         super().__init__(model, spec, target)
-        self.watched = [i for i, t in enumerate(model.inputs) if t.dtype.is_floating]
+        self.watched = list(model.attributed)
         if not self.watched:
-            raise SpecError("the model has no floating-point input, so no input gradient exists")
+            from transforms.gradients.wrt.layer_split import embedding_consumers
+
+            layers = [layer.name for found in embedding_consumers(model).values() for layer in found]
+            hint = " (its embedding layers: %s)" % ", ".join(dict.fromkeys(layers)) if layers else ""
+            raise SpecError(
+                "the model has no floating-point input, so no input gradient exists; attribute a layer's output "
+                "instead: {wrt} layer {layer} <name>%s" % hint
+            )
 
     def declare(self):
         multi_input = len(self.model.inputs) > 1
@@ -29,7 +36,7 @@ class Inputs(Wrt):
             Output(
                 gradient_name(t.name, head, multi_input),
                 "gradient",
-                t.shape,
+                self.attributed_shape(t.shape),
                 input=t.name,
                 per_feature=gradient_name(t.name, head, multi_input, feature="{feature}"),
             )
