@@ -10,7 +10,7 @@ from transforms.gradients.ops import clip
 from transforms.gradients.wrt.base import Wrt
 from transforms.gradients.wrt.dense_norms import DenseNorms, NotCovered, dense_layers
 from transforms.gradients.wrt.forms import FORMS
-from transforms.gradients.wrt.per_example import in_micro_batches, micro_batch_rows
+from transforms.gradients.wrt.per_example import in_micro_batches, micro_batch_rows, vectorized_or_looped
 from transforms.gradients.wrt.selection import select
 
 
@@ -96,8 +96,10 @@ class Weights(Wrt):
 
         prepared = [form.prepare() for form in self.forms]  # once per batch, not per micro-batch
 
+        row_grads = [tf.TensorSpec(w.variable.shape, tf.float32) for w in self.selection.weights]
+
         def micro_batch(tensors):
-            grads = clip(tf.vectorized_map(per_row, tensors), self.spec.clip_norm, self.spec.clip_per_tensor)
+            grads = clip(vectorized_or_looped(per_row, tensors, row_grads), self.spec.clip_norm, self.spec.clip_per_tensor)
             return [value for form, p in zip(self.forms, prepared) for value in form.compute(grads, p)]
 
         results = [tf.TensorSpec(o.shape, o.dtype) for o in self.declare()]
