@@ -62,12 +62,14 @@ def unsafe_matmul(op) -> bool:
 
 
 def vectorized_or_looped(fn: Callable, elems: list[tf.Tensor], results: Sequence[tf.TensorSpec]) -> list[tf.Tensor]:
-    """`tf.vectorized_map(fn, elems)`, unless the vectorized graph holds a batch matmul of the shape oneDNN gets
-    wrong (`unsafe_matmul`): then one row at a time (`tf.map_fn`), whose kernels see a row's own shapes.
-    The discarded vectorized ops are never run (a tf.function prunes what its outputs do not need)."""
-    graph = tf.compat.v1.get_default_graph()
-    before = len(graph.get_operations())
-    out = tf.vectorized_map(fn, elems)
-    if not any(unsafe_matmul(op) for op in graph.get_operations()[before:]):
-        return out
-    return tf.map_fn(fn, elems, fn_output_signature=list(results))
+    """`tf.vectorized_map(fn, elems)`, unless the vectorized graph would hold a batch matmul of the shape oneDNN
+    gets wrong (`unsafe_matmul`): then one row at a time (`tf.map_fn`), whose kernels see a row's own shapes.
+
+    The vectorized graph is first traced on its own, as a probe that never runs, so a graph this returns holds
+    no such kernel at all (a test reads the compiled graph for them).
+    """
+    specs = [tf.TensorSpec(e.shape, e.dtype) for e in elems]
+    probe = tf.function(lambda *xs: tf.vectorized_map(fn, list(xs)), autograph=False).get_concrete_function(*specs)
+    if any(unsafe_matmul(op) for op in probe.graph.get_operations()):
+        return tf.map_fn(fn, elems, fn_output_signature=list(results))
+    return tf.vectorized_map(fn, elems)
