@@ -112,6 +112,15 @@ class GradientOptions(PipelineOptions):
         add("--projection_dim", type=int, default=2048, help="Length k of each row's weight projection.")
         add("--projection_dtype", default="float32", choices=NAMES["projection_dtype"], help="Type of the projection.")
         add("--projection_seed", type=int, default=0, help="Seed of the projection: equal seeds, comparable rows.")
+        # ---- issue 20 (h-20): settings declared by wrt/forms/projection.py (Projection.settings)
+        add(
+            "--projection",
+            default="countsketch",
+            choices=NAMES["projection"],
+            help="How the projection is built: countsketch of each row's gradient, or factored (a TensorSketch of "
+            "each layer's inputs and output gradients, never forming the gradient; docs/fast-weights.md).",
+        )
+        # ---- end of issue 20's settings
         add(
             "--allow_large_rows",
             action="store_true",
@@ -404,6 +413,7 @@ def spec_from(job: GradientOptions) -> GradientSpec:
         projection_dim=job.projection_dim,
         projection_dtype=job.projection_dtype,
         projection_seed=job.projection_seed,
+        projection=job.projection,  # issue 20
         allow_large_rows=job.allow_large_rows,
         weight_memory_mb=job.weight_memory_mb,
     )

@@ -194,3 +194,81 @@ def _unsafe_ops(graph):
         if hasattr(function, "graph"):
             found += _unsafe_ops(function.graph)
     return found
+
+
+# ---------------------------------------------------------------- projection factored
+
+
+def _factored_reference(model, rows, k, seed):
+    """The documented construction with numpy on the eager gradients: a Dense/Conv kernel as [inputs, outputs],
+    parameter (i, o) in bucket (h1(i) + h2(o)) mod k with sign s1(i) s2(o); every other variable countsketch."""
+    from transforms.gradients.wrt.forms.projection import sketch_seed
+
+    def draw(path, n):
+        d = tf.random.stateless_uniform((n,), tf.constant(sketch_seed(seed, path), tf.int64), 0, 2 * k, tf.int64,
+                                        alg="philox").numpy()
+        return d % k, (d // k) * 2 - 1
+
+    out = np.zeros((len(rows), k))
+    for j, v in enumerate(model.trainable_variables):
+        if v.path.endswith("kernel"):
+            shape = tuple(v.shape)
+            h1, s1 = draw(v.path + "/in", int(np.prod(shape[:-1])))
+            h2, s2 = draw(v.path + "/out", shape[-1])
+            bucket, sign = ((h1[:, None] + h2[None, :]) % k).ravel(), (s1[:, None] * s2[None, :]).ravel()
+        else:
+            bucket, sign = draw(v.path, int(np.prod(v.shape)))
+        for r, row in enumerate(rows):
+            np.add.at(out[r], bucket, sign * row[j].ravel())
+    return out
+
+
+@pytest.mark.parametrize("clip", [None, "together", "per_tensor"])
+@pytest.mark.parametrize("kind", ["conv2d", "sequence_dense", "conv1d"])
+def test_factored_projection_is_the_documented_construction_on_the_eager_gradients(kind, clip):
+    keras.utils.set_random_seed(5)
+    model = MODELS[kind]()
+    inputs, labels = _data(model)
+    clip_norm = None if clip is None else 0.05
+    options = dict(clip_norm=clip_norm, clip_per_tensor=clip == "per_tensor")
+    spec = _spec(weight_output=("projection",), projection="factored", projection_dim=32, projection_seed=9, **options)
+    want = _factored_reference(model, _eager(model, inputs, labels, clip_norm, clip == "per_tensor"), 32, 9)
+    got, path = _run(model, spec, inputs, labels)
+    assert path == "layer_gradients"
+    scale = np.abs(want).max()
+    assert_close(got["weight_projection"] / scale, want / scale, rtol=1e-4, atol=1e-5)
+    oracle, path = _run(model, spec, inputs, labels, general=True)
+    assert path == "per_example"
+    assert_close(got["weight_projection"] / scale, oracle["weight_projection"] / scale, rtol=1e-4, atol=1e-5)
+
+
+def test_factored_projection_of_attention_equals_the_general_path_and_ignores_the_batch_size():
+    keras.utils.set_random_seed(6)
+    model = _attention(tokens=6, width=8)
+    inputs, labels = _data(model, rows=9)
+    spec = _spec(weight_output=("projection", "norm"), projection="factored", projection_dim=64, projection_seed=2)
+    got, path = _run(model, spec, inputs, labels)
+    assert path == "layer_gradients"
+    oracle, _ = _run(model, spec, inputs, labels, general=True)
+    scale = np.abs(oracle["weight_projection"]).max()
+    assert_close(got["weight_projection"] / scale, oracle["weight_projection"] / scale, rtol=1e-4, atol=1e-5)
+    engine = GradientEngine(from_keras(model), spec, batch_size=4)
+    parts = []
+    for start in range(0, 9, 4):
+        chunk = [x[start : start + 4] for x in inputs + [labels]]
+        n = len(chunk[0])
+        padded = [np.concatenate([c, np.zeros((4 - n, *c.shape[1:]), c.dtype)]) for c in chunk]
+        parts.append(engine(padded[:-1], padded[-1:])["weight_projection"][:n])
+    assert np.concatenate(parts).tobytes() == got["weight_projection"].tobytes()
+    record = engine.wrt.provenance()["projection"]
+    assert record["construction"] == "factored-tensorsketch-v1"
+    biases = [v.path for v in model.trainable_variables if not v.path.endswith("kernel")]
+    assert record["countsketch_variables"] == biases  # embeddings, biases, the normalization's scale and offset
+
+
+def test_influence_refuses_to_mix_constructions():
+    from transforms.projections import ProjectionMeta
+
+    a = ProjectionMeta("sha", ("d/kernel",), 0, 64, "float32", "countsketch-v1")
+    b = ProjectionMeta("sha", ("d/kernel",), 0, 64, "float32", "factored-tensorsketch-v1")
+    assert a.differences(b) == ["projection construction countsketch-v1 vs factored-tensorsketch-v1"]

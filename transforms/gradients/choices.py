@@ -12,6 +12,7 @@ NAMES = {
     "wrt": ("inputs", "weights", "both"),
     "weight_output": ("norm", "projection", "full"),
     "projection_dtype": ("float32", "float16"),
+    "projection": ("countsketch", "factored"),  # the projection's construction (wrt/forms/projection.py)
     "ig_rule": ("riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid", "gauss_legendre"),
 }
 UNCONNECTED_MODES = ("zeros", "error")

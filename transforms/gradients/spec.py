@@ -41,6 +41,7 @@ class GradientSpec:
     projection_dim: int = 2048
     projection_dtype: str = "float32"
     projection_seed: int = 0
+    projection: str = "countsketch"  # the construction: countsketch, or factored (from layer factors)
     allow_large_rows: bool = False
     weight_memory_mb: int = 1024
     # The methods' settings (methods/): integrated gradients' path, the noise methods' samples.

@@ -33,6 +33,12 @@ class NotCovered(Exception):
 
 def covered_layers(model, selection) -> list | None:
     """Per selected variable, (its innermost owning layer, that layer's kind); None when one is not covered."""
+    found = owners_of(model, selection)
+    return None if any(f is None for f in found) else found
+
+
+def owners_of(model, selection) -> list:
+    """Per selected variable, (its innermost owning layer, that layer's kind), or None where no kind covers it."""
     owners = {}
     for top in model.layers.values():
         for layer in top._flatten_layers(include_self=True, recursive=True):
@@ -40,8 +46,7 @@ def covered_layers(model, selection) -> list | None:
             if kind is not None:
                 for variable in kind.variables(layer):
                     owners.setdefault(id(variable), (layer, kind))
-    found = [owners.get(id(w.variable)) for w in selection.weights]
-    return None if any(f is None for f in found) else found
+    return [owners.get(id(w.variable)) for w in selection.weights]
 
 
 class LayerGradients:
@@ -72,21 +77,30 @@ class LayerGradients:
             factors.update(kinds[id(layer)].factors(layer, records[id(layer)][0], tf.cast(delta, tf.float32)))
         return [factors[id(w.variable)] for w in self.selection.weights]
 
-    def squares(self, forward_fn, tensors, points, names) -> list[tf.Tensor]:
-        """Per selected variable, each row's float64 sum of squares (clipped as asked)."""
-        squares = [f.squares() for f in self.factors(forward_fn, tensors, points, names)]
-        return clip_squares(squares, self.clip_norm, self.per_tensor)
+    def clip_scales(self, factors) -> list[tf.Tensor] | None:
+        """Per selected variable, each row's float32 clipping factor (min(1, c / norm)), from the factors' squares;
+        None without clipping."""
+        if self.clip_norm is None:
+            return None
+        scales = squared_scales([f.squares() for f in factors], self.clip_norm, self.per_tensor)
+        return [tf.cast(tf.sqrt(s), tf.float32) for s in scales]
 
-    def gradients(self, forward_fn, tensors, points, names) -> list[tf.Tensor]:
+    def clipped_squares(self, factors) -> list[tf.Tensor]:
+        """Per selected variable, each row's float64 sum of squares (clipped as asked)."""
+        return clip_squares([f.squares() for f in factors], self.clip_norm, self.per_tensor)
+
+    def clipped(self, factors) -> list[tf.Tensor]:
         """Per selected variable, each row's whole gradient [rows, *shape] (clipped as asked)."""
-        grads = [f.full() for f in self.factors(forward_fn, tensors, points, names)]
-        return clip(grads, self.clip_norm, self.per_tensor)
+        return clip([f.full() for f in factors], self.clip_norm, self.per_tensor)
 
     def norms(self, forward_fn, tensors, points, names, norm_form) -> list[tf.Tensor]:
         """The norm form's columns for the whole batch, in fixed micro-batches of ROWS rows."""
         results = [tf.TensorSpec(o.shape, o.dtype) for o in norm_form.declare()]
         return in_micro_batches(
-            lambda ts: norm_form.from_squares(self.squares(forward_fn, ts, points, names)), tensors, ROWS, results
+            lambda ts: norm_form.from_squares(self.clipped_squares(self.factors(forward_fn, ts, points, names))),
+            tensors,
+            ROWS,
+            results,
         )
 
     @contextlib.contextmanager
@@ -126,10 +140,11 @@ def clip_squares(squares: list[tf.Tensor], clip_norm: float | None, per_tensor: 
     """The squares after clipping each row's gradient to `clip_norm`: all together (DP-SGD), or each tensor alone."""
     if clip_norm is None:
         return squares
+    return [s * scale for s, scale in zip(squares, squared_scales(squares, clip_norm, per_tensor))]
+
+
+def squared_scales(squares: list[tf.Tensor], clip_norm: float, per_tensor: bool) -> list[tf.Tensor]:
+    """Per variable, each row's (c / max(||g||, c))^2, its norm taken over all variables or over its own."""
     limit = tf.constant(float(clip_norm) ** 2, tf.float64)
     groups = [[s] for s in squares] if per_tensor else [squares]
-    out = []
-    for group in groups:
-        scale = limit / tf.maximum(tf.add_n(group), limit)  # (c / max(||g||, c))^2
-        out += [s * scale for s in group]
-    return out
+    return [limit / tf.maximum(tf.add_n(group), limit) for group in groups for _ in group]

@@ -8,6 +8,7 @@ from transforms.gradients.choices import check_minimum
 from transforms.gradients.errors import SpecError
 from transforms.gradients.ops import clip
 from transforms.gradients.wrt.base import Wrt
+from transforms.gradients.wrt.layer_gradients import ROWS as FAST_ROWS
 from transforms.gradients.wrt.layer_gradients import LayerGradients, NotCovered, covered_layers
 from transforms.gradients.wrt.forms import FORMS
 from transforms.gradients.wrt.per_example import in_micro_batches, micro_batch_rows, vectorized_or_looped
@@ -91,8 +92,24 @@ class Weights(Wrt):
                     self.path = "ghost_norms"
                     return [self.fast.norms(forward_fn, tensors, len(points), names, self.forms[0])], None
                 self.path = "layer_gradients"
-                per_batch = lambda ts: forms(self.fast.gradients(forward_fn, ts, len(points), names))  # noqa: E731
-                return [in_micro_batches(per_batch, tensors, self.rows, results)], None
+
+                def per_batch(ts):
+                    factors = self.fast.factors(forward_fn, ts, len(points), names)
+                    grads, out = None, []
+                    for form, p in zip(self.forms, prepared):
+                        if getattr(form, "factored", False):  # never forms a row's gradient
+                            out += form.from_factors(factors, self.fast.clip_scales(factors), p)
+                            continue
+                        if form.name == "norm":
+                            out += form.from_squares(self.fast.clipped_squares(factors))
+                            continue
+                        grads = grads or self.fast.clipped(factors)
+                        out += form.compute(grads, p)
+                    return out
+
+                whole = any(form.name != "norm" and not getattr(form, "factored", False) for form in self.forms)
+                rows = self.rows if whole else FAST_ROWS  # no row's whole gradient held: as many rows as the norms
+                return [in_micro_batches(per_batch, tensors, rows, results)], None
             except NotCovered:
                 pass  # the ops traced so far are unused, so pruned
         self.path = "per_example"

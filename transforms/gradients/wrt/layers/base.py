@@ -7,6 +7,8 @@ output z, and d = dL/dz. A row's gradient of each variable is then a small expre
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import tensorflow as tf
 
 
@@ -14,6 +16,15 @@ def rows_by_positions(t: tf.Tensor, inner: int) -> tf.Tensor:
     """[rows, ..., *inner dims] -> [rows, positions, inner]: every axis between the row and the last `inner`
     numbers counts as a position t."""
     return tf.reshape(t, (t.shape[0], -1, inner))
+
+
+class Split(NamedTuple):
+    """A kernel as a matrix [inputs, outputs]: reshaped to `grouped` and transposed by `perm`, the variable."""
+
+    inputs: int
+    outputs: int
+    grouped: tuple
+    perm: tuple | None = None
 
 
 class Outer:
@@ -90,6 +101,12 @@ class LayerKind:
     @classmethod
     def variables(cls, layer) -> list:
         raise NotImplementedError
+
+    @classmethod
+    def split(cls, layer, variable) -> Split | None:
+        """How a variable whose factor is an `Outer` splits into input and output sides (the factored projection
+        hashes each side), or None: the variable has no such form (a bias, a scale, an embedding table)."""
+        return None
 
     @classmethod
     def call(cls, layer, inputs, *args, **kwargs) -> tuple:

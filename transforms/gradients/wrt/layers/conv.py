@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from transforms.gradients.wrt.layers.base import LayerKind, Outer, Record, rows_by_positions
+from transforms.gradients.wrt.layers.base import LayerKind, Outer, Record, Split, rows_by_positions
 
 
 class ConvKind(LayerKind):
@@ -23,6 +23,12 @@ class ConvKind(LayerKind):
     @classmethod
     def variables(cls, layer):
         return [layer.kernel] + ([layer.bias] if layer.use_bias else [])
+
+    @classmethod
+    def split(cls, layer, variable):
+        if variable is layer.kernel:
+            return Split(int(layer.kernel.shape[:-1].num_elements()), layer.filters, tuple(layer.kernel.shape))
+        return None
 
     @classmethod
     def call(cls, layer, inputs, *args, **kwargs):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from transforms.gradients.wrt.layers.base import LayerKind, Outer, Record, rows_by_positions
+from transforms.gradients.wrt.layers.base import LayerKind, Outer, Record, Split, rows_by_positions
 
 
 class DenseKind(LayerKind):
@@ -13,6 +13,12 @@ class DenseKind(LayerKind):
     @classmethod
     def variables(cls, layer):
         return [v for v in (layer.kernel, layer.bias) if v is not None]
+
+    @classmethod
+    def split(cls, layer, variable):
+        if variable is layer.kernel:
+            return Split(*map(int, layer.kernel.shape), tuple(layer.kernel.shape))
+        return None
 
     @classmethod
     def call(cls, layer, inputs, *args, **kwargs):

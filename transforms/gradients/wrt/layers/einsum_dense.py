@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from transforms.gradients.wrt.layers.base import Exact, LayerKind, Outer, Record
+from transforms.gradients.wrt.layers.base import Exact, LayerKind, Outer, Record, Split
 
 
 def split_equation(equation: str):
@@ -44,6 +44,16 @@ class EinsumDenseKind(LayerKind):
     @classmethod
     def variables(cls, layer):
         return [v for v in (layer.kernel, layer.bias) if v is not None]
+
+    @classmethod
+    def split(cls, layer, variable):
+        if variable is not layer.kernel:
+            return None
+        _, contracted, produced, _, kernel, _ = split_equation(layer.equation)
+        size = dict(zip(kernel, map(int, layer.kernel.shape)))
+        inner, outer = [size[c] for c in contracted], [size[c] for c in produced]
+        order = contracted + produced
+        return Split(_product(inner), _product(outer), (*inner, *outer), tuple(order.index(c) for c in kernel))
 
     @classmethod
     def call(cls, layer, inputs, *args, **kwargs):
