@@ -272,3 +272,34 @@ def test_influence_refuses_to_mix_constructions():
     a = ProjectionMeta("sha", ("d/kernel",), 0, 64, "float32", "countsketch-v1")
     b = ProjectionMeta("sha", ("d/kernel",), 0, 64, "float32", "factored-tensorsketch-v1")
     assert a.differences(b) == ["projection construction countsketch-v1 vs factored-tensorsketch-v1"]
+
+
+@pytest.mark.parametrize("output", ["norm", "full", "projection"])
+def test_the_issues_attention_job_runs_through_the_cli_and_matches_the_eager_recipe(tmp_path, output):
+    """The job that died with SIGSEGV (exit 139): 200 rows of 24 tokens, the loss of a 3-class softmax."""
+    from tests.conftest import by_key, read_output, run_on, tensor_column, write_parquet
+
+    keras.utils.set_random_seed(7)
+    x = keras.Input((24,), dtype="int32", name="x")
+    h = keras.layers.Embedding(300, 32)(x)
+    h = keras.layers.MultiHeadAttention(num_heads=2, key_dim=16)(h, h)
+    model = keras.Model(x, keras.layers.Dense(3, activation="softmax")(keras.layers.GlobalAveragePooling1D()(h)))
+    rng = np.random.default_rng(1)
+    tokens, labels = rng.integers(0, 300, (200, 24)).astype(np.int32), (np.arange(200) % 3).astype(np.int64)
+    write_parquet(tmp_path / "in/a.parquet", {"id": np.arange(200), "x": tokens, "label": labels})
+    summary = run_on(
+        tmp_path, model, "--target", "loss", "--loss", "sparse_categorical_crossentropy", "--label_column", "label",
+        "--wrt", "weights", "--weight_output", f"{output},norm" if output != "norm" else "norm",
+        *(["--projection_dim", "64"] if output == "projection" else []), "--batch_size", "64",
+    )
+    assert (summary.rows_in, summary.rows_out) == (200, 200)
+    table = by_key(read_output(tmp_path / "out/g"))
+    paths = [v.path for v in model.trainable_variables]
+    for i in (0, 77, 199):
+        with tf.GradientTape() as tape:
+            loss = keras.losses.sparse_categorical_crossentropy(labels[i : i + 1], model(tokens[i : i + 1]))
+        grads = [tf.convert_to_tensor(g).numpy() for g in tape.gradient(loss, model.trainable_variables)]
+        assert_close(table.column("weight_norm").to_numpy()[i], np.sqrt(sum(np.sum(g**2) for g in grads)), rtol=1e-4)
+        if output == "full":
+            for p, g in zip(paths, grads):
+                assert_close(tensor_column(table, f"weight_gradient__{p}")[i], g, rtol=1e-4, atol=1e-6)
