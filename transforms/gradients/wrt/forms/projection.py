@@ -134,7 +134,7 @@ class Projection(WeightForm):
             bucket, sign = (tf.reshape(t, split.grouped) for t in (bucket, sign))
             if split.perm is not None:
                 bucket, sign = (tf.transpose(t, split.perm) for t in (bucket, sign))
-            plans.append((*_sorted(tf.reshape(bucket, (-1,)), tf.reshape(sign, (-1,))), [_sorted(*s) for s in sides]))
+            plans.append((*_sorted(tf.reshape(bucket, (-1,)), tf.reshape(sign, (-1,))), [_side(*s, k) for s in sides]))
         return plans
 
     def compute(self, gradients, plans):
@@ -153,8 +153,8 @@ class Projection(WeightForm):
         for j, (factor, (order, bucket, sign, sides)) in enumerate(zip(factors, plans)):
             if sides is not None and hasattr(factor, "a"):
                 rows, positions = factor.a.shape[0], factor.a.shape[1]
-                a = _count_sketch(tf.reshape(factor.a, (rows * positions, -1)), *sides[0], k)
-                d = _count_sketch(tf.reshape(factor.d, (rows * positions, -1)), *sides[1], k)
+                a, d = (_side_sketch(tf.reshape(t, (rows * positions, -1)), side, k)
+                        for t, side in zip((factor.a, factor.d), sides))
                 a, d = (tf.signal.rfft(tf.reshape(t, (rows, positions, k))) for t in (a, d))
                 sketch = tf.signal.irfft(tf.reduce_sum(a * d, axis=1), [k])  # the circular convolution, summed over t
             else:
@@ -173,6 +173,23 @@ def _draw(seed: int, path: str, size: int, k: int):
         (size,), tf.constant(sketch_seed(seed, path), tf.int64), minval=0, maxval=2 * k, dtype=tf.int64, alg="philox"
     )
     return tf.cast(draw % k, tf.int32), tf.cast(draw // k, tf.float32) * 2 - 1
+
+
+# A side of at most this many inputs (or outputs) times k is count-sketched by a matmul with its dense [n, k] matrix
+# of one +-1 per row (fast on any CPU); beyond, by the sorted segment sum (no n x k matrix in memory).
+DENSE_SIDE = 1 << 22
+
+
+def _side(bucket, sign, k: int):
+    """One side's plan: the dense sketch matrix when small (DENSE_SIDE), else the sorted segment sum's."""
+    if int(bucket.shape[0]) * k <= DENSE_SIDE:
+        return tf.one_hot(bucket, k, dtype=tf.float32) * sign[:, None]
+    return _sorted(bucket, sign)
+
+
+def _side_sketch(x: tf.Tensor, side, k: int) -> tf.Tensor:
+    """[n, inputs] -> [n, k], by the side's plan (`_side`)."""
+    return tf.matmul(x, side) if isinstance(side, tf.Tensor) else _count_sketch(x, *side, k)
 
 
 def _sorted(bucket, sign):
