@@ -223,9 +223,18 @@ def _factored_reference(model, rows, k, seed):
     return out
 
 
+@pytest.fixture(params=["fft", "formed"])
+def route(request, monkeypatch):
+    """The factored kernels' route, forced (by cost, the tiny test kernels would always form the gradient)."""
+    from transforms.gradients.wrt.forms import projection
+
+    monkeypatch.setattr(projection, "_fft_is_cheaper", lambda *args: request.param == "fft")
+    return request.param
+
+
 @pytest.mark.parametrize("clip", [None, "together", "per_tensor"])
 @pytest.mark.parametrize("kind", ["conv2d", "sequence_dense", "conv1d"])
-def test_factored_projection_is_the_documented_construction_on_the_eager_gradients(kind, clip):
+def test_factored_projection_is_the_documented_construction_on_the_eager_gradients(kind, clip, route):
     keras.utils.set_random_seed(5)
     model = MODELS[kind]()
     inputs, labels = _data(model)
@@ -242,7 +251,7 @@ def test_factored_projection_is_the_documented_construction_on_the_eager_gradien
     assert_close(got["weight_projection"] / scale, oracle["weight_projection"] / scale, rtol=1e-4, atol=1e-5)
 
 
-def test_factored_projection_of_attention_equals_the_general_path_and_ignores_the_batch_size():
+def test_factored_projection_of_attention_equals_the_general_path_and_ignores_the_batch_size(route):
     keras.utils.set_random_seed(6)
     model = _attention(tokens=6, width=8)
     inputs, labels = _data(model, rows=9)

@@ -14,8 +14,9 @@ W [inputs, outputs] (wrt/layers: Dense, EinsumDense, Conv1D/2D) gets a bucket h1
 h2(o), s2(o) per output (the same generator, seeded by the path + "/in" and "/out"); parameter (i, o) goes to
 bucket (h1(i) + h2(o)) mod k with sign s1(i) s2(o): a TensorSketch (Pham and Pagh 2013). Because a row's gradient
 there is sum_t a_t (x) d_t, its sketch is sum_t irfft(rfft(C1 a_t) * rfft(C2 d_t)), computed from the layer's
-inputs and output gradients (C1, C2 the count sketches of each side) without forming the gradient; on the general
-path it is the same linear map applied to the whole gradient. Every other variable keeps countsketch (named in the
+inputs and output gradients (C1, C2 the count sketches of each side) without forming the gradient, where that
+costs less than forming it (`_fft_is_cheaper`: large kernels, few positions); elsewhere, and on the general
+path, the same linear map is applied to the whole gradient. Every other variable keeps countsketch (named in the
 metadata). Every variable's sketch spans all k buckets and they add: a sketch of the concatenated gradient, as
 countsketch is, so no split of k over layers (the split that minimizes variance for a fixed k).
 E<v, v'> = <g, g'>; the variance of a kernel's part is about that of countsketch plus a term that grows with the
@@ -151,7 +152,7 @@ class Projection(WeightForm):
         k = self.spec.projection_dim
         total = None
         for j, (factor, (order, bucket, sign, sides)) in enumerate(zip(factors, plans)):
-            if sides is not None and hasattr(factor, "a"):
+            if sides is not None and hasattr(factor, "a") and _fft_is_cheaper(factor, sides, k, self.spec.weight_memory_mb):
                 rows, positions = factor.a.shape[0], factor.a.shape[1]
                 a, d = (_side_sketch(tf.reshape(t, (rows * positions, -1)), side, k)
                         for t, side in zip((factor.a, factor.d), sides))
@@ -164,6 +165,19 @@ class Projection(WeightForm):
                 sketch = sketch * scales[j][:, None]
             total = sketch if total is None else total + sketch
         return [tf.cast(total, self.spec.projection_dtype)]
+
+
+def _fft_is_cheaper(factor, sides, k: int, memory_mb: int) -> bool:
+    """Whether the FFT route costs less than forming the rows' gradient (T I O) and count-sketching it: per position
+    it sketches both sides (n k by a dense matmul, else about 8 n) and transforms them (about 3 k log2 k). Also
+    taken where the micro-batch's copies of the formed gradient would not fit the memory budget."""
+    rows, positions, inputs = (int(n) for n in factor.a.shape)
+    outputs = int(factor.d.shape[2])
+    if GRADIENT_COPIES * 4 * rows * inputs * outputs > memory_mb << 20:
+        return True
+    side = [n * k if isinstance(s, tf.Tensor) else 8 * n for n, s in zip((inputs, outputs), sides)]
+    fft = positions * (sum(side) + 3 * k * max(1, k.bit_length() - 1))
+    return fft < positions * inputs * outputs + 8 * inputs * outputs
 
 
 def _draw(seed: int, path: str, size: int, k: int):
