@@ -312,3 +312,23 @@ def test_the_issues_attention_job_runs_through_the_cli_and_matches_the_eager_rec
         if output == "full":
             for p, g in zip(paths, grads):
                 assert_close(tensor_column(table, f"weight_gradient__{p}")[i], g, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("construction", ["countsketch", "factored"])
+def test_self_influence_finds_the_flipped_labels_with_either_construction(tmp_path, construction):
+    """The mislabeled-rows example end to end (main job, then influence): ROC AUC at least 0.8 with each."""
+    from pipeline.run import main
+    from tests.test_influence_mislabeled import DIM, mislabeled_data, self_influence_auc
+
+    path, _, _, _, flipped = mislabeled_data(tmp_path)
+    status = main(
+        ["--runner=DirectRunner", "--input", str(tmp_path / "data/*.parquet"), "--output", str(tmp_path / "g/out")]
+        + ["--model", path, "--feature_columns", "x", "--keep_columns", "id", "--target", "loss"]
+        + ["--loss", "sparse_categorical_crossentropy", "--label_column", "label"]
+        + ["--wrt", "weights", "--weight_output", "projection", "--projection_dim", str(DIM)]
+        + ["--projection", construction]
+    )
+    assert status == 0
+    auc = self_influence_auc(tmp_path, tmp_path / "g/out-?????-of-?????.parquet", flipped)
+    print(f"self-influence ROC AUC, {construction}: {auc:.3f}")
+    assert auc >= 0.8, auc
