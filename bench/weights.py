@@ -123,7 +123,7 @@ def engine_rates(name, path, shape, rows, recipe_rows):
     def ceiling(xb, yb):
         with tf.GradientTape() as tape:
             total = tf.reduce_sum(loss(yb, model(xb, training=False)))
-        return tape.gradient(total, variables)
+        return [tf.convert_to_tensor(g) for g in tape.gradient(total, variables)]  # an embedding's: dense
 
     @tf.function(input_signature=signature)
     def vmap(xb, yb):
@@ -140,7 +140,7 @@ def engine_rates(name, path, shape, rows, recipe_rows):
         for i in range(recipe_rows):
             with tf.GradientTape() as tape:
                 total = tf.reduce_sum(loss(y[i : i + 1], model(x[i : i + 1], training=False)))
-            [g.numpy() for g in tape.gradient(total, variables)]
+            [tf.convert_to_tensor(g).numpy() for g in tape.gradient(total, variables)]
 
     def engine(output, construction="countsketch"):
         spec = GradientSpec(
