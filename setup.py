@@ -45,5 +45,5 @@ setup(
             "apache-airflow-providers-google==22.8.0",
         ],
     },
-    entry_points={"console_scripts": ["beam-gradients=pipeline.run:main"]},
+    entry_points={"console_scripts": ["beam-gradients=pipeline.cli:main"]},
 )

@@ -25,6 +25,9 @@ The job itself (the CLI, DirectRunner, Parquet to Parquet, each a fresh process)
 
     .venv/bin/python bench/weights.py                          # full size (long on 2 cores)
     .venv/bin/python bench/weights.py --scale 0.02 --resnet_rows 32   # what the README reports
+    # docs/fast-weights.md (issue 20): engine rates and projection quality, then the transformer's
+    PYTHONPATH=. .venv/bin/python bench/weights.py --workloads mlp,cnn --engine_rows 2048 --recipe_rows 20 --skip job,resnet
+    PYTHONPATH=. .venv/bin/python bench/weights.py --workloads transformer --quality_rows 16 --skip engine,job,resnet
 """
 
 from __future__ import annotations

@@ -11,8 +11,9 @@ downstream DAGs wait for that marker (a FileSensor or GCSObjectExistenceSensor o
 
 Every setting is the run's param if given (trigger with config), else the Airflow Variable
 `beam_gradients_<name>`, else the default below, so a deployment is configured without editing this
-file. The job runs on the DirectRunner unless `runner` says DataflowRunner; then `project`/`region`
-go to Dataflow and `config` names a YAML file of the job's options (staging, worker image, GPUs).
+file; the job's options and their defaults are in docs/options.md (tests/test_settings_agree.py
+checks that every param here is one of them). The job runs on the DirectRunner unless `runner` says
+DataflowRunner; then `project`/`region` go to Dataflow and `config` names a YAML file of the job's options (staging, worker image, GPUs).
 The job is `python -m pipeline` with the Airflow worker's own Python, where beam-gradients is installed.
 """
 
@@ -29,13 +30,13 @@ DEFAULTS = {
     "input_base": "/data/examples",
     "output_base": "/data/gradients",
     "model": "/models/model.keras",
-    "feature_columns": None,  # the job's default: the model's input names
+    "feature_columns": None,  # None: the job's own default (docs/options.md), here the model's input names
     "keep_columns": "id",
-    "target": None,  # the job's default: sum
+    "target": None,
     "class_column": None,  # for target class
-    "method": None,  # the job's default: gradient
-    "steps": None,  # integrated_gradients (default 50)
-    "samples": None,  # smoothgrad, vargrad, squaregrad (default 50); another method: SmoothGrad over it
+    "method": None,
+    "steps": None,  # integrated_gradients
+    "samples": None,  # smoothgrad, vargrad, squaregrad; another method: SmoothGrad over it
     "emit": None,
     "batch_size": None,
     "project": None,

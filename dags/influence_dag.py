@@ -2,8 +2,9 @@
 
 Triggered with a run config (no schedule): `train` and `query` are outputs of the main job with
 `--weight_output projection` (globs; several checkpoints comma-separated, paired in order), and
-`output` the prefix to write. Every other setting is the run's param, else the Airflow Variable
-`beam_gradients_influence_<name>`, else the default below. The job is `python -m pipeline.influence`
+`output` the prefix to write (every param but runner, project and region is an option in docs/options.md). Every
+other setting is the run's param, else the Airflow Variable `beam_gradients_influence_<name>`, else the
+default below. The job is `python -m pipeline.influence`
 with the Airflow worker's own Python; the `complete` task then requires the output's `_SUCCESS`
 marker and logs its counts.
 """
@@ -22,7 +23,7 @@ DEFAULTS = {
     "query": None,
     "output": None,
     "keep_columns": None,  # the job's default: every integer or string column is a key
-    "score": None,  # the job's default: tracin
+    "score": None,
     "top_k": None,
     "checkpoint_weights": None,
     "self_influence": None,  # true: also write <output>_self_influence

@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from transforms.tensors import to_tensor_array
+from transforms.io.arrow import to_tensor_array
 
 DEMO_DIR = "demo"
 ROWS_PER_FILE = 1000

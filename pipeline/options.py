@@ -11,20 +11,22 @@ import argparse
 import difflib
 import json
 import os
+import re
 from typing import TYPE_CHECKING, Sequence
 
 import yaml
 from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
 
-from transforms.gradients.choices import EMITS, KERAS_LOSSES, MINIMUMS, NAMES, UNCONNECTED_MODES, check_minimum
+from pipeline.settings import INFLUENCE_SHARED, RUN_IO, RUN_REST, influence_settings
+from transforms.gradients.declared import SETTINGS as ENGINE_SETTINGS
 from transforms.gradients.errors import SpecError
+from transforms.gradients.settings import Setting, by_name, check_settings
+from transforms.job_settings import BATCH_SIZE, COMPUTE_SETTINGS
 
 if TYPE_CHECKING:
     from transforms.gradients import GradientSpec
 
-DEFAULT_BATCH_SIZE = 256
-# Options that hold a comma-separated list: given more than once, their values add up.
-LIST_OPTIONS = ("feature_columns", "keep_columns", "emit", "input_map", "weight_output")
+DEFAULT_BATCH_SIZE = BATCH_SIZE.default
 # --runner values (any module path before them, any case) that run on Dask.
 DASK_RUNNERS = ("daskrunner", "dask")
 
@@ -33,144 +35,47 @@ class OptionsError(ValueError):
     """An option that cannot work; raised before any data is read."""
 
 
+def main_settings() -> tuple[Setting, ...]:
+    """Every setting of the main job, in --help's order: where it reads and writes, the columns and the model's
+    feed, the gradient's (the engine's, TensorFlow-free copy), then how it runs."""
+    return RUN_IO + COMPUTE_SETTINGS[:3] + ENGINE_SETTINGS + COMPUTE_SETTINGS[3:] + RUN_REST
+
+
+def flag_text(text: str) -> str:
+    """A declaration's help with the settings it names (`{loss}`) as flags (`--loss`)."""
+    return re.sub(r"\{(\w+)\}", r"--\1", text)
+
+
+def add_setting(parser, setting: Setting, help: str | None = None) -> None:
+    """The flag (and `--no_` flag) of one declared setting: its type, default, choices and help."""
+    text = flag_text(help or setting.help)
+    if setting.type is bool:
+        parser.add_argument(f"--{setting.name}", action="store_true", help=text)
+        if setting.negatable:
+            parser.add_argument(
+                f"--no_{setting.name}", dest=setting.name, action="store_false", help=f"Undo a config's {setting.name}."
+            )
+        return
+    kw = {"type": setting.type} if setting.type is not str else {}
+    if setting.default is not None and not setting.items:  # a list is given as one string; its default is the owner's
+        kw["default"] = setting.default
+    if setting.choices is not None and not setting.items:
+        kw["choices"] = setting.choices
+    parser.add_argument(f"--{setting.name}", help=text, **kw)
+
+
 class GradientOptions(PipelineOptions):
-    """The job's own options. Their names are the public interface."""
+    """The job's own options, one flag per declared setting (main_settings). Their names are the public interface."""
 
     @classmethod
     def _add_argparse_args(cls, parser):
-        add = parser.add_argument
-        add("--input", help="Parquet file or glob to read (local path or gs://...).")
-        add("--output", help="Output prefix: shards are <output>-SSSSS-of-NNNNN.parquet.")
-        add("--model", help="Keras model: .keras, .h5 or SavedModel directory; local path or fsspec URL.")
-        add(
-            "--feature_columns",
-            help="Column(s) feeding the model: one tensor or list column, or several scalar columns "
-            "stacked in order (comma-separated).",
-        )
-        add("--keep_columns", help="Key columns copied unchanged to every output row (comma-separated).")
-        add("--input_map", help="name=column,... maps model inputs to columns; join scalar columns with +.")
-        add(
-            "--target",
-            default="sum",
-            choices=NAMES["target"],
-            help=f"What to differentiate: {', '.join(NAMES['target'])}.",
-        )
-        add("--class_column", help="Column holding each row's class index, for --target class.")
-        add("--k", type=int, default=3, help="Classes per row for --target top_k (one gradient column each).")
-        add("--output_name", help="The model output the target reads (a multi-output model's head).")
-        add(
-            "--method",
-            default="gradient",
-            choices=NAMES["method"],
-            help=f"How the gradient is taken: {', '.join(NAMES['method'])}.",
-        )
-        add("--steps", type=int, default=50, help="Integrated gradients: points on the path.")
-        add(
-            "--ig_rule",
-            default="riemann_trapezoid",
-            choices=NAMES["ig_rule"],
-            help=f"Integrated gradients: the step rule, {', '.join(NAMES['ig_rule'])}.",
-        )
-        add(
-            "--baseline",
-            default="zeros",
-            help="Integrated gradients: zeros, value:<number>, column:<name>, mean (the dataset's, a first pass) or blur:<sigma>.",
-        )
-        add(
-            "--samples",
-            type=int,
-            help="Noisy samples per row (default 50 for smoothgrad, vargrad, squaregrad; with another method: "
-            "SmoothGrad over it).",
-        )
-        add("--noise", type=float, default=0.2, help="Noise standard deviation, as a fraction of each row's range.")
-        add("--seed", type=int, default=0, help="Seed of the noise (mixed with each row's keys or position).")
-        add("--chunk", type=int, help="Steps or samples per row in one model call (default: about 1024 rows).")
-        add("--label_column", help="Column holding each row's label, for --loss.")
-        add("--loss", help=f"Per-example loss: {', '.join(KERAS_LOSSES)} or module.path:function.")
-        add("--clip_norm", type=float, help="Rescale each example's own gradient to this L2 norm at most.")
-        add(
-            "--clip_per_tensor",
-            action="store_true",
-            help="With --clip_norm: clip each differentiated tensor on its own, not all of a row's together.",
-        )
-        add(
-            "--wrt",
-            default="inputs",
-            choices=NAMES["wrt"],
-            help="Differentiate with respect to the model's inputs, its trainable weights, or both.",
-        )
-        add(
-            "--weights",
-            help="With --wrt weights/both: layer names (comma-separated) or a regular expression over variable "
-            "paths (default: every trainable variable).",
-        )
-        add(
-            "--weight_output",
-            help=f"What each row's weight gradient is written as, comma-separated: {', '.join(NAMES['weight_output'])} "
-            "(default: norm).",
-        )
-        add("--projection_dim", type=int, default=2048, help="Length k of each row's weight projection.")
-        add("--projection_dtype", default="float32", choices=NAMES["projection_dtype"], help="Type of the projection.")
-        add("--projection_seed", type=int, default=0, help="Seed of the projection: equal seeds, comparable rows.")
-        # ---- issue 20 (h-20): settings declared by wrt/forms/projection.py (Projection.settings)
-        add(
-            "--projection",
-            default="countsketch",
-            choices=NAMES["projection"],
-            help="How the projection is built: countsketch of each row's gradient, or factored (a TensorSketch of "
-            "each layer's inputs and output gradients, never forming the gradient; docs/fast-weights.md).",
-        )
-        # ---- end of issue 20's settings
-        add(
-            "--allow_large_rows",
-            action="store_true",
-            help="Allow --weight_output full beyond 1,000,000 numbers per row.",
-        )
-        add(
-            "--weight_memory_mb",
-            type=int,
-            default=1024,
-            help="Memory budget of the per-example weight gradients: sets the rows per micro-batch.",
-        )
-        add("--batch_size", type=int, default=DEFAULT_BATCH_SIZE, help="Rows per model call (the last is padded).")
-        add("--emit", help=f"Extra per-row columns, comma-separated: {', '.join(EMITS)}.")
-        add(
-            "--unconnected",
-            default="zeros",
-            choices=UNCONNECTED_MODES,
-            help="An input the target does not depend on: write zeros (and count it) or fail.",
-        )
-        add("--trust_model_code", action="store_true", help="Load models that carry code (Lambda layers).")
-        add(
-            "--no_trust_model_code",
-            dest="trust_model_code",
-            action="store_false",
-            help="Undo a config's trust_model_code.",
-        )
-        add("--jit_compile", action="store_true", help="Compile the gradient function with XLA.")
-        add("--no_jit_compile", dest="jit_compile", action="store_false", help="Undo a config's jit_compile.")
-        add("--read_batch_rows", type=int, help="Rows per Parquet record batch read (default: about 32 MiB).")
-        add("--rejected", help="Prefix of the rejected-rows output (default: <output>_rejected).")
-        add(
-            "--max_rejected_fraction",
-            type=float,
-            help="Exit with status 3 (after writing everything) when more than this fraction of rows is rejected.",
-        )
-        add(
-            "--num_shards",
-            type=int,
-            help="Shards per output (default: the runner decides); a fixed count costs a shuffle.",
-        )
-        add(
-            "--group_column",
-            help="Also aggregate per value of this column (a label or a slice) in <output>-summary.json; "
-            "it is kept in the output like a --keep_columns column.",
-        )
-        add("--top_rows", type=int, default=20, help="Rows listed in <output>-summary.json's top-by-norm and top-by-loss.")
-        add("--quiet", action="store_true", help="No progress lines while the job runs.")
-        add("--config", help="YAML file of options; flags on the command line override it.")
-        add("--debug", action="store_true", help="Show tracebacks on errors.")
-        add("--demo", action="store_true", help="Make a demo model and data under ./demo and run on them.")
+        for setting in main_settings():
+            add_setting(parser, setting)
+
+
+def list_options() -> list[str]:
+    """Options that hold a comma-separated list: given more than once, their values add up."""
+    return [s.name for s in main_settings() + influence_settings() if s.items]
 
 
 def split_list(value: str | None, strip: bool = True) -> list[str]:
@@ -289,7 +194,7 @@ def _join_repeated(argv: Sequence[str]) -> list[str]:
     Airflow's Beam operator passes a list as one flag per item. Joined before a config file's flags
     are put in front, so a list on the command line still replaces the file's list as a whole.
     """
-    flags = {f"--{name}": [] for name in LIST_OPTIONS}
+    flags = {f"--{name}": [] for name in list_options()}
     rest, i = [], 0
     while i < len(argv):
         flag, sep, value = argv[i].partition("=")
@@ -386,48 +291,21 @@ def check_runner(options: PipelineOptions) -> None:
     raise OptionsError(f"--runner {runner!r} is not a runner Beam knows{hint} (known: {', '.join(names)})")
 
 
-def spec_from(job: GradientOptions) -> GradientSpec:
-    from transforms.gradients import GradientSpec  # TensorFlow: only once a model is needed
+def setting_values(job, settings) -> dict:
+    """name -> the job's value of each setting, a list setting's comma-separated string split into its items."""
+    return {s.name: split_list(getattr(job, s.name)) if s.items else getattr(job, s.name) for s in settings}
 
-    return GradientSpec(
-        target=job.target,
-        loss=job.loss,
-        clip_norm=job.clip_norm,
-        unconnected=job.unconnected,
-        emit=tuple(split_list(job.emit)),
-        jit_compile=job.jit_compile,
-        method=job.method,
-        steps=job.steps,
-        ig_rule=job.ig_rule,
-        baseline=job.baseline,
-        samples=job.samples,
-        noise=job.noise,
-        seed=job.seed,
-        chunk=job.chunk,
-        k=job.k,
-        output_name=job.output_name,
-        wrt=job.wrt,
-        clip_per_tensor=job.clip_per_tensor,
-        weights=job.weights,
-        weight_output=tuple(split_list(job.weight_output)) or GradientSpec.weight_output,
-        projection_dim=job.projection_dim,
-        projection_dtype=job.projection_dtype,
-        projection_seed=job.projection_seed,
-        projection=job.projection,  # issue 20
-        allow_large_rows=job.allow_large_rows,
-        weight_memory_mb=job.weight_memory_mb,
-    )
+
+def spec_from(job: GradientOptions) -> GradientSpec:
+    from transforms.gradients.spec import spec_from_values  # TensorFlow: only once a model is needed
+
+    return spec_from_values(setting_values(job, ENGINE_SETTINGS))
 
 
 def given_settings(job: GradientOptions) -> list[str]:
     """The gradient settings (spec fields, and the row columns the answers read) given by flag or config."""
-    import dataclasses
-
-    from transforms.gradients import GradientSpec
-
     given = job.get_all_options(drop_default=True)
-    names = [f.name for f in dataclasses.fields(GradientSpec)] + ["label_column", "class_column"]
-    return [name for name in names if name in given]
+    return [s.name for s in ENGINE_SETTINGS if s.name in given]
 
 
 def row_columns(job: GradientOptions) -> dict[str, str | None]:
@@ -473,73 +351,30 @@ def check_required(job: GradientOptions) -> None:
 
 
 def check_values(job: GradientOptions) -> None:
-    """Every check that needs no file and no model: run before TensorFlow is imported, so it answers at once."""
+    """Every check that needs no file and no model: run before TensorFlow is imported, so it answers at once.
+
+    Each setting's value against its declaration (the engine checks its own again once TensorFlow is imported).
+    """
     for name, flag in (("output", "--output"), ("rejected", "--rejected")):
         check_prefix(getattr(job, name), flag)
-    for field in MINIMUMS:  # the engine checks these too, but only once TensorFlow is imported
-        try:
-            check_minimum(field, getattr(job, field))
-        except SpecError as err:
-            raise flag_error(err) from None
-    if job.clip_norm is not None and not job.clip_norm > 0:
-        raise OptionsError(f"--clip_norm must be above 0, not {job.clip_norm}")
-    if job.batch_size is None or job.batch_size < 1:
-        raise OptionsError(f"--batch_size must be 1 or more, not {job.batch_size}")
-    if job.max_rejected_fraction is not None and not 0 <= job.max_rejected_fraction <= 1:
-        raise OptionsError(f"--max_rejected_fraction must be between 0 and 1, not {job.max_rejected_fraction}")
-    if job.num_shards is not None and job.num_shards < 0:
-        raise OptionsError(f"--num_shards must be 0 (the runner decides) or more, not {job.num_shards}")
-    if job.top_rows is None or job.top_rows < 0:
-        raise OptionsError(f"--top_rows must be 0 or more, not {job.top_rows}")
-    if job.read_batch_rows is not None and job.read_batch_rows < 1:
-        raise OptionsError(f"--read_batch_rows must be 1 or more, not {job.read_batch_rows}")
+    settings = by_name(main_settings())
+    try:
+        check_settings(setting_values(job, settings.values()), settings)
+    except SpecError as err:
+        if any(settings[field].kind == "job" for field in err.fields):
+            raise OptionsError(str(flag_error(err))) from None
+        raise flag_error(err) from None
 
 
 # ---------------------------------------------------------------- `beam-gradients influence`
-
-# The influence command shares these options of the main job, with the same meaning for its own inputs and output.
-INFLUENCE_SHARED = {
-    "output": "Output prefix: shards are <output>-SSSSS-of-NNNNN.parquet, one row per (query, kind, rank).",
-    "keep_columns": "Key columns of both inputs (comma-separated); default: every integer, string, boolean, "
-    "date or timestamp column.",
-    "read_batch_rows": "Training rows per block read (default: about 32 MiB of projections).",
-    "config": "YAML file of options; flags on the command line override it.",
-    "debug": "Show tracebacks on errors.",
-}
-LIST_OPTIONS = LIST_OPTIONS + ("train", "query", "checkpoint_weights", "kinds")
-
 
 class InfluenceOptions(PipelineOptions):
     """The options of `beam-gradients influence` that the main job does not have."""
 
     @classmethod
     def _add_argparse_args(cls, parser):
-        from transforms.influence import KINDS
-        from transforms.scores import SCORES
-
-        add = parser.add_argument
-        add("--train", help="Training rows' projections: a file or glob per checkpoint (comma-separated or repeated).")
-        add("--query", help="Query rows' projections: a file or glob per checkpoint, paired with --train in order.")
-        add("--top_k", type=int, default=20, help="Training rows kept per query and kind.")
-        add("--score", default="tracin", choices=tuple(SCORES), help="tracin (inner product), cosine or trak.")
-        add("--damping", type=float, default=0.0, help="TRAK's λ: (ΦᵀΦ + λI)⁻¹.")
-        add("--checkpoint_weights", help="One weight per checkpoint (its learning rate), comma-separated; default 1.")
-        add("--kinds", help=f"Which rankings to write, comma-separated: {', '.join(KINDS)} (default both).")
-        add("--self_influence", action="store_true", help="Also write each training row's score against itself.")
-        add("--self_influence_output", help="Prefix of the self-influence output (default <output>_self_influence).")
-        add(
-            "--allow_incomplete",
-            action="store_true",
-            help="Read --train and --query files that no _SUCCESS marker lists (an output still being written, "
-            "cut short, or not written by the main job).",
-        )
-        add(
-            "--query_memory_mb",
-            type=int,
-            default=1024,
-            help="Memory per worker for the queries, a block's scores and the top-k; more queries are split "
-            "into groups, each a branch of the job.",
-        )
+        for setting in influence_settings():
+            add_setting(parser, setting)
 
 
 def _declared(cls) -> dict[str, str]:
@@ -558,10 +393,58 @@ def refuse_options_of(options: PipelineOptions, cls, command: str, allowed=()) -
 
 
 def influence_help_text() -> str:
+    shared = by_name(main_settings())
+
     def add(parser):
         InfluenceOptions._add_argparse_args(parser)
         for name, text in INFLUENCE_SHARED.items():
-            parser.add_argument(f"--{name}", help=text, **({"action": "store_true"} if name == "debug" else {}))
+            add_setting(parser, shared[name], text)
 
     description = "The training rows that pushed each query's prediction, from the main job's weight projections."
     return help_text("beam-gradients influence", description, add, commands=())
+
+
+def _shown(value) -> str:
+    if value is None or value == ():
+        return ""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, tuple):
+        return ",".join(f"`{v}`" for v in value)
+    return f"`{value}`"
+
+
+def _table(settings, helps: dict | None = None) -> list[str]:
+    lines = ["| option | type | default | allowed | read by | what it does |", "|---|---|---|---|---|---|"]
+    for s in settings:
+        kind = f"list of {s.type.__name__}" if s.items else s.type.__name__
+        allowed = ", ".join(f"`{c}`" for c in s.choices) if s.choices else (s.bounds() if s.bounded else "")
+        text = flag_text((helps or {}).get(s.name) or s.help).replace("|", "\\|").replace("<", "&lt;")
+        lines.append(f"| `--{s.name}` | {kind} | {_shown(s.default)} | {allowed} | {s.owner} | {text} |")
+        if s.negatable:
+            lines.append(f"| `--no_{s.name}` | bool | | | {s.owner} | Undo a config's {s.name}. |")
+    return lines
+
+
+def options_reference() -> str:
+    """docs/options.md: every option of both commands, from the declarations (docs/make_options.py writes it)."""
+    shared = by_name(main_settings())
+    lines = [
+        "# Options",
+        "",
+        "Generated from the settings' declarations by `python docs/make_options.py`; do not edit by hand.",
+        "Each option is also a key of a `--config` YAML file and a keyword argument of `pipeline.run()`;",
+        "the gradient settings (read by a target, method, wrt or weight form) are keyword arguments of",
+        "`transforms.api.ComputeGradients` and fields of `transforms.gradients.GradientSpec`.",
+        "An empty default means not given. Any Beam pipeline option is accepted too (`--runner`, ...).",
+        "",
+        "## beam-gradients",
+        "",
+        *_table(main_settings()),
+        "",
+        "## beam-gradients influence",
+        "",
+        *_table(influence_settings() + tuple(shared[name] for name in INFLUENCE_SHARED), INFLUENCE_SHARED),
+        "",
+    ]
+    return "\n".join(lines)

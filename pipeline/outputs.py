@@ -30,7 +30,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from transforms.contract import MARKER_SUFFIX, marker_path
 from transforms import __version__, error_line
-from transforms.parquet import SUFFIX, InputError, output_files, parquet_rows, read_footers
+from transforms.io.files import SUFFIX, InputError, output_files, parquet_rows, read_footers
 
 MARKER = MARKER_SUFFIX
 STAGING = ".staging-"
@@ -250,7 +250,7 @@ class StagedOutputs:
 
     >>> staged = StagedOutputs({"--output": "out/g", "--rejected": "out/g_rejected"})
     >>> staged.staging["--output"]  # doctest: +ELLIPSIS
-    'out/.g.staging-.../g'
+    '.../out/.g.staging-.../g'
     """
 
     def __init__(self, prefixes: Mapping[str, str], run_id: str | None = None, files: Mapping[str, str] | None = None):

@@ -22,9 +22,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
-from transforms.contract import METADATA_PREFIX, SECONDARY_SUFFIXES, summary_path
+from transforms.contract import KEY, METADATA_PREFIX, SECONDARY_SUFFIXES, columns_of_kind, declared_columns, summary_path
 from pipeline.outputs import CorruptMarker, _absolute, _shard_regex, marker_entry, marker_path, output_folder, read_marker
-from transforms.parquet import InputError, open_parquet, output_files, read_footers
+from transforms.io.files import InputError, open_parquet, output_files, read_footers
 
 # Outputs whose marker is their main output's (`<output>_rejected` -> `<output>_SUCCESS`).
 
@@ -246,3 +246,14 @@ def output_metadata(prefix: str, require_complete: bool = True) -> dict[str, str
         return {}
     meta = open_parquet(shards[0]).schema_arrow.metadata or {}
     return {k.decode(): v.decode() for k, v in meta.items() if k.startswith(METADATA_PREFIX.encode())}
+
+
+def output_columns(prefix: str, require_complete: bool = True) -> list[dict] | None:
+    """What each column of the output is, as the job declared it (`beam_gradients.columns`: column, kind,
+    output, head, input, feature), or None for an output that declares none."""
+    return declared_columns(output_metadata(prefix, require_complete))
+
+
+def key_columns(prefix: str, require_complete: bool = True) -> list[str]:
+    """The key columns the job kept (declared kind `key`), in order; none where the output declares no columns."""
+    return columns_of_kind(output_columns(prefix, require_complete), KEY)

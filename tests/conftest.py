@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 
 from pipeline.run import run
-from transforms.tensors import to_tensor_array
+from transforms.io.arrow import to_tensor_array
 
 
 def write_parquet(path, columns: dict, row_group_size=None) -> str:

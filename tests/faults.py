@@ -7,7 +7,7 @@ import os
 
 import pyarrow as pa
 
-from transforms.plan import Fault
+from transforms.feeds.plan import Fault
 
 
 class InjectedFault(RuntimeError):

@@ -33,7 +33,7 @@ sys.path.insert(0, REPO)
 
 from pipeline.reader import read_arrays  # noqa: E402
 from pipeline.run import main, run  # noqa: E402
-from transforms.tensors import to_tensor_array  # noqa: E402
+from transforms.io.arrow import to_tensor_array  # noqa: E402
 
 SHAPE = (4, 3)  # a small "image": the gradient columns are fixed_shape_tensor<float32>[4, 3]
 ROWS = 40

@@ -10,7 +10,7 @@ from pipeline.reader import read_arrays, read_summary
 from pipeline.run import run
 from tests.conftest import save, write_parquet
 from transforms.aggregates import HISTOGRAM_EDGES
-from transforms.plan import Fault
+from transforms.feeds.plan import Fault
 
 
 def _tabular(tmp_path):

@@ -54,7 +54,7 @@ def test_the_ptransform_in_a_users_own_test_pipeline_matches_an_eager_tape(tmp_p
 def test_record_batches_in_and_run_with_keyword_arguments(tmp_path):
     model, path = _model(tmp_path)
     x = np.random.default_rng(1).normal(size=(10, 2, 2)).astype(np.float32)
-    from transforms.tensors import to_tensor_array
+    from transforms.io.arrow import to_tensor_array
 
     batch = pa.record_batch({"id": pa.array(np.arange(10)), "x": to_tensor_array(x)})
     with test_pipeline.TestPipeline(runner="FnApiRunner") as p:

@@ -140,3 +140,22 @@ def test_progress_lines_appear_on_a_terminal_and_not_on_a_pipe(small_job):
     assert on_terminal, "no progress line on the terminal"
     assert all(" of 100 rows" in line and "rows/s" in line for line in on_terminal)
     assert "progress:" not in _stderr_lines_on(tmp, model, False)
+
+
+def test_one_parser_names_the_commands_and_run_is_the_default(capsys):
+    from pipeline.cli import command_parser, split_command
+
+    (commands,) = [a for a in command_parser()._actions if a.dest == "command"]
+    assert list(commands.choices) == ["run", "influence", "report"]
+    assert split_command(["--input", "x"]) == ("run", ["--input", "x"])
+    assert split_command(["run", "--input", "x"]) == ("run", ["--input", "x"])
+    assert split_command(["influence", "--train", "t"]) == ("influence", ["--train", "t"])
+    assert split_command(["report", "out/g", "--top", "3"]) == ("report", ["out/g", "--top", "3"])
+    assert main(["--help"]) == 0
+    default = capsys.readouterr().out
+    assert main(["run", "--help"]) == 0 and capsys.readouterr().out == default
+    assert "beam-gradients influence" in default and "beam-gradients report" in default  # --help lists them
+    assert main(["influence", "--help"]) == 0 and "usage: beam-gradients influence" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as done:  # the report's own parser answers its --help
+        main(["report", "--help"])
+    assert done.value.code == 0 and "usage: beam-gradients report" in capsys.readouterr().out

@@ -7,7 +7,7 @@ import pyarrow as pa
 import pipeline.run  # noqa: F401  (imports everything the job does)
 import transforms.compute  # noqa: F401
 from transforms.coders import ArrowTable, ArrowTableCoder, SourceBatchCoder
-from transforms.parquet import SourceBatch
+from transforms.io.read import SourceBatch
 
 
 def test_importing_us_leaves_the_coder_of_pyarrow_tables_as_beam_has_it():

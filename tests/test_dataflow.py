@@ -65,7 +65,8 @@ def test_dataflow_gpu_config_dry_run_builds_the_job_with_gpu_image_and_steps(tmp
     # The portable pipeline the workers run: our steps, every one in our image.
     components = job.proto_pipeline.components
     (root,) = job.proto_pipeline.root_transform_ids
-    top = {components.transforms[t].unique_name for t in components.transforms[root].subtransforms}
+    (graph,) = components.transforms[root].subtransforms  # the job's graph, one PTransform (transforms/graph.py)
+    top = {components.transforms[t].unique_name.removeprefix("Job/") for t in components.transforms[graph].subtransforms}
     assert set(STEPS) <= top
     for environment_id in {t.environment_id for t in components.transforms.values() if t.environment_id}:
         env = components.environments[environment_id]

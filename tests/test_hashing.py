@@ -12,8 +12,8 @@ import pyarrow as pa
 import pytest
 
 from transforms.hashing import SEED_NULL, seed_column_hash, splitmix64
-from transforms.projections import key_hash
-from transforms.row_seeds import key_seeds, position_seeds
+from transforms.feeds.row_seeds import position_seeds
+from transforms.hashing import key_hash, key_seeds
 
 TABLE = pa.table({
     "i": pa.array([7, -1, None, 0, 2**40], pa.int64()),

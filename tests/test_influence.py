@@ -13,7 +13,7 @@ import pytest
 from pipeline.outputs import read_marker
 from pipeline.run import main
 from tests.projections import write_projections
-from transforms.topk import TopK, block_top_k
+from transforms.influence.topk import TopK, block_top_k
 
 RUNNER = "--runner=DirectRunner"
 
@@ -408,7 +408,7 @@ def test_checkpoints_join_by_key_across_buckets():
     from apache_beam.testing.util import assert_that
 
     from pipeline.run import resolve_runner
-    from transforms.influence import Block, JoinCheckpoints
+    from transforms.influence.steps import Block, JoinCheckpoints
 
     rng = np.random.default_rng(2)
     ids = rng.permutation(500)

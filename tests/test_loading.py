@@ -13,7 +13,7 @@ import pytest
 
 from pipeline.run import main
 from tests.conftest import assert_close, by_key, eager_gradients, read_output, run_on, tensor_column, write_parquet
-from transforms.plan import EngineRecipe
+from transforms.feeds.plan import EngineRecipe
 from transforms.gradients import GradientSpec
 from transforms.model import ModelError, ProcessModel, content_sha256
 

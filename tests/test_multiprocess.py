@@ -20,7 +20,7 @@ from tests.conftest import (
     tensor_column,
     write_parquet,
 )
-from transforms.plan import EngineRecipe
+from transforms.feeds.plan import EngineRecipe
 from transforms.gradients import GradientSpec
 from transforms.model import ProcessModel
 

@@ -3,6 +3,7 @@ own folder, and says so when it is corrupt; an influence input needs its marker 
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import subprocess
@@ -14,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.outputs import CorruptMarker, read_marker, require_marker
-from pipeline.reader import OutputMismatch, read_arrays
+from pipeline.reader import OutputMismatch, key_columns, output_columns, read_arrays
 from pipeline.report import write_report
 from pipeline.run import main
 from tests.conftest import run_on, save, write_parquet
@@ -186,3 +187,44 @@ def test_a_corrupt_marker_is_called_corrupt(done, tmp_path, text):
         require_marker(prefix)  # what the DAGs' completion tasks call
     page = open(write_report(prefix, output=str(tmp_path / "r.html"))).read()
     assert "Corrupt marker" in page and "_SUCCESS marker: this output is incomplete" not in page
+
+
+# ---------------------------------------------------------------- declared columns
+
+
+def test_every_column_is_declared_with_its_kind_input_and_feature(tmp_path):
+    """beam_gradients.columns names every column in the schema's order, with the engine's kind: readers need no names."""
+    keras.utils.set_random_seed(1)
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    n = 12
+    rng = np.random.default_rng(1)
+    write_parquet(tmp_path / "in/a.parquet", {"id": np.arange(n), "a": rng.normal(size=n), "b": rng.normal(size=n),
+                                              "c": rng.normal(size=n)})
+    run_on(tmp_path, model, "--emit", "predictions,norm", features="a,b,c")
+    prefix = str(tmp_path / "out/g")
+    declared = output_columns(prefix)
+    names = pq.read_schema(glob.glob(prefix + "-*.parquet")[0]).names
+    assert [d["column"] for d in declared] == names
+    kinds = {d["column"]: d["kind"] for d in declared}
+    assert kinds["id"] == "key" and key_columns(prefix) == ["id"]
+    gradients = [d for d in declared if d["kind"] == "gradient"]
+    assert [d["feature"] for d in gradients] == ["a", "b", "c"]  # one float column per stacked feature, in order
+    assert len({d["output"] for d in gradients}) == 1 and len({d["input"] for d in gradients}) == 1  # one model input
+    assert gradients[0]["input"] and all(d["input"] is None for d in declared if d["kind"] == "key")
+    assert sorted(k for k in kinds.values() if k not in ("key", "gradient")) == ["norm", "prediction"]
+    # the report's sections come from these: one feature-importance block of the three features
+    page = open(write_report(prefix)).read()
+    assert page.count('data-chart="feature-importance"') == 1
+
+
+def test_influence_outputs_declare_query_and_training_keys(tmp_path):
+    rng = np.random.default_rng(0)
+    write_projections(tmp_path / "train/p", {"id": np.arange(8)}, rng.normal(size=(8, 4)))
+    write_projections(tmp_path / "query/p", {"qid": [1, 2]}, rng.normal(size=(2, 4)))
+    out = str(tmp_path / "out/inf")
+    assert main(["influence", RUNNER, "--train", str(tmp_path / "train/*.parquet"), "--query",
+                 str(tmp_path / "query/*.parquet"), "--output", out, "--top_k", "2", "--self_influence"]) == 0
+    kinds = [(d["column"], d["kind"]) for d in output_columns(out)]
+    assert kinds == [("qid", "key"), ("rank", "rank"), ("kind", "influence_kind"), ("train__id", "train_key"), ("score", "score")]
+    selfs = [(d["column"], d["kind"]) for d in output_columns(out + "_self_influence")]
+    assert selfs == [("train__id", "train_key"), ("self_influence", "self_influence")]

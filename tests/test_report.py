@@ -22,7 +22,8 @@ from pipeline.report import main as report_main
 from pipeline.report import write_report
 from pipeline.run import run
 from tests.conftest import save, write_parquet
-from transforms.tensors import to_tensor_array
+from transforms.contract import column_entry, columns_metadata
+from transforms.io.arrow import to_tensor_array
 
 
 def images(page: str) -> list[Image.Image]:
@@ -83,12 +84,12 @@ def test_image_report_shows_saliency_for_the_top_rows_with_their_inputs(image_jo
 
 def test_the_inputs_are_drawn_from_the_input_files(image_job, tmp_path, monkeypatch):
     """The input panel shows the input row of the same key (joined by key, streaming)."""
-    from pipeline import report
+    from pipeline.report import figures
 
     tmp, inputs = image_job
     drawn = []
-    real = report.saliency_grid
-    monkeypatch.setattr(report, "saliency_grid", lambda rows, title: drawn.extend(rows) or real(rows, title))
+    real = figures.saliency_grid
+    monkeypatch.setattr(figures, "saliency_grid", lambda rows, title: drawn.extend(rows) or real(rows, title))
     write_report(str(tmp / "out/g"), str(tmp / "in/*.parquet"), str(tmp_path / "r.html"), top=3, sample=2)
     assert drawn
     for row in drawn:
@@ -118,8 +119,12 @@ def test_tabular_report_bars_equal_numpy_per_output_and_group(tmp_path):
     assert 'data-count="0"' in page  # no row rejected, and the page says so
 
 
-def _write(path, columns, metadata=None):
+def _write(path, columns, metadata=None, kinds=None):
+    """A synthetic output; `kinds` declares its columns' kinds as the jobs do (beam_gradients.columns)."""
     table = pa.table(columns)
+    metadata = dict(metadata or {})
+    if kinds:
+        metadata.update(columns_metadata(column_entry(c, kinds[c]) for c in table.column_names))
     if metadata:
         table = table.replace_schema_metadata(metadata)
     os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -137,7 +142,9 @@ def test_sections_for_weight_norms_ig_gaps_influence_and_self_influence(tmp_path
         "ig_delta": delta.astype(np.float32), "weight_norm": weight.astype(np.float32),
         "ig_delta__dog": (delta * 2).astype(np.float32), "weight_norm__dense": weight.astype(np.float32),
         "predicted_class": np.arange(n) % 3, "top_k_classes": to_tensor_array((np.arange(2 * n).reshape(n, 2) % 5).astype(np.int64)),
-    }, {b"beam_gradients.weights": b'{"variables": ["dense/kernel"], "parameters": 12, "projection": null}'})
+    }, {b"beam_gradients.weights": b'{"variables": ["dense/kernel"], "parameters": 12, "projection": null}'},
+        {"id": "key", "gradient": "gradient", "ig_delta": "ig_delta", "weight_norm": "weight_norm", "ig_delta__dog": "ig_delta",
+         "weight_norm__dense": "weight_norm", "predicted_class": "class", "top_k_classes": "class"})
     page = open(write_report(str(tmp_path / "w/g"))).read()
     assert "No g_SUCCESS marker" in page.replace(str(tmp_path / "w") + "/", "")  # incomplete: said so
     ranked = re.findall(r'<table class="weight-norm">.*?</table>', page)[0]
@@ -155,9 +162,11 @@ def test_sections_for_weight_norms_ig_gaps_influence_and_self_influence(tmp_path
             enumerate([(q * 10 + r, (1 if kind == "proponent" else -1) / (r + 1)) for r in range(3)], 1)]
     _write(str(tmp_path / "i/inf-00000-of-00001.parquet"), {
         "qid": [r[0] for r in rows], "rank": [r[1] for r in rows], "kind": [r[2] for r in rows],
-        "train__id": [r[3] for r in rows], "score": [r[4] for r in rows]})
+        "train__id": [r[3] for r in rows], "score": [r[4] for r in rows]},
+        kinds={"qid": "key", "rank": "rank", "kind": "influence_kind", "train__id": "train_key", "score": "score"})
     selfs = rng.random(30)
-    _write(str(tmp_path / "i/inf_self_influence-00000-of-00001.parquet"), {"train__id": np.arange(30), "self_influence": selfs})
+    _write(str(tmp_path / "i/inf_self_influence-00000-of-00001.parquet"), {"train__id": np.arange(30), "self_influence": selfs},
+           kinds={"train__id": "train_key", "self_influence": "self_influence"})
     page = open(write_report(str(tmp_path / "i/inf"), top=2)).read()
     assert page.count("<h3>query qid=") == 2
     table = re.findall(r"<h3>query qid=1</h3><table class=\"influence\">.*?</table>", page)[0]

@@ -25,6 +25,7 @@ import pytest
 
 from pipeline.report import CSP, slug, write_report
 from tests.conftest import run_job, save, write_parquet
+from transforms.contract import column_entry, columns_metadata
 
 FORMS = (
     '"><img src=x onerror="document.title=\'PWNED\'" data-at="{}">',  # out of a double-quoted attribute
@@ -136,6 +137,11 @@ def hostile_outputs(tmp_path_factory):
     write_parquet(influence + "-00000-of-00001.parquet", {k: [row[k] for row in rows] for k in rows[0]})
     write_parquet(influence + "_self_influence-00000-of-00001.parquet",
                   {f"train__{TRAIN_KEY}": [f"{TRAIN_KEY}{i}" for i in range(5)], "self_influence": rng.random(5)})
+    # declared as the influence job declares its columns (beam_gradients.columns): the report reads kinds from there
+    kinds = {QUERY_KEY: "key", "rank": "rank", "kind": "influence_kind", f"train__{TRAIN_KEY}": "train_key", "score": "score",
+             "self_influence": "self_influence"}
+    for path in (influence + "-00000-of-00001.parquet", influence + "_self_influence-00000-of-00001.parquet"):
+        _rewrite(path, lambda t: t.replace_schema_metadata(columns_metadata(column_entry(c, kinds[c]) for c in t.column_names)))
 
     pages["crafted-summary"] = write_report(b, output=str(tmp / "b-crafted.html"))
     pages["image"] = write_report(a, str(tmp / "a/in/*.parquet"), str(tmp / "a.html"), top=3, sample=2,

@@ -18,7 +18,8 @@ from tests.conftest import (
     tensor_column,
     write_parquet,
 )
-from transforms.parquet import InputError, _ReadRowGroup
+from transforms.io.files import InputError
+from transforms.io.read import _ReadRowGroup
 
 
 def _model():

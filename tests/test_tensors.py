@@ -4,7 +4,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from transforms.tensors import FeedError, decode, plan_feed, to_tensor_array
+from transforms.feeds.columns import FeedError, decode, plan_feed
+from transforms.io.arrow import to_tensor_array
 
 
 def _decode(array, shape, dtype=np.float32):
@@ -115,3 +116,21 @@ def test_permuted_tensors_are_refused_at_planning():
     array = pa.ExtensionArray.from_storage(pa.fixed_shape_tensor(pa.float32(), [2, 3], permutation=[1, 0]), storage)
     with pytest.raises(FeedError, match=r"permutation \[1, 0\]"):
         _decode(array, (2, 3))
+
+
+def test_planning_errors_name_the_setting_and_the_cli_shows_it_as_a_flag():
+    """Below pipeline/ an error names `input_map` (an API keyword); the CLI phrases the same error as `--input_map`."""
+    import pickle
+
+    from pipeline.options import flag_error
+    from transforms.feeds.columns import plan_input_feeds
+
+    schema = pa.schema([("img", pa.float32())])
+    with pytest.raises(FeedError) as caught:
+        plan_input_feeds(schema, [("x", (1,), "float32")], None, {"picture": "img"}, "f.parquet")
+    assert str(caught.value) == "input_map names 'picture', which the model does not have; its inputs are: x"
+    flagged = flag_error(caught.value)
+    assert isinstance(flagged, FeedError)
+    assert str(flagged) == "--input_map names 'picture', which the model does not have; its inputs are: x"
+    assert str(pickle.loads(pickle.dumps(flagged))) == str(flagged)  # a worker's error keeps its words
+    assert str(FeedError("a {literal} column")) == "a {literal} column"  # plain text is never a template

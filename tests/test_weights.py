@@ -19,7 +19,7 @@ from pipeline.run import main
 from tests.conftest import assert_close, by_key, read_output, run_on, save, tensor_column, write_parquet
 from transforms.gradients import FORMS, WRT, GradientEngine, GradientSpec, SpecError, from_keras
 from transforms.gradients.wrt.forms.projection import CONSTRUCTION, sketch_seed
-from transforms.tensors import to_tensor_array
+from transforms.io.arrow import to_tensor_array
 
 ROWS = 5
 LOSS = "mse"

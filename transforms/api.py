@@ -24,10 +24,12 @@ import numpy as np
 import pyarrow as pa
 
 from transforms.compute import REJECTED, RESULTS
-from transforms.compute import ComputeGradients as _Compute
+from transforms.graph import GradientsGraph
+from transforms.job_settings import BATCH_SIZE
 from transforms.model import ProcessModel
-from transforms.parquet import SourceBatch
-from transforms.plan import JobPlan
+from transforms.io.read import SourceBatch
+from transforms.feeds.plan import JobPlan
+from transforms.feeds.row_seeds import RowSeedFeed
 
 SOURCE = "(pipeline)"  # the source_file of rejected rows that came from a PCollection
 ROWS_PER_BATCH = 1024  # dicts are gathered into Arrow batches of up to this many rows
@@ -62,7 +64,9 @@ class ComputeGradients(beam.PTransform):
 
     `schema` is the Arrow schema of the rows (for files: `pyarrow.parquet.read_schema(path)`). The other
     arguments are the job's options of the same names (see the README's Options table); further gradient
-    settings (`steps`, `samples`, `noise`, `seed`, `k`, ...) pass through to GradientSpec.
+    settings (`baseline`, `wrt`, `steps`, `samples`, `noise`, `seed`, `k`, ...) pass through to GradientSpec.
+    The graph is the job's own (transforms/graph.py): a `mean` baseline's first pass runs over the
+    same PCollection, and a `column:<name>` baseline reads that column of each row.
     """
 
     def __init__(
@@ -81,14 +85,15 @@ class ComputeGradients(beam.PTransform):
         clip_norm: float | None = None,
         emit: Sequence[str] = (),
         unconnected: str = "zeros",
-        batch_size: int = 256,
+        batch_size: int = BATCH_SIZE.default,
         trust_model_code: bool = False,
         **spec_options,
     ):
-        from transforms.gradients import GradientSpec
+        from transforms.gradients.methods.baselines import baseline_column
+        from transforms.gradients.spec import spec_from_kwargs
 
         super().__init__()
-        spec = GradientSpec(
+        spec = spec_from_kwargs(
             target=target,
             method=method,
             loss=loss,
@@ -105,9 +110,18 @@ class ComputeGradients(beam.PTransform):
             batch_size,
             feature_columns=list(feature_columns),
             input_map=input_map or {},
-            row_columns={"label_column": label_column, "class_column": class_column},
+            row_columns={
+                "label_column": label_column,
+                "class_column": class_column,
+                "baseline_column": baseline_column(spec.baseline),
+            },
             key_columns=list(key_columns),
         )
+        if any(isinstance(f, RowSeedFeed) and not f.columns for f in self.plan.extras):
+            raise ValueError(
+                f"method {spec.method!r} seeds each row's noise from its key columns; give key_columns "
+                "(rows in a PCollection have no position in a file to seed them by)"
+            )
         self._schema = pa.schema([schema.field(c) for c in self.plan.read_columns])
 
     @property
@@ -122,7 +136,7 @@ class ComputeGradients(beam.PTransform):
             | "ToArrow" >> beam.FlatMap(_flatten_batches)
             | "AsSourceBatches" >> beam.ParDo(_ToSourceBatches(self._schema)).with_output_types(SourceBatch)
         )
-        return batches | "Gradients" >> _Compute(self.plan)
+        return batches | "Compute" >> GradientsGraph(self.plan)
 
 
 def _flatten_batches(elements: list):

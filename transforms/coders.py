@@ -23,7 +23,7 @@ import pickle
 import apache_beam as beam
 import pyarrow as pa
 
-from transforms.parquet import SourceBatch
+from transforms.io.read import SourceBatch
 
 
 class _AnyTable(type):

@@ -20,14 +20,15 @@ from apache_beam.transforms.window import GlobalWindows
 from transforms import BatchFailed, op_error_line
 from transforms.coders import ArrowTable  # registers the Arrow coders the ParDos' type hints select
 from transforms.counters import Counters
-from transforms.parquet import UnreadableRows, rejected_table
+from transforms.io.read import UnreadableRows
+from transforms.io.schema import rejected_table
 from transforms.progress import ProgressFiles
-from transforms.row_seeds import RowSeedFeed
-from transforms.tensors import Reasons, decode, merge_reasons
+from transforms.feeds.row_seeds import RowSeedFeed
+from transforms.feeds.columns import Reasons, decode, merge_reasons
 
 if TYPE_CHECKING:  # planning and the engine need TensorFlow; this module is imported before any model is
     from transforms.gradients import GradientEngine
-    from transforms.plan import JobPlan
+    from transforms.feeds.plan import JobPlan
 
 REJECTED = "rejected"
 RESULTS = "results"

@@ -3,10 +3,10 @@
 Two column hashes live here, and they are not the same function: each one's bytes
 are a contract kept as it was first written.
 
-- `seed_column_hash`: the noise methods' per-row seeds (`transforms.row_seeds`).
+- `seed_column_hash`: the noise methods' per-row seeds (`key_seeds`, read by `transforms.feeds.row_seeds`).
   Numbers by their value's 64 bits (-0.0 as 0.0), strings and bytes by BLAKE2b of
   their bytes, a null by a fixed value. Columns combine as `splitmix64(acc ^ column)`.
-- `bucket_column_hash`: the influence job's key buckets (`transforms.projections.key_hash`).
+- `bucket_column_hash`: the influence job's key buckets (`key_hash`).
   Numbers by their 64 bits as Arrow casts them (a null integer as the float NaN's
   bits), strings and binary by a vectorized sum of splitmix64-mixed bytes.
   Columns combine as `splitmix64(acc * 31 + column)`.
@@ -104,3 +104,23 @@ def bucket_column_hash(column: pa.Array) -> np.ndarray:
     else:
         values = column.cast(pa.int64()).to_numpy(zero_copy_only=False).view(np.uint64)
     return splitmix64(values)
+
+
+def key_seeds(keys: pa.Table | pa.RecordBatch) -> np.ndarray:
+    """int64 per row, from the key columns' values (in their order)."""
+    seeds = np.zeros(keys.num_rows, np.uint64)
+    for column in keys.columns:
+        if isinstance(column, pa.ChunkedArray):
+            column = column.combine_chunks()
+        seeds = splitmix64(seeds ^ seed_column_hash(column))
+    return seeds.view(np.int64)
+
+
+def key_hash(keys: pa.Table) -> np.ndarray:
+    """A deterministic uint64 per row from its key columns: the same key gives the same hash in every process."""
+    result = np.zeros(keys.num_rows, np.uint64)
+    for name in keys.column_names:
+        column = keys.column(name).combine_chunks()
+        with np.errstate(over="ignore"):
+            result = splitmix64(result * np.uint64(31) + bucket_column_hash(column))
+    return result

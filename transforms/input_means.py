@@ -12,8 +12,8 @@ from typing import Sequence
 import apache_beam as beam
 import numpy as np
 
-from transforms.parquet import SourceBatch, UnreadableRows
-from transforms.tensors import Feed, decode, merge_reasons
+from transforms.io.read import SourceBatch, UnreadableRows
+from transforms.feeds.columns import Feed, decode, merge_reasons
 
 
 class InputMeans(beam.CombineFn):

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Callable, Generic, TypeVar
 from apache_beam.utils.shared import Shared
 
 from transforms import error_line
+from transforms.errors import SettingError
 
 if TYPE_CHECKING:
     from transforms.gradients import ModelFunction
@@ -29,8 +30,8 @@ KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
 T = TypeVar("T")
 
 
-class ModelError(ValueError):
-    """A model that cannot be loaded; the message names the path and why."""
+class ModelError(SettingError):
+    """A model that cannot be loaded; the message names the path and why (a template: see transforms.errors)."""
 
 
 def is_remote(path: str) -> bool:
@@ -137,9 +138,10 @@ def load_model(path: str, trust_model_code: bool = False) -> ModelFunction:
         text = str(err)
         if "safe_mode" in text:
             raise ModelError(
-                f"model {shown} contains code (a Lambda layer or custom function) that Keras safe_mode "
-                "refuses to load, since loading it would run that code; pass --trust_model_code only if "
-                "you trust where the model came from"
+                "model {shown} contains code (a Lambda layer or custom function) that Keras safe_mode "
+                "refuses to load, since loading it would run that code; pass {trust_model_code} only if "
+                "you trust where the model came from",
+                shown=shown,
             ) from err
         missing = re.search(r"Could not locate (?:function|class) '([^']+)'", text)
         if missing:

@@ -33,6 +33,7 @@ class GradientEngine:
     a fixed signature means the function is traced once and never again).
 
     >>> import keras, numpy as np
+    >>> from transforms.gradients import from_keras
     >>> model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
     >>> engine = GradientEngine(from_keras(model), GradientSpec(), batch_size=2)
     >>> engine([np.ones((2, 3), np.float32)])["gradient"].shape

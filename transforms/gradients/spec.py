@@ -5,60 +5,68 @@ from __future__ import annotations
 import dataclasses
 import json
 
-from transforms.gradients.choices import EMITS, UNCONNECTED_MODES, check_minimum
+from transforms.gradients.choices import EMITS, UNCONNECTED_MODES
 from transforms.gradients.errors import SpecError
 from transforms.gradients.losses import check_loss_name
 from transforms.gradients.methods import METHODS, NoiseTunnel, check_method, method_settings
+from transforms.gradients.settings import Setting, by_name, check_settings
 from transforms.gradients.targets import TARGETS
 from transforms.gradients.wrt import FORMS, WRT
 
-# Settings every gradient reads, whatever the answers: never refused as unused.
-JOB_SETTINGS = ("target", "method", "wrt", "clip_norm", "clip_per_tensor", "unconnected", "emit", "jit_compile")
+# The settings of the engine itself, read by every gradient whatever the answers (never refused as unused).
+# The answers' own settings are declared by their classes (`declares`), each in its own file.
+ENGINE_SETTINGS = (
+    Setting("target", str, "sum", f"What to differentiate: {', '.join(TARGETS)}.", choices=TARGETS.names),
+    Setting("method", str, "gradient", f"How the gradient is taken: {', '.join(METHODS)}.", choices=METHODS.names),
+    Setting(
+        "wrt",
+        str,
+        "inputs",
+        "Differentiate with respect to the model's inputs, its trainable weights, or both.",
+        choices=WRT.names,
+    ),
+    Setting("clip_norm", float, None, "Rescale each example's own gradient to this L2 norm at most.", above=0),
+    Setting(
+        "clip_per_tensor",
+        bool,
+        False,
+        "With {clip_norm}: clip each differentiated tensor on its own, not all of a row's together.",
+    ),
+    Setting(
+        "unconnected",
+        str,
+        "zeros",
+        "An input the target does not depend on: write zeros (and count it) or fail.",
+        choices=UNCONNECTED_MODES,
+    ),
+    Setting("emit", str, (), f"Extra per-row columns, comma-separated: {', '.join(EMITS)}.", choices=EMITS, items=True),
+    Setting("jit_compile", bool, False, "Compile the gradient function with XLA.", negatable=True),
+)
+REGISTRIES = (TARGETS, METHODS, WRT, FORMS)
 
 
-@dataclasses.dataclass(frozen=True)
+def declared_settings() -> list[Setting]:
+    """Every setting of the engine, in the order the spec, the CLI and the docs list them: the engine's, then each
+    registry's answers' (`declares`), each with its owner."""
+    own = [s.with_owner("every gradient") for s in ENGINE_SETTINGS]
+    return list(by_name(own + [s for registry in REGISTRIES for s in registry.declarations()]).values())
+
+
+SETTINGS = by_name(declared_settings())  # name -> Setting
+
+
 class GradientSpec:
     """The answers to the engine's three questions (target, method, wrt) and their settings.
 
-    Checked on construction, before any model is loaded; errors name these fields.
+    Its fields are the settings declared by the engine and its answers (kind "spec", see `declared_settings`),
+    with their defaults. Checked on construction, before any model is loaded; errors name these fields.
 
     >>> GradientSpec(target="per_output", emit=("norm",)).method
     'gradient'
     """
 
-    target: str = "sum"
-    loss: str | None = None
-    clip_norm: float | None = None
-    unconnected: str = "zeros"
-    emit: tuple[str, ...] = ()
-    jit_compile: bool = False
-    method: str = "gradient"
-    wrt: str = "inputs"
-    clip_per_tensor: bool = False
-    # With respect to the weights (wrt weights or both): which variables, and what is written per row.
-    weights: str | None = None
-    weight_output: tuple[str, ...] = ("norm",)
-    projection_dim: int = 2048
-    projection_dtype: str = "float32"
-    projection_seed: int = 0
-    projection: str = "countsketch"  # the construction: countsketch, or factored (from layer factors)
-    allow_large_rows: bool = False
-    weight_memory_mb: int = 1024
-    # The methods' settings (methods/): integrated gradients' path, the noise methods' samples.
-    steps: int = 50
-    ig_rule: str = "riemann_trapezoid"
-    baseline: str = "zeros"
-    # None: not given. A noise method (smoothgrad, ...) then uses NoiseTunnel.SAMPLES, recorded here as the value
-    # used; given to another method, SmoothGrad over that method (methods.build_method).
-    samples: int | None = None
-    noise: float = 0.2  # standard deviation, as a fraction of each row's input range (max - min)
-    seed: int = 0
-    chunk: int | None = None  # steps or samples per row in one model call; None: about CHUNK_ROWS rows
-    # The targets' settings (targets/).
-    k: int = 3
-    output_name: str | None = None
-
     def __post_init__(self):
+        check_settings(dataclasses.asdict(self), SETTINGS)  # types, choices and ranges, as declared
         if self.samples is None and issubclass(METHODS.get(self.method, object), NoiseTunnel):  # the metadata records the samples used
             object.__setattr__(self, "samples", NoiseTunnel.SAMPLES)
         TARGETS.check(self.target).check_spec(self)
@@ -66,17 +74,8 @@ class GradientSpec:
         WRT.check(self.wrt).check_spec(self)
         if self.loss:
             check_loss_name(self.loss)
-        check_minimum("chunk", self.chunk)
-        if self.clip_norm is not None and not self.clip_norm > 0:
-            raise SpecError("{clip_norm} must be above 0, not {value}", value=self.clip_norm)
         if self.clip_per_tensor and self.clip_norm is None:
             raise SpecError("{clip_per_tensor} needs {clip_norm}: the norm each tensor is clipped to")
-        if self.unconnected not in UNCONNECTED_MODES:
-            raise SpecError(
-                "{unconnected} must be one of {choices}, not {value!r}",
-                choices=", ".join(UNCONNECTED_MODES),
-                value=self.unconnected,
-            )
         unknown = sorted(set(self.emit) - set(EMITS))
         if unknown:
             raise SpecError(
@@ -85,13 +84,9 @@ class GradientSpec:
         if "loss" in self.emit and not self.loss:
             raise SpecError("{emit} loss needs {loss} and {label_column}")
 
-    def answers(self) -> list[type]:
-        """The classes that answer this spec: its target, method and wrt."""
-        return [registry[getattr(self, registry.field)] for registry in (TARGETS, METHODS, WRT)]
-
     def used_settings(self) -> set[str]:
         """Every setting something in this spec reads."""
-        used = set(JOB_SETTINGS).union(method_settings(self), *(a.used_settings(self) for a in (
+        used = {s.name for s in ENGINE_SETTINGS}.union(method_settings(self), *(a.used_settings(self) for a in (
             TARGETS[self.target], WRT[self.wrt])))
         if "loss" in self.emit:
             used |= {"loss", "label_column"}
@@ -102,10 +97,9 @@ class GradientSpec:
 
         Why: `--steps 100 --method gradient` would otherwise run, ignore the steps, and say nothing.
         """
-        unused = [name for name in given if name not in self.used_settings()]
-        if not unused:
+        name = check_settings({name: getattr(self, name, None) for name in given}, SETTINGS, self.used_settings())
+        if name is None:
             return
-        name = unused[0]
         readers = [
             f"{{{registry.field}}} {cls.name}"
             for registry in (TARGETS, METHODS, WRT, FORMS)
@@ -122,3 +116,38 @@ class GradientSpec:
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+
+def _spec_fields(cls):
+    """Give `cls` one dataclass field per declared spec setting, with its declared default."""
+    for setting in SETTINGS.values():
+        if setting.kind == "spec":
+            kind = tuple[setting.type, ...] if setting.items else setting.type
+            cls.__annotations__[setting.name] = kind | None if setting.default is None else kind
+            setattr(cls, setting.name, setting.default)
+    return dataclasses.dataclass(frozen=True)(cls)
+
+
+GradientSpec = _spec_fields(GradientSpec)
+
+
+def spec_from_values(values: dict) -> GradientSpec:
+    """A spec from settings by name (a job's options, an API call's keyword arguments): names that are no spec
+    field are left out (a row column, a job option), a list setting's None or empty value takes its default."""
+    given = {}
+    for name, value in values.items():
+        setting = SETTINGS.get(name)
+        if setting is None or setting.kind != "spec":
+            continue
+        if setting.items:
+            value = tuple(value or ()) or setting.default
+        given[name] = value
+    return GradientSpec(**given)
+
+
+def spec_from_kwargs(**kwargs) -> GradientSpec:
+    """The Python API's spec: every keyword must be a declared engine setting (a TypeError names one that is not)."""
+    unknown = [name for name in kwargs if SETTINGS.get(name) is None or SETTINGS[name].kind != "spec"]
+    if unknown:
+        raise TypeError(f"unexpected setting {unknown[0]!r}; the gradient settings are: {', '.join(SETTINGS)}")
+    return spec_from_values(kwargs)

@@ -10,6 +10,7 @@ from transforms.gradients.forward import Forward
 from transforms.gradients.errors import SpecError
 from transforms.gradients.outputs import DatasetInput, Output, RowInput
 from transforms.gradients.registry import Answer
+from transforms.gradients.settings import Setting
 
 # (points, row extras) -> (per head, per differentiated tensor: per-example gradients; the forward pass at the points).
 # The engine binds the target and the wrt answer into it. Points have the batch's shape, or a multiple of its rows
@@ -65,7 +66,9 @@ class InputAttribution(Method):
     (the inputs `wrt` inputs differentiates); the others stay as they are.
     """
 
-    settings = ("chunk",)  # points per model call, for a method that evaluates several per row
+    declares = (  # points per model call, for a method that evaluates several per row
+        Setting("chunk", int, None, "Steps or samples per row in one model call (default: about 1024 rows).", minimum=1),
+    )
 
     def __init__(self, model, spec):
         super().__init__(model, spec)

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from transforms.gradients.choices import check_minimum
 from transforms.gradients.methods.base import Attribution, InputAttribution, fold_chunks
 from transforms.gradients.methods.baselines import parse_baseline
-from transforms.gradients.methods.steps import alphas_and_weights, check_rule
+from transforms.gradients.methods.steps import RULES, alphas_and_weights, check_rule
 from transforms.gradients.ops import per_example_sum, per_point, tile_rows
 from transforms.gradients.outputs import Output
+from transforms.gradients.settings import Setting
 
 
 def delta_name(head: str | None) -> str:
@@ -24,7 +24,22 @@ def delta_name(head: str | None) -> str:
 
 class IntegratedGradients(InputAttribution):
     name = "integrated_gradients"
-    settings = ("steps", "ig_rule", "baseline", "chunk")
+    declares = (
+        Setting("steps", int, 50, "Integrated gradients: points on the path.", minimum=1),
+        Setting(
+            "ig_rule",
+            str,
+            "riemann_trapezoid",
+            f"Integrated gradients: the step rule, {', '.join(RULES)}.",
+            choices=tuple(RULES),
+        ),
+        Setting(
+            "baseline",
+            str,
+            "zeros",
+            "Integrated gradients: zeros, value:<number>, column:<name>, mean (the dataset's, a first pass) or blur:<sigma>.",
+        ),
+    )
 
     def __init__(self, model, spec):
         super().__init__(model, spec)
@@ -35,7 +50,7 @@ class IntegratedGradients(InputAttribution):
     @classmethod
     def check_spec(cls, spec):
         super().check_spec(spec)
-        check_minimum("steps", spec.steps)
+        cls.check_declared(spec, "steps")
         check_rule(spec.ig_rule)
         parse_baseline(spec.baseline)
 

@@ -21,11 +21,11 @@ from typing import ClassVar
 
 import tensorflow as tf
 
-from transforms.gradients.choices import check_minimum
 from transforms.gradients.methods.base import InputAttribution, Attribution, Method, fold_chunks
 from transforms.gradients.methods.gradient import Gradient
 from transforms.gradients.ops import Mean, per_point, row_range, seeded_normal, tile_rows
 from transforms.gradients.outputs import ROW_SEED
+from transforms.gradients.settings import Setting
 
 
 class NoiseTunnel(InputAttribution):
@@ -35,8 +35,26 @@ class NoiseTunnel(InputAttribution):
     """
 
     statistic: ClassVar[type]
-    settings = ("samples", "noise", "seed", "chunk")
     SAMPLES: ClassVar[int] = 50  # samples per row when the spec gives none (the one place this default lives)
+    declares = (
+        Setting(
+            "samples",
+            int,
+            None,
+            f"Noisy samples per row (default {SAMPLES} for smoothgrad, vargrad, squaregrad; with another method: "
+            "SmoothGrad over it).",
+            minimum=1,
+        ),
+        Setting(
+            "noise",
+            float,
+            0.2,
+            "Noise standard deviation, as a fraction of each row's range.",
+            minimum=0,
+            range_text="0 or more (a fraction of each row's input range)",
+        ),
+        Setting("seed", int, 0, "Seed of the noise (mixed with each row's keys or position)."),
+    )
 
     @classmethod
     def used_settings(cls, spec, inner: type = Gradient):
@@ -49,8 +67,7 @@ class NoiseTunnel(InputAttribution):
     @classmethod
     def check_spec(cls, spec):
         super().check_spec(spec)
-        check_minimum("samples", spec.samples)
-        check_minimum("noise", spec.noise)
+        cls.check_declared(spec, "samples", "noise")
 
     @property
     def samples(self) -> int:

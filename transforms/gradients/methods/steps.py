@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from transforms.gradients.choices import check_names
 from transforms.gradients.errors import SpecError
 
 
@@ -42,7 +41,6 @@ RULES = {
     "riemann_trapezoid": _trapezoid,
     "gauss_legendre": _gauss_legendre,
 }
-check_names("ig_rule", RULES)  # the command line offers these without importing TensorFlow
 
 
 def check_rule(name: str) -> None:

@@ -11,6 +11,7 @@ from transforms.gradients.forward import Forward
 from transforms.gradients.ops import per_example_sum  # noqa: F401  (the targets' shared reduction)
 from transforms.gradients.outputs import Output, RowInput
 from transforms.gradients.registry import Answer
+from transforms.gradients.settings import Setting
 
 class Target(Answer):
     """Of what: per example, one scalar per head, read from a forward pass.
@@ -25,7 +26,7 @@ class Target(Answer):
     """
 
     takes_output_name: ClassVar[bool] = True  # `output_name` narrows the model's outputs to that one
-    settings = ("output_name",)
+    declares = (Setting("output_name", str, None, "The model output the target reads (a multi-output model's head)."),)
     # Whether `choose` picks something (a class) from the outputs at the inputs, held fixed at every point a
     # method evaluates (the path of integrated gradients, noisy samples): the engine then makes a forward pass
     # at the inputs first and adds what `choose` returns to the row's extras.

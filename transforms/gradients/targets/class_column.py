@@ -5,12 +5,13 @@ from __future__ import annotations
 import tensorflow as tf
 
 from transforms.gradients.outputs import RowInput
+from transforms.gradients.settings import Setting
 from transforms.gradients.targets.base import ClassScore
 
 
 class ClassColumn(ClassScore):
     name = "class"
-    settings = ("output_name", "class_column")
+    declares = (Setting("class_column", str, None, "Column holding each row's class index, for {target} class.", kind="column"),)
 
     @property
     def row_inputs(self):

@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from transforms.gradients.choices import KERAS_LOSSES
 from transforms.gradients.errors import SpecError
+from transforms.gradients.settings import Setting
 from transforms.gradients.targets.base import Target
 
 
 class Loss(Target):
     name = "loss"
     takes_output_name = False  # a loss needs a single-output model
-    settings = ("loss", "label_column")
+    settings = ()  # no output_name: a loss needs a single-output model
+    declares = (
+        Setting("loss", str, None, f"Per-example loss: {', '.join(KERAS_LOSSES)} or module.path:function."),
+        Setting("label_column", str, None, "Column holding each row's label, for {loss}.", kind="column"),
+    )
 
     @classmethod
     def check_spec(cls, spec):

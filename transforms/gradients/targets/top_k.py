@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from transforms.gradients.choices import check_minimum
 from transforms.gradients.errors import SpecError
 from transforms.gradients.outputs import Output
+from transforms.gradients.settings import Setting
 from transforms.gradients.targets.base import ClassScore
 
 COLUMN = "top_k_classes"
@@ -14,13 +14,13 @@ COLUMN = "top_k_classes"
 
 class TopK(ClassScore):
     name = "top_k"
-    settings = ("output_name", "k")
+    declares = (Setting("k", int, 3, "Classes per row for {target} top_k (one gradient column each).", minimum=1),)
     chooses = True  # at the inputs, then fixed along a path or over noise samples
 
     @classmethod
     def check_spec(cls, spec):
         super().check_spec(spec)
-        check_minimum("k", spec.k)
+        cls.check_declared(spec, "k")
 
     def __init__(self, model, spec):
         super().__init__(model, spec)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from transforms.gradients.choices import check_minimum
 from transforms.gradients.errors import SpecError
 from transforms.gradients.ops import clip
+from transforms.gradients.settings import Setting
 from transforms.gradients.wrt.base import Wrt
 from transforms.gradients.wrt.layer_gradients import ROWS as FAST_ROWS
 from transforms.gradients.wrt.layer_gradients import LayerGradients, NotCovered, covered_layers
@@ -30,7 +30,31 @@ class Weights(Wrt):
     """
 
     name = "weights"
-    settings = ("weights", "weight_output", "weight_memory_mb")
+    declares = (
+        Setting(
+            "weights",
+            str,
+            None,
+            "With {wrt} weights/both: layer names (comma-separated) or a regular expression over variable "
+            "paths (default: every trainable variable).",
+        ),
+        Setting(
+            "weight_output",
+            str,
+            ("norm",),
+            f"What each row's weight gradient is written as, comma-separated: {', '.join(FORMS)} "
+            "(default: norm).",
+            choices=FORMS.names,
+            items=True,
+        ),
+        Setting(
+            "weight_memory_mb",
+            int,
+            1024,
+            "Memory budget of the per-example weight gradients: sets the rows per micro-batch.",
+            minimum=1,
+        ),
+    )
 
     @classmethod
     def used_settings(cls, spec):
@@ -49,7 +73,7 @@ class Weights(Wrt):
             raise SpecError("{weight_output} needs one of {choices} at least", choices=", ".join(FORMS))
         for name in spec.weight_output:
             FORMS.check(name).check_spec(spec)
-        check_minimum("weight_memory_mb", spec.weight_memory_mb)
+        cls.check_declared(spec, "weight_memory_mb")
 
     def __init__(self, model, spec, target):
         super().__init__(model, spec, target)

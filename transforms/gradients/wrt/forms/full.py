@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from transforms.gradients.errors import SpecError
 from transforms.gradients.outputs import Output
+from transforms.gradients.settings import Setting
 from transforms.gradients.wrt.forms.base import WeightForm
 
 LARGE_ROW = 1_000_000  # numbers per row beyond which `full` needs allow_large_rows
@@ -11,7 +12,7 @@ LARGE_ROW = 1_000_000  # numbers per row beyond which `full` needs allow_large_r
 
 class Full(WeightForm):
     name = "full"
-    settings = ("allow_large_rows",)
+    declares = (Setting("allow_large_rows", bool, False, f"Allow {{weight_output}} full beyond {LARGE_ROW:,} numbers per row."),)
 
     def __init__(self, model, spec, selection):
         super().__init__(model, spec, selection)

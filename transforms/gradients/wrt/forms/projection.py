@@ -34,9 +34,9 @@ import zlib
 
 import tensorflow as tf
 
-from transforms.gradients.choices import NAMES, check_minimum, check_names
 from transforms.gradients.errors import SpecError
 from transforms.gradients.outputs import Output
+from transforms.gradients.settings import Setting
 from transforms.gradients.wrt.forms.base import WeightForm
 from transforms.gradients.wrt.per_example import GRADIENT_COPIES
 
@@ -44,7 +44,7 @@ CONSTRUCTION = "countsketch-v1"
 FACTORED = "factored-tensorsketch-v1"
 MAX_DIM = 2**31 - 1  # buckets are int32 indices
 DTYPES = ("float32", "float16")
-check_names("projection_dtype", DTYPES)  # the command line offers these without importing TensorFlow
+CONSTRUCTIONS = ("countsketch", "factored")  # `projection`: CONSTRUCTION, or FACTORED
 
 
 def _size(nbytes: int) -> str:
@@ -58,7 +58,19 @@ def sketch_seed(projection_seed: int, path: str) -> list[int]:
 
 class Projection(WeightForm):
     name = "projection"
-    settings = ("projection_dim", "projection_dtype", "projection_seed", "projection")
+    declares = (
+        Setting("projection_dim", int, 2048, "Length k of each row's weight projection.", minimum=1),
+        Setting("projection_dtype", str, "float32", "Type of the projection.", choices=DTYPES),
+        Setting("projection_seed", int, 0, "Seed of the projection: equal seeds, comparable rows."),
+        Setting(
+            "projection",
+            str,
+            "countsketch",
+            "How the projection is built: countsketch of each row's gradient, or factored (a TensorSketch of each "
+            "layer's inputs and output gradients, never forming the gradient; docs/fast-weights.md).",
+            choices=CONSTRUCTIONS,
+        ),
+    )
 
     def __init__(self, model, spec, selection):
         super().__init__(model, spec, selection)
@@ -72,7 +84,7 @@ class Projection(WeightForm):
 
     @classmethod
     def check_spec(cls, spec):
-        check_minimum("projection_dim", spec.projection_dim)
+        cls.check_declared(spec, "projection_dim")
         row_bytes = GRADIENT_COPIES * 4 * spec.projection_dim
         if spec.projection_dim > MAX_DIM or row_bytes > spec.weight_memory_mb << 20:
             raise SpecError(
@@ -83,12 +95,7 @@ class Projection(WeightForm):
             )
         if spec.jit_compile:
             raise SpecError("{weight_output} projection cannot run under {jit_compile}: XLA has no sorted segment sum")
-        if spec.projection not in NAMES["projection"]:
-            raise SpecError(
-                "{projection} must be one of {choices}, not {value!r}",
-                choices=", ".join(NAMES["projection"]),
-                value=spec.projection,
-            )
+        cls.check_declared(spec, "projection")
         if spec.projection_dtype not in DTYPES:
             raise SpecError(
                 "{projection_dtype} must be one of {choices}, not {value!r}",

@@ -16,10 +16,10 @@ from typing import Sequence
 
 import numpy as np
 
-from transforms.scores.base import Score
-from transforms.scores.cosine import Cosine
-from transforms.scores.tracin import TracIn
-from transforms.scores.trak import Trak, damped_inverse
+from transforms.influence.scores.base import Score
+from transforms.influence.scores.cosine import Cosine
+from transforms.influence.scores.tracin import TracIn
+from transforms.influence.scores.trak import Trak, damped_inverse
 
 SCORES: dict[str, Score] = {s.name: s for s in (TracIn(), Cosine(), Trak())}
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from transforms.scores.base import Score
+from transforms.influence.scores.base import Score
 
 
 def unit_rows(phi):

@@ -15,18 +15,8 @@ import os
 import numpy as np
 import pyarrow as pa
 
-from transforms.hashing import digest64, seed_column_hash, splitmix64
-from transforms.tensors import Decoded, Reasons
-
-def key_seeds(keys: pa.Table | pa.RecordBatch) -> np.ndarray:
-    """int64 per row, from the key columns' values (in their order)."""
-    seeds = np.zeros(keys.num_rows, np.uint64)
-    for column in keys.columns:
-        if isinstance(column, pa.ChunkedArray):
-            column = column.combine_chunks()
-        seeds = splitmix64(seeds ^ seed_column_hash(column))
-    return seeds.view(np.int64)
-
+from transforms.hashing import digest64, key_seeds, splitmix64
+from transforms.feeds.columns import Decoded, Reasons
 
 def position_seeds(source: str, first_row: int, rows: int) -> np.ndarray:
     """int64 per row, from the file's name (not its folder: a moved copy keeps its seeds) and each row's position."""

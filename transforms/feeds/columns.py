@@ -1,4 +1,4 @@
-"""Arrow columns <-> numpy tensors, with the checks that reject bad rows.
+"""Arrow columns -> numpy model inputs, with the checks that reject bad rows.
 
 A `Feed` says which column(s) fill one model input (or the label), decided once
 from the Parquet schema before any data is read. `decode` turns one record batch
@@ -17,13 +17,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from transforms.errors import SettingError
+
 TENSOR = "tensor"  # fixed_shape_tensor or (nested) fixed_size_list: one zero-copy view
 LIST = "list"  # variable-length (nested) list: length checked per row
 SCALARS = "scalars"  # one or more scalar numeric columns stacked in order
 
 
-class FeedError(ValueError):
-    """A column that cannot feed the model; raised before any data is read."""
+class FeedError(SettingError):
+    """A column that cannot feed the model; raised before any data is read (a template: see transforms.errors)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -214,8 +216,9 @@ def plan_input_feeds(
     unknown = sorted(set(input_map) - set(names))
     if unknown:
         raise FeedError(
-            f"--input_map names {', '.join(repr(u) for u in unknown)}, which the model does not have; "
-            f"its inputs are: {', '.join(names)}"
+            "{input_map} names {unknown}, which the model does not have; its inputs are: {inputs}",
+            unknown=", ".join(repr(u) for u in unknown),
+            inputs=", ".join(names),
         )
     feature_columns = list(feature_columns or [])
     check_columns(schema, feature_columns, "feature", source)
@@ -228,10 +231,12 @@ def plan_input_feeds(
         elif name in schema.names and (not feature_columns or name in feature_columns):
             columns = [name]
         else:
-            hint = "--feature_columns or " if len(inputs) == 1 else ""
+            hint = "{feature_columns} or " if len(inputs) == 1 else ""
             raise FeedError(
-                f"model input {name!r} is mapped to no column; pass {hint}--input_map {name}=<column>. "
-                f"Columns are: {_columns_list(schema)}"
+                "model input {name!r} is mapped to no column; pass " + hint + "{input_map} {name}=<column>. "
+                "Columns are: {columns}",
+                name=name,
+                columns=_columns_list(schema),
             )
         feeds.append(plan_feed(schema, name, columns, shape, dtype, source))
     return feeds
@@ -408,27 +413,3 @@ def merge_reasons(decoded: Sequence[Decoded]) -> Reasons:
     for d in decoded:
         reasons.merge(d.reasons)
     return reasons
-
-
-# ---------------------------------------------------------------- numpy -> Arrow
-
-
-def tensor_type(shape: Sequence[int], value: pa.DataType = pa.float32()) -> pa.DataType:
-    """The output type of a gradient or prediction of per-example `shape`."""
-    return pa.fixed_shape_tensor(value, list(shape))
-
-
-def numpy_dtype(value: pa.DataType) -> np.dtype:
-    """The numpy dtype of an Arrow primitive type.
-
-    Not `DataType.to_pandas_dtype()`: it imports pandas, which the runtime install does not have.
-    """
-    return pa.array([], value).to_numpy(zero_copy_only=False).dtype
-
-
-def to_tensor_array(values: np.ndarray, value: pa.DataType = pa.float32()) -> pa.Array:
-    """(rows, *shape) -> fixed_shape_tensor<value> (float32 by default), without copying where the type allows."""
-    values = np.ascontiguousarray(values, dtype=numpy_dtype(value))
-    shape = values.shape[1:]
-    storage = pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), math.prod(shape))
-    return pa.ExtensionArray.from_storage(tensor_type(shape, value), storage)

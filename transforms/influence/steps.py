@@ -7,7 +7,7 @@
 
 The score matrix never exists: a block of training rows meets every query of
 its group in one matrix product, and only each query's k best survive the block.
-The numbers live in transforms/scores (numpy) and transforms/topk (numpy, Arrow).
+The numbers live in transforms/influence/scores (numpy) and transforms/influence/topk (numpy, Arrow).
 """
 
 from __future__ import annotations
@@ -21,12 +21,26 @@ import pyarrow as pa
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import GlobalWindows
 
-from transforms.contract import SELF_INFLUENCE_COLUMN, TRAIN_PREFIX
+from transforms.contract import (
+    INFLUENCE_KIND,
+    KEY,
+    SELF_INFLUENCE_COLUMN,
+    SELF_INFLUENCE_KIND,
+    TRAIN_KEY,
+    TRAIN_PREFIX,
+    column_entry,
+    columns_metadata,
+)
+from transforms.contract import RANK as RANK_KIND, SCORE as SCORE_KIND  # topk's RANK, SCORE are its own columns
 from transforms import METRICS
-from transforms.parquet import InputError, ReadParquetBatches, UnreadableRows, rejected_table
-from transforms.projections import PROJECTION, first_difference, key_hash, projection_matrix, sort_by_keys
-from transforms.scores import SCORES, damped_inverse, gram, query_matrix, self_influence, train_matrix
-from transforms.topk import QUERY, RANK, SCORE, TopK
+from transforms.errors import setting
+from transforms.io.files import InputError
+from transforms.io.read import ReadParquetBatches, UnreadableRows
+from transforms.io.schema import rejected_table
+from transforms.hashing import key_hash
+from transforms.influence.projections import PROJECTION, first_difference, projection_matrix, sort_by_keys
+from transforms.influence.scores import SCORES, damped_inverse, gram, query_matrix, self_influence, train_matrix
+from transforms.influence.topk import QUERY, RANK, SCORE, TopK
 
 PROPONENT, OPPONENT = "proponent", "opponent"
 KINDS = (PROPONENT, OPPONENT)
@@ -111,20 +125,27 @@ class ReadProjections(beam.PTransform):
         return blocks[0] if len(blocks) == 1 else tuple(blocks) | "Checkpoints" >> beam.Flatten()
 
 
-def _align(parts_by_checkpoint: dict[int, list[Block]], checkpoints: int, where: str) -> Block:
-    """Blocks of the same keys from every checkpoint -> one Block, rows sorted by key, projections side by side."""
+def _align(parts_by_checkpoint: dict[int, list[Block]], checkpoints: int, where: str, names: dict[str, str]) -> Block:
+    """Blocks of the same keys from every checkpoint -> one Block, rows sorted by key, projections side by side.
+
+    `where` is the setting the rows come from (`train`, `query`); errors show it as `names` says.
+    """
     keys, projections = None, []
     for c in range(checkpoints):
         parts = parts_by_checkpoint.get(c, [])
         if not parts:
-            raise InputError(f"{where}: checkpoint {c + 1} has none of the rows its other checkpoints have")
+            raise InputError(
+                setting(where) + ": checkpoint {c} has none of the rows its other checkpoints have", names, c=c + 1
+            )
         these = pa.concat_tables([p.keys for p in parts])
         matrix = np.concatenate([p.projections[0] for p in parts]) if len(parts) > 1 else parts[0].projections[0]
         order = sort_by_keys(these)
         these, matrix = these.take(order), matrix[order]
         if keys is not None and not these.equals(keys):
             key, in_first = first_difference(keys, these) or ("(a row's order)", True)
-            raise InputError(f"{where}: the key {key} is in checkpoint {1 if in_first else c + 1} only")
+            raise InputError(
+                setting(where) + ": the key {key} is in checkpoint {c} only", names, key=key, c=1 if in_first else c + 1
+            )
         keys = these
         projections.append(matrix)
     return Block(keys, tuple(projections))
@@ -144,15 +165,15 @@ class _Bucket(beam.DoFn):
 
 
 class _JoinBucket(beam.DoFn):
-    def __init__(self, checkpoints: int, block_rows: int):
-        self._checkpoints, self._rows = checkpoints, block_rows
+    def __init__(self, checkpoints: int, block_rows: int, names: dict[str, str]):
+        self._checkpoints, self._rows, self._names = checkpoints, block_rows, names
 
     def process(self, element):
         bucket, parts = element
         by_checkpoint: dict[int, list[Block]] = {}
         for part in parts:
             by_checkpoint.setdefault(part.checkpoint, []).append(part)
-        joined = _align(by_checkpoint, self._checkpoints, "--train")
+        joined = _align(by_checkpoint, self._checkpoints, "train", self._names)
         for start in range(0, joined.rows, self._rows):
             stop = start + self._rows
             yield Block(joined.keys.slice(start, self._rows), tuple(p[start:stop] for p in joined.projections))
@@ -165,9 +186,10 @@ class JoinCheckpoints(beam.PTransform):
     buckets by a hash of the key, each about a block's size, and are joined there.
     """
 
-    def __init__(self, checkpoints: int, buckets: int, block_rows: int):
+    def __init__(self, checkpoints: int, buckets: int, block_rows: int, names: dict[str, str] | None = None):
         super().__init__()
         self._checkpoints, self._buckets, self._rows = checkpoints, buckets, block_rows
+        self._names = dict(names or {})  # how errors show settings (the CLI: as flags); bare names by default
 
     def expand(self, blocks):
         if self._checkpoints == 1:
@@ -176,15 +198,16 @@ class JoinCheckpoints(beam.PTransform):
             blocks
             | "Bucket" >> beam.ParDo(_Bucket(self._buckets))
             | "Group" >> beam.GroupByKey()
-            | "Join" >> beam.ParDo(_JoinBucket(self._checkpoints, self._rows))
+            | "Join" >> beam.ParDo(_JoinBucket(self._checkpoints, self._rows, self._names))
         )
 
 
 class JoinQueries(beam.CombineFn):
     """Blocks of one query group (any checkpoint) -> Queries: every checkpoint's rows, aligned by key."""
 
-    def __init__(self, checkpoints: int):
+    def __init__(self, checkpoints: int, names: dict[str, str] | None = None):
         self._checkpoints = checkpoints
+        self._names = dict(names or {})  # how errors show settings (the CLI: as flags); bare names by default
 
     def create_accumulator(self):
         return []
@@ -202,7 +225,7 @@ class JoinQueries(beam.CombineFn):
         by_checkpoint: dict[int, list[Block]] = {}
         for block in accumulator:
             by_checkpoint.setdefault(block.checkpoint, []).append(block)
-        joined = _align(by_checkpoint, self._checkpoints, "--query")
+        joined = _align(by_checkpoint, self._checkpoints, "query", self._names)
         return Queries(joined.keys, joined.projections)
 
 
@@ -293,16 +316,17 @@ class GramFn(beam.CombineFn):
         return accumulator
 
 
-def inverses(grams: list, damping: float) -> tuple:
-    """Per checkpoint, (ΦᵀΦ + λI)⁻¹; the error names --damping when it does not exist."""
+def inverses(grams: list, damping: float, names: dict[str, str] | None = None) -> tuple:
+    """Per checkpoint, (ΦᵀΦ + λI)⁻¹; the error names the `damping` setting (shown as `names` says) when it does not exist."""
     result = []
+    names = dict(names or {})
     for c, g in enumerate(grams):
         if g is None:
-            raise InputError(f"--train checkpoint {c + 1} holds no rows")
+            raise InputError("{train} checkpoint {c} holds no rows", names, c=c + 1)
         try:
             result.append(damped_inverse(g, damping))
         except ValueError as err:
-            raise InputError(f"--train checkpoint {c + 1}: {err}; give a larger --damping") from err
+            raise InputError("{train} checkpoint {c}: {err}; give a larger {damping}", names, c=c + 1, err=err) from err
     return tuple(result)
 
 
@@ -390,11 +414,19 @@ def influence_schema(query_keys: pa.Schema, train_keys: pa.Schema, metadata: dic
     fields = list(query_keys) + [pa.field("rank", pa.int32()), pa.field("kind", pa.string())]
     fields += [pa.field(TRAIN_PREFIX + f.name, f.type) for f in train_keys]
     fields.append(pa.field("score", pa.float32()))
-    return pa.schema(fields, metadata={k.encode(): v.encode() for k, v in metadata.items()})
+    declared = [column_entry(f.name, KEY) for f in query_keys] + [column_entry("rank", RANK_KIND), column_entry("kind", INFLUENCE_KIND)]
+    declared += [column_entry(TRAIN_PREFIX + f.name, TRAIN_KEY) for f in train_keys] + [column_entry("score", SCORE_KIND)]
+    return _with_metadata(fields, {**metadata, **columns_metadata(declared)})
 
 
 def self_influence_schema(train_keys: pa.Schema, metadata: dict[str, str]) -> pa.Schema:
     fields = [pa.field(TRAIN_PREFIX + f.name, f.type) for f in train_keys] + [pa.field(SELF_INFLUENCE, pa.float64())]
+    declared = [column_entry(TRAIN_PREFIX + f.name, TRAIN_KEY) for f in train_keys]
+    declared.append(column_entry(SELF_INFLUENCE, SELF_INFLUENCE_KIND))
+    return _with_metadata(fields, {**metadata, **columns_metadata(declared)})
+
+
+def _with_metadata(fields: list[pa.Field], metadata: dict[str, str]) -> pa.Schema:
     return pa.schema(fields, metadata={k.encode(): v.encode() for k, v in metadata.items()})
 
 

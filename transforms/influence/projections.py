@@ -17,8 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from transforms.contract import metadata_key
-from transforms.hashing import bucket_column_hash, splitmix64
-from transforms.parquet import InputError
+from transforms.io.files import InputError
 
 PROJECTION = "weight_projection"
 MODEL_SHA256 = metadata_key("model_sha256").encode()
@@ -44,10 +43,10 @@ class ProjectionMeta:
     @classmethod
     def of(cls, schema: pa.Schema, path: str) -> "ProjectionMeta":
         """Read from a file's schema; InputError naming the file when it is not a projection output."""
-        rerun = "write it with the main job's --wrt weights --weight_output projection"
+        rerun = "write it with the main job's {wrt} weights {weight_output} projection"
         metadata = schema.metadata or {}
         if PROJECTION not in schema.names:
-            raise InputError(f"{path} has no column {PROJECTION!r}; {rerun}")
+            raise InputError("{path} has no column {column!r}; " + rerun, path=path, column=PROJECTION)
         try:
             weights = json.loads(metadata[WEIGHTS])
             projection = weights["projection"]
@@ -60,7 +59,9 @@ class ProjectionMeta:
                 str(projection["construction"]),
             )
         except (KeyError, TypeError, ValueError) as err:
-            raise InputError(f"{path}: its metadata does not say how its projections were made ({err!r}); {rerun}") from err
+            raise InputError(
+                "{path}: its metadata does not say how its projections were made ({err!r}); " + rerun, path=path, err=err
+            ) from err
         column = schema.field(PROJECTION).type
         expected = pa.fixed_shape_tensor(DTYPES.get(meta.dtype, pa.float32()), [meta.dim])
         if meta.dtype not in DTYPES or column != expected:
@@ -153,13 +154,3 @@ def first_difference(a: pa.Table, b: pa.Table) -> tuple[str, bool] | None:
 
 def _anti_join(a: pa.Table, b: pa.Table) -> pa.Table:
     return a.join(b, a.column_names, join_type="left anti", use_threads=False)
-
-
-def key_hash(keys: pa.Table) -> np.ndarray:
-    """A deterministic uint64 per row from its key columns: the same key gives the same hash in every process."""
-    result = np.zeros(keys.num_rows, np.uint64)
-    for name in keys.column_names:
-        column = keys.column(name).combine_chunks()
-        with np.errstate(over="ignore"):
-            result = splitmix64(result * np.uint64(31) + bucket_column_hash(column))
-    return result

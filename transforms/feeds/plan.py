@@ -18,9 +18,9 @@ from transforms.contract import metadata_key
 from transforms import __version__
 from transforms.gradients.errors import SpecError
 from transforms.model import Loaded, ProcessModel, redact
-from transforms.parquet import OutputLayout, rejected_schema
-from transforms.row_seeds import RowSeedFeed
-from transforms.tensors import Feed, check_columns, plan_feed, plan_input_feeds
+from transforms.io.schema import OutputLayout, rejected_schema
+from transforms.feeds.row_seeds import RowSeedFeed
+from transforms.feeds.columns import Feed, check_columns, plan_feed, plan_input_feeds
 
 if TYPE_CHECKING:  # the engine is built on workers and at planning, never at import: --help needs no TensorFlow
     from transforms.gradients import GradientEngine, GradientSpec, ModelFunction

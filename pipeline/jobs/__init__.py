@@ -1,0 +1,1 @@
+"""The jobs: each builds its options' plan and its graph, and runs it through pipeline/staged.py."""

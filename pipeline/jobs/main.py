@@ -1,0 +1,335 @@
+"""The main job: plan from options, apply the graph (transforms/graph.py), run it staged, summarize.
+
+Everything that can be checked before data is read is checked here first
+(files, columns, model, spec), so a wrong option costs one line of error, not a
+failed job.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import dataclasses
+import os
+import time
+from typing import Sequence
+
+import apache_beam as beam
+from apache_beam.metrics.metric import MetricsFilter
+
+from pipeline.options import (
+    GradientOptions,
+    check_required,
+    check_values,
+    flag_error,
+    given_settings,
+    all_options_parser,
+    mapping_args,
+    parse,
+    parse_map,
+    row_columns,
+    spec_from,
+    split_list,
+)
+from pipeline.outputs import StagedOutputs, check_inputs_untouched, check_no_clash
+from pipeline.progress import Progress
+from pipeline.runners import check_reachable, is_dry_run, is_local, local_worker_output, quiet_native_start, resolve_runner
+from pipeline.staged import RowsUnaccounted, run_staged
+from transforms import METRICS
+from transforms.contract import REJECTED_SUFFIX, report_path, summary_path
+from transforms.counters import COUNTERS, MODEL_LOAD_PID
+from transforms.gradients import SpecError
+from transforms.graph import GradientsGraph, Writes
+from transforms.model import ProcessModel
+from transforms.io.files import (
+    InputFiles,
+    check_same_columns,
+    check_writable,
+    match_files,
+    open_parquet,
+    read_footers,
+    read_schemas,
+)
+from transforms.feeds.plan import Fault, JobPlan
+from transforms.feeds.columns import check_columns, exact_column
+
+OUTPUT, REJECTED_OPTION = "--output", "--rejected"
+SUMMARY = "summary"  # the staged file's name: `<output>-summary.json` (transforms/contract.py)
+
+
+@dataclasses.dataclass
+class Summary:
+    """What a finished job did. Row counts come from Parquet footers, so they need no runner's metrics."""
+
+    rows_in: int
+    rows_out: int
+    rows_rejected: int
+    counters: dict[str, int] | None  # None where the runner reports no metrics
+    load_pids: tuple[int, int] | None  # lowest and highest pid that loaded the model
+    wall_seconds: float  # the whole process's, from the command line (or from the call to run())
+    outputs: list[str]
+    rejected: list[str]
+    skipped: list[str] = dataclasses.field(default_factory=list)  # zero-byte input files
+    startup_seconds: float = 0.0  # of the wall time: imports, model load and planning, before any row is read
+    summary: str | None = None  # the aggregates file written
+    result: object = None  # the runner's PipelineResult; a Dataflow dry run's holds the job it built (.job)
+    dry_run: bool = False
+    reasons: list[tuple[str, int]] = dataclasses.field(default_factory=list)  # the most frequent rejection reasons
+    other_reasons: int = 0  # how many more distinct reasons the rejected rows hold
+    report_seconds: float = 0.0  # of the wall time: the demo's report page, written after the job
+
+    @property
+    def rejected_fraction(self) -> float:
+        return self.rows_rejected / self.rows_in if self.rows_in else 0.0
+
+    def __str__(self) -> str:
+        if self.dry_run:
+            return f"dry run: the job was built and checked in {self.wall_seconds:.1f} s, not run; nothing was written"
+        lines = []
+        if self.rows_in and not self.rows_out:
+            why = f"{_reason_counts(self.reasons[:1])}; " if self.reasons else ""
+            lines.append(f"EVERY ROW WAS REJECTED ({self.rows_rejected}): {why}see the reasons in the rejected rows")
+        job_seconds = self.wall_seconds - self.startup_seconds - self.report_seconds
+        rate = self.rows_in / job_seconds if job_seconds > 0 else 0.0
+        lines.append(f"rows: {self.rows_in} in, {self.rows_out} out, {self.rows_rejected} rejected")
+        if self.reasons:
+            more = f"; and {self.other_reasons} other reason(s)" if self.other_reasons else ""
+            lines.append(f"rejected: {_reason_counts(self.reasons)}{more}")
+        if self.skipped:
+            lines.append(f"skipped {len(self.skipped)} empty (0-byte) input file(s): {', '.join(self.skipped[:3])}")
+        c = self.counters
+        if c is None:  # say so rather than print zeros that look like an empty job
+            lines.append("batches: the runner reported no counters; see its own job page")
+        else:
+            lines.append(
+                f"batches: {c['batches']} ({c['padded_rows']} padded rows, {c['gpu_batches']} on GPU); "
+                f"None gradients: {c['none_gradients']}; model loads: {c['model_loads']}"
+            )
+        lines += [
+            f"wall time: {self.wall_seconds:.1f} s: start-up {self.startup_seconds:.1f} s (imports, model, planning), "
+            f"job {job_seconds:.1f} s ({rate:,.0f} rows/s)"
+            + (f", report {self.report_seconds:.1f} s" if self.report_seconds else ""),
+            "output: " + (", ".join(self.outputs) or "(none)"),
+            "rejected rows: " + (", ".join(self.rejected) or "(none)"),
+        ]
+        if self.summary:
+            lines.append(f"summary: {self.summary}")
+        return "\n".join(lines)
+
+
+def _reason_counts(reasons: list[tuple[str, int]]) -> str:
+    """`7 x column 'x' holds a null value; 3 x ...`"""
+    return "; ".join(f"{count} x {reason}" for reason, count in reasons)
+
+
+def top_reasons(files: Sequence[str], top: int = 3) -> tuple[list[tuple[str, int]], int]:
+    """The `top` most frequent reasons in rejected-row shards, with their counts, and how many other reasons there are.
+
+    Reads the `reason` column only, a record batch at a time. Never fails the job: unreadable shards count nothing.
+    """
+    counts: collections.Counter = collections.Counter()
+    for path in files:
+        try:
+            for batch in open_parquet(path).iter_batches(batch_size=65536, columns=["reason"]):
+                for item in batch.column(0).value_counts().to_pylist():
+                    counts[str(item["values"])] += item["counts"]
+        except Exception:  # noqa: BLE001  (the summary line is a courtesy; the rows are in the files)
+            continue
+    common = counts.most_common(top)
+    return common, len(counts) - len(common)
+
+
+def as_given(paths: Sequence[str], prefix: str) -> list[str]:
+    """Paths spelled like the prefix the user gave: relative to the working folder where it was relative."""
+    if "://" in prefix or os.path.isabs(prefix):
+        return list(paths)
+    return [os.path.relpath(p) if os.path.isabs(p) else p for p in paths]
+
+
+def plan_job(job: GradientOptions) -> tuple[JobPlan, object, InputFiles, int]:
+    """Check every option against the files and the model; nothing is computed yet.
+
+    Also counts the input's rows from the footers: the number every run must account for.
+    The files are checked before TensorFlow is imported (for the spec and the model), so
+    an input that matches nothing or a column that is not there answers at once.
+    """
+    inputs = match_files(job.input)
+    footers = read_footers(inputs.paths)
+    schemas = read_schemas(inputs.paths, footers)
+    schema = schemas[0]
+
+    def columns(value: str | None) -> list[str]:
+        return [exact_column(schema, name) for name in split_list(value, strip=False)]
+
+    input_map = {
+        name: "+".join(exact_column(schema, c) for c in value.split("+"))
+        for name, value in parse_map(job.input_map).items()
+    }
+    keys = columns(job.keep_columns)
+    if job.group_column:  # kept in the output so the aggregates (and any reader) can group by it
+        group = exact_column(schema, job.group_column)
+        keys += [group] if group not in keys else []
+    feature_columns = columns(job.feature_columns)
+    mapped = [c for value in input_map.values() for c in value.split("+")]
+    check_columns(schema, feature_columns + mapped, "feature", inputs.paths[0])  # as planning would, only sooner
+    with quiet_native_start(job.debug):
+        return _plan_with_model(job, inputs, footers, schemas, input_map, keys, feature_columns)
+
+
+def _plan_with_model(job, inputs, footers, schemas, input_map, keys, feature_columns):
+    """plan_job's part that needs TensorFlow: the spec, the row columns it reads, the model."""
+    schema = schemas[0]
+    rows = {field: exact_column(schema, c) if c else c for field, c in row_columns(job).items()}
+    try:
+        spec = spec_from(job)
+        spec.check_used(given_settings(job))
+        plan, loaded = JobPlan.build(
+            schema,
+            inputs.paths[0],
+            ProcessModel(job.model, job.trust_model_code),
+            spec,
+            job.batch_size,
+            feature_columns=feature_columns,
+            input_map=input_map,
+            row_columns=rows,
+            key_columns=keys,
+        )
+    except SpecError as err:
+        raise flag_error(err) from None
+    check_same_columns(inputs.paths, schemas, plan.read_columns)
+    return plan, loaded, inputs, sum(meta.num_rows for meta in footers)
+
+
+def output_prefixes(job: GradientOptions) -> dict[str, str]:
+    """Every output prefix of the job, by the option that names it."""
+    return {OUTPUT: job.output, REJECTED_OPTION: job.rejected or f"{job.output}{REJECTED_SUFFIX}"}
+
+
+def read_counters(result) -> tuple[dict[str, int] | None, tuple[int, int] | None]:
+    """The job's counters, summed over steps, and the range of pids that loaded the model.
+
+    (None, None) where the runner has no metrics API or returns none of ours, so
+    the summary says so instead of reporting zeros.
+    """
+    try:
+        metrics = result.metrics().query(MetricsFilter().with_namespace(METRICS))
+    except NotImplementedError:
+        return None, None
+    if not metrics["counters"]:
+        return None, None
+    counters = dict.fromkeys(COUNTERS, 0)
+    for counter in metrics["counters"]:
+        value = counter.committed if counter.committed is not None else counter.attempted
+        counters[counter.key.metric.name] = counters.get(counter.key.metric.name, 0) + (value or 0)
+    pids = None
+    for dist in metrics["distributions"]:
+        value = dist.committed or dist.attempted
+        if dist.key.metric.name == MODEL_LOAD_PID and value and value.count:
+            low, high = (value.min, value.max) if pids is None else (min(pids[0], value.min), max(pids[1], value.max))
+            pids = (low, high)
+    return counters, pids
+
+
+def run(argv: Sequence[str] = (), fault: Fault | None = None, **options) -> Summary:
+    """Parse, check, build, run; the summary of what happened. `fault` is for tests (see JobPlan.fault).
+
+    Options come as an argv list, as keyword arguments, or both (keywords after the list):
+
+    >>> run(input="data/*.parquet", output="out/grads", model="model.keras",
+    ...     runner="DirectRunner", keep_columns=["id"], emit=["norm"])  # doctest: +SKIP
+    """
+    argv = list(argv) + mapping_args(options, all_options_parser(), "run()")
+    return run_options(parse(argv), argv, fault, started=time.monotonic())
+
+
+def run_options(
+    options, argv: Sequence[str] = (), fault: Fault | None = None, started: float | None = None, progress_every=None
+) -> Summary:
+    """`started`: when the wall time starts (the process's start for the command line)."""
+    started = time.monotonic() if started is None else started
+    job = options.view_as(GradientOptions)
+    check_values(job)  # before the demo's model or any model: TensorFlow is imported only after these
+    if job.demo:
+        from pipeline.demo import demo_options
+
+        with quiet_native_start(job.debug):  # the demo's model is made with Keras
+            defaults = demo_options()
+        options = parse([a for a in argv if a != "--demo"], defaults=defaults)
+        job = options.view_as(GradientOptions)
+    check_required(job)
+    dry_run = is_dry_run(options)
+    check_reachable(options)
+    prefixes = output_prefixes(job)
+    check_no_clash(prefixes)
+    plan, loaded, inputs, rows_in = plan_job(job)
+    plan.fault = fault
+    check_inputs_untouched(
+        prefixes,
+        {"--input": inputs.paths + inputs.empty, "--model": [job.model], "--config": [job.config]},
+        [(OUTPUT, summary_path(job.output)), (OUTPUT, report_path(job.output))],
+    )
+    if not dry_run:  # a dry run writes nothing, and may be built where the output is out of reach
+        for option, prefix in prefixes.items():
+            check_writable(prefix, option)
+    staged = StagedOutputs(prefixes, files={SUMMARY: summary_path(job.output)})
+    progress = Progress(rows_in, is_local(options) and not job.quiet and not dry_run, **_every(progress_every))
+    pipeline = beam.Pipeline(runner=resolve_runner(options), options=options)
+    writes = Writes(
+        staged.staging[OUTPUT],
+        staged.staging[REJECTED_OPTION],
+        staged.staging[SUMMARY],
+        job.num_shards or 0,
+        job.group_column,
+        job.top_rows,
+    )
+    pipeline | "Job" >> GradientsGraph(
+        plan, files=inputs.paths, read_batch_rows=job.read_batch_rows, writes=writes, progress=progress.files
+    )
+    if dry_run:
+        result = pipeline.run()
+        return Summary(0, 0, 0, None, None, time.monotonic() - started, [], [], result=result, dry_run=True)
+    startup = time.monotonic() - started
+
+    def reconcile(written: dict[str, int]) -> dict:
+        rows_out, rows_rejected = written[OUTPUT], written[REJECTED_OPTION]
+        if rows_in != rows_out + rows_rejected:
+            missing = rows_in - rows_out - rows_rejected
+            raise RowsUnaccounted(
+                f"{abs(missing)} row(s) unaccounted for: the input files hold {rows_in}, the job wrote "
+                f"{rows_out} out and {rows_rejected} rejected; nothing was moved into place "
+                f"(an earlier output under {job.output!r} is left as it was)"
+            )
+        return {"rows_in": rows_in, "rows_out": rows_out, "rows_rejected": rows_rejected, "skipped": inputs.empty}
+
+    @contextlib.contextmanager
+    def running():
+        with progress, local_worker_output(options):
+            yield
+
+    result, written, placed = run_staged(pipeline, staged, reconcile, running())
+    rows_out, rows_rejected = written[OUTPUT], written[REJECTED_OPTION]
+    counters, pids = read_counters(result)
+    reasons, other_reasons = top_reasons(placed[REJECTED_OPTION]) if rows_rejected else ([], 0)
+    del loaded  # kept alive until here so an in-process runner reuses the launcher's model
+    return Summary(
+        rows_in,
+        rows_out,
+        rows_rejected,
+        counters,
+        pids,
+        time.monotonic() - started,
+        as_given(placed[OUTPUT], job.output),
+        as_given(placed[REJECTED_OPTION], prefixes[REJECTED_OPTION]),
+        skipped=inputs.empty,
+        result=result,
+        startup_seconds=startup,
+        summary=summary_path(job.output),
+        reasons=reasons,
+        other_reasons=other_reasons,
+    )
+
+
+def _every(seconds: float | None) -> dict:
+    return {} if seconds is None else {"every": seconds}
+
+

@@ -1,0 +1,44 @@
+"""A job's run between its graph and its committed output: run, reconcile the rows, commit or discard.
+
+Both jobs (main and influence) write into staging names, count what they wrote
+from the Parquet footers, check the counts add up, and only then move the files
+into place with a `_SUCCESS` marker (pipeline/outputs.py). Any failure, a
+Ctrl-C included, removes the staging files and leaves an earlier output as it was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Callable
+
+from pipeline.interrupts import uninterrupted
+from pipeline.outputs import StagedOutputs
+
+
+class RowsUnaccounted(RuntimeError):
+    """The written files hold fewer (or more) rows than the input files: some were lost on the way."""
+
+
+def run_staged(
+    pipeline,
+    staged: StagedOutputs,
+    reconcile: Callable[[dict[str, int]], dict],
+    running: contextlib.AbstractContextManager | None = None,
+) -> tuple[object, dict[str, int], dict[str, list[str]]]:
+    """Run `pipeline` (inside `running`), count the rows written, commit; (result, rows by output, placed files).
+
+    `reconcile(rows)` checks the counts (raising RowsUnaccounted) and returns the marker's contents.
+    """
+    try:
+        with running or contextlib.nullcontext():
+            result = pipeline.run()
+            result.wait_until_finish()
+        rows = staged.count_rows()
+        marker = reconcile(rows)
+        with uninterrupted():  # milliseconds of moves that must not stop half-way
+            placed = staged.commit(marker)
+    except BaseException:
+        with uninterrupted():  # a second Ctrl-C must not leave staging folders behind
+            staged.discard()
+        raise
+    return result, rows, placed

@@ -1,0 +1,1 @@
+"""Arrow columns -> model inputs: planning the feeds from the schema (plan, columns), decoding them, row seeds."""

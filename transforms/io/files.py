@@ -1,0 +1,146 @@
+"""Which Parquet files an input names, and what their footers say: matching, opening, schemas, row counts.
+
+Footers are read in parallel and only once: remote footers are slow one by one.
+Also where a job's own shards are found again, and the probe that an output can be written.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import os
+import uuid
+from typing import Sequence
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from apache_beam.io.filesystems import FileSystems
+
+from transforms import error_line
+from transforms.errors import SettingError, setting
+
+SHARD_TEMPLATE = "-SSSSS-of-NNNNN"
+SUFFIX = ".parquet"
+
+
+class InputError(SettingError):
+    """Input files that cannot be read; the message names the file (a template: see transforms.errors)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class InputFiles:
+    """The files an input pattern matches: those to read, and the zero-byte ones skipped."""
+
+    paths: list[str]
+    empty: list[str]
+
+
+def match_files(pattern: str, option: str | None = None) -> InputFiles:
+    """Every file `pattern` matches (local or remote, Beam's filesystems), sorted.
+
+    Errors name `pattern` as `option` (the caller's words), else as the `input` setting.
+
+    Zero-byte files are what a failed writer leaves behind: they are skipped
+    (and reported), not read; a file with content that is not Parquet stays an error.
+    """
+    where = ("{option}" if option is not None else setting("input")) + " {pattern!r}"
+    if _is_folder(pattern):  # a folder reads its Parquet files, with or without the trailing slash
+        pattern = pattern.rstrip("/") + "/*" + SUFFIX
+    try:
+        result = FileSystems.match([pattern])[0]
+    except Exception as err:  # BeamIOError and friends: the filesystem says why
+        raise InputError(where + ": cannot list files ({err})", option=option, pattern=pattern, err=err) from err
+    found = sorted(result.metadata_list, key=lambda m: m.path)
+    if not found:
+        raise InputError(where + " matches no file", option=option, pattern=pattern)
+    paths = [m.path for m in found if m.size_in_bytes]
+    empty = [m.path for m in found if not m.size_in_bytes]
+    if not paths:
+        raise InputError(
+            where + ": every file it matches is empty (0 bytes): {empty}",
+            option=option, pattern=pattern, empty=", ".join(empty[:3]),
+        )
+    return InputFiles(paths, empty)
+
+
+def _is_folder(pattern: str) -> bool:
+    if any(ch in pattern for ch in "*?["):
+        return False
+    if "://" not in pattern:
+        return os.path.isdir(pattern)
+    return pattern.endswith("/")
+
+
+def open_parquet(path: str) -> pq.ParquetFile:
+    """A Parquet file opened for streaming reads: column chunks are read in buffered pieces."""
+    source = path if "://" not in path else FileSystems.open(path)
+    try:
+        return pq.ParquetFile(source, buffer_size=1 << 20, pre_buffer=False)
+    except (pa.ArrowInvalid, pa.ArrowException, OSError) as err:
+        raise InputError(f"{path} is not a readable Parquet file ({err})") from err
+
+
+def read_footers(paths: Sequence[str]) -> list[pq.FileMetaData]:
+    """Every file's footer, read in parallel (remote footers are slow one by one)."""
+    if not paths:
+        return []
+    with concurrent.futures.ThreadPoolExecutor(max_workers=min(16, len(paths))) as pool:
+        return list(pool.map(lambda p: open_parquet(p).metadata, paths))
+
+
+def read_schemas(paths: Sequence[str], footers: Sequence[pq.FileMetaData] | None = None) -> list[pa.Schema]:
+    """Every file's Arrow schema, from its footer alone; a column named twice is refused here."""
+    schemas = [meta.schema.to_arrow_schema() for meta in (footers or read_footers(paths))]
+    for path, schema in zip(paths, schemas):
+        twice = sorted({n for n in schema.names if schema.names.count(n) > 1})
+        if twice:
+            raise InputError(
+                f"{path} has the column {twice[0]!r} twice; Parquet readers cannot tell the two apart "
+                "(rewrite the file with unique column names)"
+            )
+    return schemas
+
+
+def parquet_rows(paths: Sequence[str]) -> int:
+    """Rows in these Parquet files, from their footers: a count that needs no runner's metrics."""
+    return sum(meta.num_rows for meta in read_footers(paths))
+
+
+def check_same_columns(paths: Sequence[str], schemas: Sequence[pa.Schema], columns: Sequence[str]) -> None:
+    """Every file must hold the columns the job reads, with the first file's types."""
+    first, reference = paths[0], schemas[0]
+    for path, schema in zip(paths[1:], schemas[1:]):
+        for column in columns:
+            if column not in schema.names:
+                raise InputError(
+                    f"{path} has no column {column!r}, which {first} has; its columns are: {', '.join(schema.names)}"
+                )
+            theirs, ours = schema.field(column).type, reference.field(column).type
+            if theirs != ours:
+                raise InputError(
+                    f"{path} disagrees with {first}: column {column!r} is {theirs} there, {ours} in {first}"
+                )
+
+
+def output_files(prefix: str) -> list[str]:
+    """The shards under `prefix`: what a finished job wrote."""
+    pattern = prefix + SHARD_TEMPLATE.replace("S", "?").replace("N", "?") + SUFFIX
+    try:
+        return sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list)
+    except Exception:  # a prefix in a folder that does not exist yet matches nothing
+        return []
+
+
+def check_writable(prefix: str, option: str) -> None:
+    """Write and delete a probe beside `prefix`, so an output that cannot be written fails before any compute."""
+    folder, _ = FileSystems.split(prefix)
+    probe = FileSystems.join(folder, f".beam-gradients-probe-{uuid.uuid4().hex}")
+    try:
+        FileSystems.mkdirs(folder)
+    except Exception:  # it exists already (or the filesystem has no folders); the probe tells
+        pass
+    try:
+        FileSystems.create(probe).close()
+        FileSystems.delete([probe])
+    except Exception as err:
+        raise InputError("{option} {prefix!r}: cannot write there ({why})", option=option, prefix=prefix, why=error_line(err)) from err
