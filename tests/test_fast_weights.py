@@ -276,7 +276,7 @@ def test_factored_projection_of_attention_equals_the_general_path_and_ignores_th
 
 
 def test_influence_refuses_to_mix_constructions():
-    from transforms.projections import ProjectionMeta
+    from transforms.influence.projections import ProjectionMeta
 
     a = ProjectionMeta("sha", ("d/kernel",), 0, 64, "float32", "countsketch-v1")
     b = ProjectionMeta("sha", ("d/kernel",), 0, 64, "float32", "factored-tensorsketch-v1")
