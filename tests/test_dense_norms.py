@@ -1,7 +1,8 @@
-"""The Dense fast path for `--weight_output norm` (wrt/dense_norms.py): the eager recipe's numbers, the general
-path's wherever it does not apply, and a row's bytes independent of the batch size, runner and rerun.
+"""The fast path for `--weight_output norm` on Dense models (wrt/layer_gradients.py): the eager recipe's numbers, the
+general path's wherever it does not apply, and a row's bytes independent of the batch size, runner and rerun.
+(Conv, sequence Dense and the other layer kinds: tests/test_fast_weights.py.)
 
-`Weights.path` says which path the traced function took: "dense_norms" or "per_example".
+`Weights.path` says which path the traced function took: "ghost_norms", "layer_gradients" or "per_example".
 """
 
 import keras
@@ -55,7 +56,7 @@ def test_mlp_norms_take_the_fast_path_and_match_the_eager_recipe(bias, clip):
     clip_norm = None if clip is None else float(np.median(raw))  # the limit bites on half the rows
     spec = _spec(weight_output=("norm",), clip_norm=clip_norm, clip_per_tensor=clip == "per_tensor")
     got, path = _norms(model, spec, inputs, labels)
-    assert path == "dense_norms"
+    assert path == "ghost_norms"
     want = _want(model, inputs, labels, layers, clip_norm, clip == "per_tensor")
     assert list(got) == [*want, "loss"]
     for name, values in want.items():
@@ -66,30 +67,24 @@ def test_the_dense_head_of_a_cnn_alone_takes_the_fast_path():
     model = _cnn()
     inputs, labels = _rows(model, rows=ROWS)
     got, path = _norms(model, _spec(weight_output=("norm",), weights="head"), inputs, labels)
-    assert path == "dense_norms"
+    assert path == "ghost_norms"
     for name, values in _want(model, inputs, labels, ["head"]).items():
         assert_close(got[name], values, rtol=1e-5)
 
 
 @pytest.mark.parametrize(
     "case",
-    ["conv selected", "projection asked", "layer called twice", "3-D input"],
+    ["batch norm selected", "layer called twice"],  # conv, projections and 3-D inputs are covered now
 )
 def test_what_the_fast_path_does_not_cover_falls_back_to_the_same_bytes_as_the_general_path(case):
     spec = _spec(weight_output=("norm",))
-    if case == "conv selected":
-        model = _cnn()
-    elif case == "projection asked":
-        model = _mlp()
-        spec = _spec(weight_output=("norm", "projection"), projection_dim=8)
-    elif case == "layer called twice":
+    if case == "batch norm selected":
+        x = keras.Input((3,), name="x")
+        model = keras.Model(x, keras.layers.Dense(2)(keras.layers.BatchNormalization()(keras.layers.Dense(4)(x))))
+    else:
         x = keras.Input((3,), name="x")
         shared = keras.layers.Dense(3, activation="tanh", name="shared")
         model = keras.Model(x, keras.layers.Dense(2)(shared(shared(x))))
-    else:
-        x = keras.Input((4, 3), name="x")
-        h = keras.layers.Dense(2, name="per_step")(x)  # applied to each of 4 steps: a sum of 4 outer products
-        model = keras.Model(x, keras.layers.Dense(2)(keras.layers.Flatten()(h)))
     inputs, labels = _rows(model, rows=ROWS)
     got, path = _norms(model, spec, inputs, labels)
     assert path == "per_example"
@@ -115,7 +110,7 @@ def test_norm_bytes_do_not_depend_on_the_batch_size():
             rows = len(chunk[0])
             padded = [np.concatenate([c, np.zeros((size - rows, *c.shape[1:]), c.dtype)]) for c in chunk]
             parts.append({k: v[:rows] for k, v in engine(padded[:-1], padded[-1:]).items()})
-        assert engine.wrt.path == "dense_norms"
+        assert engine.wrt.path == "ghost_norms"
         got[size] = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     for name in got[1]:
         assert got[1][name].tobytes() == got[7][name].tobytes() == got[256][name].tobytes(), name

@@ -44,3 +44,32 @@ def in_micro_batches(
         out = tf.map_fn(lambda xs: fn(list(xs)), stacked, fn_output_signature=signature, parallel_iterations=1)
         out = [tf.reshape(o, (chunks * rows, *o.shape[2:])) for o in out]
     return [o[:batch] for o in out]
+
+
+def unsafe_matmul(op) -> bool:
+    """A batch matmul TensorFlow 2.21's oneDNN kernel gets wrong or crashes on: a rank-4 (or more) operand whose
+    batch axes hold a unit axis, times an operand with other batch axes (a (32, 1, 24, 32) tensor by a (32, 32)
+    matrix is what `vectorized_map` makes of a row's EinsumDense). Unknown shapes count as unsafe."""
+    if op.type not in ("BatchMatMul", "BatchMatMulV2", "BatchMatMulV3"):
+        return False
+    x, y = (i.shape for i in op.inputs[:2])
+    if x.rank is None or y.rank is None:
+        return True
+    batch_x, batch_y = x.as_list()[:-2], y.as_list()[:-2]
+    if batch_x == batch_y or max(x.rank, y.rank) < 4:
+        return False
+    return any(d is None or d == 1 for d in batch_x + batch_y)
+
+
+def vectorized_or_looped(fn: Callable, elems: list[tf.Tensor], results: Sequence[tf.TensorSpec]) -> list[tf.Tensor]:
+    """`tf.vectorized_map(fn, elems)`, unless the vectorized graph would hold a batch matmul of the shape oneDNN
+    gets wrong (`unsafe_matmul`): then one row at a time (`tf.map_fn`), whose kernels see a row's own shapes.
+
+    The vectorized graph is first traced on its own, as a probe that never runs, so a graph this returns holds
+    no such kernel at all (a test reads the compiled graph for them).
+    """
+    specs = [tf.TensorSpec(e.shape, e.dtype) for e in elems]
+    probe = tf.function(lambda *xs: tf.vectorized_map(fn, list(xs)), autograph=False).get_concrete_function(*specs)
+    if any(unsafe_matmul(op) for op in probe.graph.get_operations()):
+        return tf.map_fn(fn, elems, fn_output_signature=list(results))
+    return tf.vectorized_map(fn, elems)

@@ -8,9 +8,10 @@ from transforms.gradients.errors import SpecError
 from transforms.gradients.ops import clip
 from transforms.gradients.settings import Setting
 from transforms.gradients.wrt.base import Wrt
-from transforms.gradients.wrt.dense_norms import DenseNorms, NotCovered, dense_layers
+from transforms.gradients.wrt.layer_gradients import ROWS as FAST_ROWS
+from transforms.gradients.wrt.layer_gradients import LayerGradients, NotCovered, covered_layers
 from transforms.gradients.wrt.forms import FORMS
-from transforms.gradients.wrt.per_example import in_micro_batches, micro_batch_rows
+from transforms.gradients.wrt.per_example import in_micro_batches, micro_batch_rows, vectorized_or_looped
 from transforms.gradients.wrt.selection import select
 
 
@@ -21,8 +22,11 @@ class Weights(Wrt):
     batch's per-example gradients are never all held at once. Hence `differentiate` returns the forms'
     values (one per declared column), not raw gradients, and only the plain gradient method can use them.
 
-    Norms alone of plain Dense layers take a fast path instead (`dense_norms`: one batched backward pass per
-    micro-batch, no row's gradient); `path` says which one the traced function took.
+    When every selected variable belongs to a layer kind `layer_gradients` covers (Dense, EinsumDense and so
+    MultiHeadAttention, Embedding, Conv1D/2D, LayerNormalization), a fast path replaces the per-example backward
+    pass: one batched backward pass per micro-batch, each row's gradient (or, for norms alone, its norm, never the
+    gradient) from the layers' inputs and output gradients. `path` says which one the traced function took:
+    "ghost_norms", "layer_gradients" or "per_example".
     """
 
     name = "weights"
@@ -84,9 +88,9 @@ class Weights(Wrt):
         self.selection = select(model.weights, spec.weights)
         self.forms = [FORMS[name](model, spec, self.selection) for name in dict.fromkeys(spec.weight_output)]
         self.rows = micro_batch_rows(self.selection.parameters, spec.weight_memory_mb)
-        layers = dense_layers(model, spec, self.selection)
-        self.dense_norms = layers and DenseNorms(layers, self.selection, spec.clip_norm, spec.clip_per_tensor)
-        self.path = None  # "dense_norms" or "per_example", once traced
+        owners = covered_layers(model, self.selection)
+        self.fast = owners and LayerGradients(owners, self.selection, spec.clip_norm, spec.clip_per_tensor)
+        self.path = None  # "ghost_norms", "layer_gradients" or "per_example", once traced
 
     def declare(self):
         return [o for form in self.forms for o in form.declare()]
@@ -100,11 +104,36 @@ class Weights(Wrt):
     def differentiate(self, forward_fn, points, extras):
         names = list(extras)
         tensors = list(points) + [extras[n] for n in names]
-        if self.dense_norms:
+        prepared = [form.prepare() for form in self.forms]  # once per batch, not per micro-batch
+        results = [tf.TensorSpec(o.shape, o.dtype) for o in self.declare()]
+
+        def forms(grads):
+            return [value for form, p in zip(self.forms, prepared) for value in form.compute(grads, p)]
+
+        if self.fast:
             try:
-                norms = self.dense_norms.norms(forward_fn, tensors, len(points), names, self.forms[0])
-                self.path = "dense_norms"
-                return [norms], None
+                if [form.name for form in self.forms] == ["norm"]:
+                    self.path = "ghost_norms"
+                    return [self.fast.norms(forward_fn, tensors, len(points), names, self.forms[0])], None
+                self.path = "layer_gradients"
+
+                def per_batch(ts):
+                    factors = self.fast.factors(forward_fn, ts, len(points), names)
+                    grads, out = None, []
+                    for form, p in zip(self.forms, prepared):
+                        if getattr(form, "factored", False):  # never forms a row's gradient
+                            out += form.from_factors(factors, self.fast.clip_scales(factors), p)
+                            continue
+                        if form.name == "norm":
+                            out += form.from_squares(self.fast.clipped_squares(factors))
+                            continue
+                        grads = grads or self.fast.clipped(factors)
+                        out += form.compute(grads, p)
+                    return out
+
+                whole = any(form.name != "norm" and not getattr(form, "factored", False) for form in self.forms)
+                rows = self.rows if whole else FAST_ROWS  # no row's whole gradient held: as many rows as the norms
+                return [in_micro_batches(per_batch, tensors, rows, results)], None
             except NotCovered:
                 pass  # the ops traced so far are unused, so pruned
         self.path = "per_example"
@@ -118,13 +147,12 @@ class Weights(Wrt):
             grads = tape.gradient(total, variables, unconnected_gradients=tf.UnconnectedGradients.NONE)
             return [self._dense(g, w) for g, w in zip(grads, self.selection.weights)]
 
-        prepared = [form.prepare() for form in self.forms]  # once per batch, not per micro-batch
+        row_grads = [tf.TensorSpec(w.variable.shape, tf.float32) for w in self.selection.weights]
 
         def micro_batch(tensors):
-            grads = clip(tf.vectorized_map(per_row, tensors), self.spec.clip_norm, self.spec.clip_per_tensor)
-            return [value for form, p in zip(self.forms, prepared) for value in form.compute(grads, p)]
+            grads = clip(vectorized_or_looped(per_row, tensors, row_grads), self.spec.clip_norm, self.spec.clip_per_tensor)
+            return forms(grads)
 
-        results = [tf.TensorSpec(o.shape, o.dtype) for o in self.declare()]
         return [in_micro_batches(micro_batch, tensors, self.rows, results)], None
 
     def _dense(self, gradient, weight):

@@ -9,6 +9,19 @@ matrix holding one +-1 per column, never built. E<Sg, Sg'> = <g, g'> exactly,
 and Var <Sg, Sg'> <= (|g|^2 |g'|^2 + <g, g'>^2) / k, the variance of a dense
 Gaussian projection with entries N(0, 1/k). It costs O(P) per row, not O(P k).
 
+Construction `factored-tensorsketch-v1` (`projection factored`): a kernel whose layer kind gives it as a matrix
+W [inputs, outputs] (wrt/layers: Dense, EinsumDense, Conv1D/2D) gets a bucket h1(i) and sign s1(i) per input and
+h2(o), s2(o) per output (the same generator, seeded by the path + "/in" and "/out"); parameter (i, o) goes to
+bucket (h1(i) + h2(o)) mod k with sign s1(i) s2(o): a TensorSketch (Pham and Pagh 2013). Because a row's gradient
+there is sum_t a_t (x) d_t, its sketch is sum_t irfft(rfft(C1 a_t) * rfft(C2 d_t)), computed from the layer's
+inputs and output gradients (C1, C2 the count sketches of each side) without forming the gradient, where that
+costs less than forming it (`_fft_is_cheaper`: large kernels, few positions); elsewhere, and on the general
+path, the same linear map is applied to the whole gradient. Every other variable keeps countsketch (named in the
+metadata). Every variable's sketch spans all k buckets and they add: a sketch of the concatenated gradient, as
+countsketch is, so no split of k over layers (the split that minimizes variance for a fixed k).
+E<v, v'> = <g, g'>; the variance of a kernel's part is about that of countsketch plus a term that grows with the
+inner products of the rows' a_t (and of their d_t) across positions: docs/fast-weights.md has the measurements.
+
 Why the bytes are the same on any runner, batch size or rerun: S depends only
 on the seed, the paths and k; each variable's sum runs in parameter order
 (a sorted segment sum), variables are added in the model's order, and the
@@ -28,8 +41,10 @@ from transforms.gradients.wrt.forms.base import WeightForm
 from transforms.gradients.wrt.per_example import GRADIENT_COPIES
 
 CONSTRUCTION = "countsketch-v1"
+FACTORED = "factored-tensorsketch-v1"
 MAX_DIM = 2**31 - 1  # buckets are int32 indices
 DTYPES = ("float32", "float16")
+CONSTRUCTIONS = ("countsketch", "factored")  # `projection`: CONSTRUCTION, or FACTORED
 
 
 def _size(nbytes: int) -> str:
@@ -47,7 +62,25 @@ class Projection(WeightForm):
         Setting("projection_dim", int, 2048, "Length k of each row's weight projection.", minimum=1),
         Setting("projection_dtype", str, "float32", "Type of the projection.", choices=DTYPES),
         Setting("projection_seed", int, 0, "Seed of the projection: equal seeds, comparable rows."),
+        Setting(
+            "projection",
+            str,
+            "countsketch",
+            "How the projection is built: countsketch of each row's gradient, or factored (a TensorSketch of each "
+            "layer's inputs and output gradients, never forming the gradient; docs/fast-weights.md).",
+            choices=CONSTRUCTIONS,
+        ),
     )
+
+    def __init__(self, model, spec, selection):
+        super().__init__(model, spec, selection)
+        self.factored = spec.projection == "factored"
+        self.splits = [None] * len(selection.weights)
+        if self.factored:
+            from transforms.gradients.wrt.layer_gradients import owners_of
+
+            owners = owners_of(model, selection)
+            self.splits = [o and o[1].split(o[0], w.variable) for o, w in zip(owners, selection.weights)]
 
     @classmethod
     def check_spec(cls, spec):
@@ -62,6 +95,7 @@ class Projection(WeightForm):
             )
         if spec.jit_compile:
             raise SpecError("{weight_output} projection cannot run under {jit_compile}: XLA has no sorted segment sum")
+        cls.check_declared(spec, "projection")
         if spec.projection_dtype not in DTYPES:
             raise SpecError(
                 "{projection_dtype} must be one of {choices}, not {value!r}",
@@ -80,33 +114,114 @@ class Projection(WeightForm):
                 "seed": spec.projection_seed,
                 "dim": spec.projection_dim,
                 "dtype": spec.projection_dtype,
-                "construction": CONSTRUCTION,
+                "construction": FACTORED if self.factored else CONSTRUCTION,
+                **({"countsketch_variables": [w.path for w, s in zip(self.selection.weights, self.splits) if s is None]}
+                   if self.factored else {}),
             }
         }
 
     def prepare(self):
-        """Per variable: its parameters ordered by bucket (stably), their buckets so ordered, and their signs.
+        """Per variable: its parameters ordered by bucket (stably), their buckets so ordered, and their signs;
+        for a factored kernel, also each side's own plan (for `from_factors`).
 
         Made once per batch, outside the micro-batches; sorted, a variable's sum is a segment sum over
         contiguous rows, in parameter order within each bucket (several times faster than an unsorted one).
         """
         k = self.spec.projection_dim
         plans = []
-        for weight, size in zip(self.selection.weights, self.selection.sizes):
-            seed = tf.constant(sketch_seed(self.spec.projection_seed, weight.path), tf.int64)
-            # One draw in [0, 2k) gives both: bucket = draw mod k, sign from draw // k (uniform, independent).
-            draw = tf.random.stateless_uniform((size,), seed, minval=0, maxval=2 * k, dtype=tf.int64, alg="philox")
-            bucket = tf.cast(draw % k, tf.int32)
-            order = tf.argsort(bucket, stable=True)
-            plans.append((order, tf.gather(bucket, order), tf.gather(tf.cast(draw // k, tf.float32) * 2 - 1, order)))
+        for weight, size, split in zip(self.selection.weights, self.selection.sizes, self.splits):
+            if split is None:
+                bucket, sign = _draw(self.spec.projection_seed, weight.path, size, k)
+                plans.append((*_sorted(bucket, sign), None))
+                continue
+            sides = [_draw(self.spec.projection_seed, weight.path + end, n, k) for end, n in
+                     (("/in", split.inputs), ("/out", split.outputs))]
+            (b1, s1), (b2, s2) = sides
+            bucket = (b1[:, None] + b2[None, :]) % k  # [inputs, outputs] -> the variable's layout
+            sign = s1[:, None] * s2[None, :]
+            bucket, sign = (tf.reshape(t, split.grouped) for t in (bucket, sign))
+            if split.perm is not None:
+                bucket, sign = (tf.transpose(t, split.perm) for t in (bucket, sign))
+            plans.append((*_sorted(tf.reshape(bucket, (-1,)), tf.reshape(sign, (-1,))), [_side(*s, k) for s in sides]))
         return plans
 
     def compute(self, gradients, plans):
         k = self.spec.projection_dim
         total = None
-        for size, gradient, (order, bucket, sign) in zip(self.selection.sizes, gradients, plans):
-            signed = tf.gather(tf.transpose(tf.reshape(gradient, (-1, size))), order) * sign[:, None]  # [size, rows]
-            sketch = tf.math.segment_sum(signed, bucket)  # [buckets up to the last one used, rows]
-            sketch = tf.reshape(tf.pad(sketch, [[0, k - tf.shape(sketch)[0]], [0, 0]]), (k, gradient.shape[0]))
+        for size, gradient, (order, bucket, sign, _) in zip(self.selection.sizes, gradients, plans):
+            sketch = _count_sketch(tf.reshape(gradient, (-1, size)), order, bucket, sign, k)
             total = sketch if total is None else total + sketch
-        return [tf.cast(tf.transpose(total), self.spec.projection_dtype)]
+        return [tf.cast(total, self.spec.projection_dtype)]
+
+    def from_factors(self, factors, scales, plans):
+        """The same sketch from the layers' factors (wrt/layers): a factored kernel's part by FFT from its a and d,
+        every other part from its factor's whole gradient; each part times its rows' clipping factors."""
+        k = self.spec.projection_dim
+        total = None
+        for j, (factor, (order, bucket, sign, sides)) in enumerate(zip(factors, plans)):
+            if sides is not None and hasattr(factor, "a") and _fft_is_cheaper(factor, sides, k, self.spec.weight_memory_mb):
+                rows, positions = factor.a.shape[0], factor.a.shape[1]
+                a, d = (_side_sketch(tf.reshape(t, (rows * positions, -1)), side, k)
+                        for t, side in zip((factor.a, factor.d), sides))
+                a, d = (tf.signal.rfft(tf.reshape(t, (rows, positions, k))) for t in (a, d))
+                sketch = tf.signal.irfft(tf.reduce_sum(a * d, axis=1), [k])  # the circular convolution, summed over t
+            else:
+                gradient = factor.full()
+                sketch = _count_sketch(tf.reshape(gradient, (gradient.shape[0], -1)), order, bucket, sign, k)
+            if scales is not None:
+                sketch = sketch * scales[j][:, None]
+            total = sketch if total is None else total + sketch
+        return [tf.cast(total, self.spec.projection_dtype)]
+
+
+def _fft_is_cheaper(factor, sides, k: int, memory_mb: int) -> bool:
+    """Whether the FFT route costs less than forming the rows' gradient (T I O) and count-sketching it: per position
+    it sketches both sides (n k / 16 by a dense matmul, which BLAS runs some 16 times faster per number than the
+    gathers of a segment sum, else about 8 n) and transforms them (about 3 k log2 k). Also
+    taken where the micro-batch's copies of the formed gradient would not fit the memory budget."""
+    rows, positions, inputs = (int(n) for n in factor.a.shape)
+    outputs = int(factor.d.shape[2])
+    if GRADIENT_COPIES * 4 * rows * inputs * outputs > memory_mb << 20:
+        return True
+    side = [n * k // 16 if isinstance(s, tf.Tensor) else 8 * n for n, s in zip((inputs, outputs), sides)]
+    fft = positions * (sum(side) + 3 * k * max(1, k.bit_length() - 1))
+    return fft < positions * inputs * outputs + 8 * inputs * outputs
+
+
+def _draw(seed: int, path: str, size: int, k: int):
+    """`size` buckets in [0, k) and signs +-1 from one stateless draw in [0, 2k) (bucket = draw mod k, sign from
+    draw // k: uniform, independent)."""
+    draw = tf.random.stateless_uniform(
+        (size,), tf.constant(sketch_seed(seed, path), tf.int64), minval=0, maxval=2 * k, dtype=tf.int64, alg="philox"
+    )
+    return tf.cast(draw % k, tf.int32), tf.cast(draw // k, tf.float32) * 2 - 1
+
+
+# A side of at most this many inputs (or outputs) times k is count-sketched by a matmul with its dense [n, k] matrix
+# of one +-1 per row (fast on any CPU); beyond, by the sorted segment sum (no n x k matrix in memory).
+DENSE_SIDE = 1 << 22
+
+
+def _side(bucket, sign, k: int):
+    """One side's plan: the dense sketch matrix when small (DENSE_SIDE), else the sorted segment sum's."""
+    if int(bucket.shape[0]) * k <= DENSE_SIDE:
+        return tf.one_hot(bucket, k, dtype=tf.float32) * sign[:, None]
+    return _sorted(bucket, sign)
+
+
+def _side_sketch(x: tf.Tensor, side, k: int) -> tf.Tensor:
+    """[n, inputs] -> [n, k], by the side's plan (`_side`)."""
+    return tf.matmul(x, side) if isinstance(side, tf.Tensor) else _count_sketch(x, *side, k)
+
+
+def _sorted(bucket, sign):
+    """(order, sorted buckets, signs in that order): a stable sort, so a bucket sums in parameter order."""
+    order = tf.argsort(bucket, stable=True)
+    return order, tf.gather(bucket, order), tf.gather(sign, order)
+
+
+def _count_sketch(x: tf.Tensor, order, bucket, sign, k: int) -> tf.Tensor:
+    """[rows, n] -> [rows, k]: v[b] = sum over j with h(j) = b of s(j) x[j], as a sorted segment sum."""
+    signed = tf.gather(tf.transpose(x), order) * sign[:, None]  # [n, rows]
+    sketch = tf.math.segment_sum(signed, bucket)  # [buckets up to the last one used, rows]
+    return tf.transpose(tf.reshape(tf.pad(sketch, [[0, k - tf.shape(sketch)[0]], [0, 0]]), (k, x.shape[0])))

@@ -1,0 +1,334 @@
+"""The per-layer fast weight paths (wrt/layer_gradients.py, wrt/layers/): each layer kind's norms and whole
+per-example gradients against the article's recipe run eagerly per row (`tape.gradient(loss,
+model.trainable_variables)`) and against the general per-example path (the oracle), clipped or not; and the
+oneDNN batch matmul that TensorFlow 2.21 gets wrong kept off every path.
+"""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tests.conftest import assert_close
+from tests.test_weights import _eager, _rows, _spec
+from transforms.gradients import GradientEngine, from_keras
+from transforms.gradients.wrt.per_example import unsafe_matmul
+
+ROWS = 7
+
+
+def _sequence_dense():
+    x = keras.Input((5, 3), name="x")
+    h = keras.layers.Dense(4, activation="tanh")(x)  # each of 5 positions: a sum of 5 outer products per row
+    return keras.Model(x, keras.layers.Dense(2)(keras.layers.Flatten()(h)))
+
+
+def _einsum_dense():
+    x = keras.Input((4, 3), name="x")
+    h = keras.layers.EinsumDense("abc,cde->abde", (4, 2, 3), bias_axes="de", activation="tanh")(x)
+    h = keras.layers.EinsumDense("abde,de->ab", (4,), bias_axes="b")(h)
+    return keras.Model(x, keras.layers.Dense(2)(h))
+
+
+def _conv1d():
+    x = keras.Input((9, 2), name="x")
+    h = keras.layers.Conv1D(3, 3, strides=2, padding="same", activation="tanh")(x)
+    return keras.Model(x, keras.layers.Dense(2)(keras.layers.Flatten()(h)))
+
+
+def _conv2d():
+    x = keras.Input((7, 7, 2), name="x")
+    h = keras.layers.Conv2D(3, 3, padding="same", activation="relu")(x)
+    h = keras.layers.Conv2D(4, 2, strides=2, dilation_rate=1, use_bias=False)(h)
+    h = keras.layers.Conv2D(2, 2, dilation_rate=2, activation="tanh")(h)
+    return keras.Model(x, keras.layers.Dense(2)(keras.layers.GlobalAveragePooling2D()(h)))
+
+
+def _embedding():
+    x = keras.Input((6,), dtype="int32", name="x")  # 6 tokens from 20: rows repeat tokens (forced below too)
+    h = keras.layers.Embedding(20, 4)(x)
+    return keras.Model(x, keras.layers.Dense(2)(keras.layers.Flatten()(h)))
+
+
+def _layer_norm():
+    x = keras.Input((3, 4), name="x")
+    h = keras.layers.LayerNormalization()(keras.layers.Dense(4)(x))
+    return keras.Model(x, keras.layers.Dense(2)(keras.layers.Flatten()(h)))
+
+
+def _attention(tokens=24, width=32):
+    """The issue's text classifier (tokens -> Embedding -> MultiHeadAttention -> pooling -> Dense), with a
+    LayerNormalization and a residual as an encoder block has."""
+    x = keras.Input((tokens,), dtype="int32", name="x")
+    h = keras.layers.Embedding(20, width)(x)
+    a = keras.layers.MultiHeadAttention(num_heads=2, key_dim=16)(h, h)
+    h = keras.layers.LayerNormalization()(keras.layers.Add()([h, a]))
+    h = keras.layers.GlobalAveragePooling1D()(h)
+    return keras.Model(x, keras.layers.Dense(2)(h))
+
+
+MODELS = {
+    "sequence_dense": _sequence_dense,
+    "einsum_dense": _einsum_dense,
+    "conv1d": _conv1d,
+    "conv2d": _conv2d,
+    "embedding": _embedding,
+    "layer_norm": _layer_norm,
+    "attention": _attention,
+}
+
+
+def _data(model, rows=ROWS):
+    inputs, labels = _rows(model, rows=rows)
+    if inputs[0].dtype == np.int32:
+        inputs[0][:, 1] = inputs[0][:, 0]  # a token repeated in every row
+        inputs[0][0, :] = 5  # one row of a single token
+    return inputs, labels
+
+
+def _run(model, spec, inputs, labels, general=False):
+    engine = GradientEngine(from_keras(model), spec, batch_size=len(labels))
+    if general:
+        engine.wrt.fast = None  # the general per-example path, the oracle
+    return engine(inputs, [labels]), engine.wrt.path
+
+
+@pytest.mark.parametrize("clip", [None, "together", "per_tensor"])
+@pytest.mark.parametrize("kind", sorted(MODELS))
+def test_fast_norms_and_full_gradients_match_the_eager_recipe_and_the_general_path(kind, clip):
+    keras.utils.set_random_seed(1)
+    model = MODELS[kind]()
+    inputs, labels = _data(model)
+    raw = _eager(model, inputs, labels)
+    whole = np.array([np.sqrt(sum(np.sum(g**2) for g in row)) for row in raw])
+    clip_norm = None if clip is None else float(np.median(whole))  # the limit bites on half the rows
+    options = dict(clip_norm=clip_norm, clip_per_tensor=clip == "per_tensor")
+    want = _eager(model, inputs, labels, clip_norm, clip == "per_tensor")
+    paths = [v.path for v in model.trainable_variables]
+
+    norms, path = _run(model, _spec(weight_output=("norm",), **options), inputs, labels)
+    assert path == "ghost_norms"
+    assert_close(norms["weight_norm"], [np.sqrt(sum(np.sum(g**2) for g in row)) for row in want], rtol=1e-4)
+    full, path = _run(model, _spec(weight_output=("full", "norm"), **options), inputs, labels)
+    assert path == "layer_gradients"
+    for j, p in enumerate(paths):
+        assert_close(full[f"weight_gradient__{p}"], np.stack([row[j] for row in want]), rtol=1e-4, atol=1e-6)
+
+    oracle, path = _run(model, _spec(weight_output=("full", "norm"), **options), inputs, labels, general=True)
+    assert path == "per_example"
+    for name in oracle:
+        if name.startswith("weight_"):
+            assert_close(full[name], oracle[name], rtol=1e-4, atol=1e-6)
+            if name.startswith("weight_norm"):
+                assert_close(norms[name], oracle[name], rtol=1e-4, atol=1e-6)
+
+
+def test_the_projection_of_the_fast_path_is_the_general_paths():
+    keras.utils.set_random_seed(2)
+    model = _attention()
+    inputs, labels = _data(model)
+    spec = _spec(weight_output=("projection",), projection_dim=64, projection_seed=4)
+    fast, path = _run(model, spec, inputs, labels)
+    assert path == "layer_gradients"
+    oracle, _ = _run(model, spec, inputs, labels, general=True)
+    assert_close(fast["weight_projection"], oracle["weight_projection"], rtol=1e-4, atol=1e-5)
+
+
+def test_a_layer_the_registry_does_not_cover_sends_the_model_to_the_general_path():
+    x = keras.Input((3,), name="x")
+    h = keras.layers.BatchNormalization()(keras.layers.Dense(4)(x))
+    model = keras.Model(x, keras.layers.Dense(2)(h))
+    inputs, labels = _data(model)
+    got, path = _run(model, _spec(weight_output=("norm",)), inputs, labels)
+    assert path == "per_example"
+    want = _eager(model, inputs, labels)
+    assert_close(got["weight_norm"], [np.sqrt(sum(np.sum(g**2) for g in row)) for row in want], rtol=1e-4)
+
+
+@pytest.mark.parametrize("shapes", [((8, 1, 24, 32), (32, 32)), ((200, 1, 24, 32), (32, 32)), ((4, 1, 5, 3), (3, 2))])
+def test_the_batch_matmul_oneDNN_gets_wrong_is_recognized(shapes):
+    """The shapes seen wrong (a relative 0.98 to 2.2 off) or crashing: recognized from the graph, never run."""
+    graph = tf.Graph()
+    with graph.as_default():
+        tf.matmul(tf.zeros(shapes[0]), tf.zeros(shapes[1]))
+        tf.matmul(tf.zeros((8, 24, 32)), tf.zeros((32, 32)))  # rank 3: right
+        tf.matmul(tf.zeros((8, 1, 24, 32)), tf.zeros((8, 1, 32, 32)))  # the same batch axes: right
+    flagged = [unsafe_matmul(op) for op in graph.get_operations() if "MatMul" in op.type]
+    assert flagged == [True, False, False]
+
+
+def test_the_issues_attention_classifier_runs_on_every_path_and_no_graph_holds_the_wrong_kernel():
+    """200 rows, 24 tokens: the job that died with SIGSEGV. Each path's graph is free of `unsafe_matmul`s."""
+    keras.utils.set_random_seed(3)
+    x = keras.Input((24,), dtype="int32", name="x")
+    h = keras.layers.Embedding(300, 32)(x)
+    h = keras.layers.MultiHeadAttention(num_heads=2, key_dim=16)(h, h)
+    model = keras.Model(x, keras.layers.Dense(3, activation="softmax")(keras.layers.GlobalAveragePooling1D()(h)))
+    rng = np.random.default_rng(0)
+    tokens, labels = rng.integers(0, 300, (200, 24)).astype(np.int32), (np.arange(200) % 3).astype(np.int64)
+    want = []
+    for i in range(3):
+        with tf.GradientTape() as tape:
+            loss = keras.losses.sparse_categorical_crossentropy(labels[i : i + 1], model(tokens[i : i + 1]))
+        want.append(np.sqrt(sum(np.sum(tf.convert_to_tensor(g).numpy() ** 2) for g in tape.gradient(loss, model.trainable_variables))))
+    from transforms.gradients import GradientSpec
+
+    for general in (False, True):
+        for output in ("norm", "full", "projection"):
+            spec = GradientSpec(
+                target="loss", loss="sparse_categorical_crossentropy", wrt="weights",
+                weight_output=(output, "norm") if output != "norm" else ("norm",), projection_dim=32,
+            )
+            engine = GradientEngine(from_keras(model), spec, batch_size=200)
+            if general:
+                engine.wrt.fast = None
+            engine.trace()
+            assert not _unsafe_ops(engine._concrete.graph), (general, output)
+            got = engine([tokens], [labels])
+            assert_close(got["weight_norm"][:3], want, rtol=1e-4)
+
+
+def _unsafe_ops(graph):
+    found = [op for op in graph.get_operations() if unsafe_matmul(op)]
+    for function in getattr(graph, "_functions", {}).values():
+        if hasattr(function, "graph"):
+            found += _unsafe_ops(function.graph)
+    return found
+
+
+# ---------------------------------------------------------------- projection factored
+
+
+def _factored_reference(model, rows, k, seed):
+    """The documented construction with numpy on the eager gradients: a Dense/Conv kernel as [inputs, outputs],
+    parameter (i, o) in bucket (h1(i) + h2(o)) mod k with sign s1(i) s2(o); every other variable countsketch."""
+    from transforms.gradients.wrt.forms.projection import sketch_seed
+
+    def draw(path, n):
+        d = tf.random.stateless_uniform((n,), tf.constant(sketch_seed(seed, path), tf.int64), 0, 2 * k, tf.int64,
+                                        alg="philox").numpy()
+        return d % k, (d // k) * 2 - 1
+
+    out = np.zeros((len(rows), k))
+    for j, v in enumerate(model.trainable_variables):
+        if v.path.endswith("kernel"):
+            shape = tuple(v.shape)
+            h1, s1 = draw(v.path + "/in", int(np.prod(shape[:-1])))
+            h2, s2 = draw(v.path + "/out", shape[-1])
+            bucket, sign = ((h1[:, None] + h2[None, :]) % k).ravel(), (s1[:, None] * s2[None, :]).ravel()
+        else:
+            bucket, sign = draw(v.path, int(np.prod(v.shape)))
+        for r, row in enumerate(rows):
+            np.add.at(out[r], bucket, sign * row[j].ravel())
+    return out
+
+
+@pytest.fixture(params=["fft", "formed"])
+def route(request, monkeypatch):
+    """The factored kernels' route, forced (by cost, the tiny test kernels would always form the gradient)."""
+    from transforms.gradients.wrt.forms import projection
+
+    monkeypatch.setattr(projection, "_fft_is_cheaper", lambda *args: request.param == "fft")
+    return request.param
+
+
+@pytest.mark.parametrize("clip", [None, "together", "per_tensor"])
+@pytest.mark.parametrize("kind", ["conv2d", "sequence_dense", "conv1d"])
+def test_factored_projection_is_the_documented_construction_on_the_eager_gradients(kind, clip, route):
+    keras.utils.set_random_seed(5)
+    model = MODELS[kind]()
+    inputs, labels = _data(model)
+    clip_norm = None if clip is None else 0.05
+    options = dict(clip_norm=clip_norm, clip_per_tensor=clip == "per_tensor")
+    spec = _spec(weight_output=("projection",), projection="factored", projection_dim=32, projection_seed=9, **options)
+    want = _factored_reference(model, _eager(model, inputs, labels, clip_norm, clip == "per_tensor"), 32, 9)
+    got, path = _run(model, spec, inputs, labels)
+    assert path == "layer_gradients"
+    scale = np.abs(want).max()
+    assert_close(got["weight_projection"] / scale, want / scale, rtol=1e-4, atol=1e-5)
+    oracle, path = _run(model, spec, inputs, labels, general=True)
+    assert path == "per_example"
+    assert_close(got["weight_projection"] / scale, oracle["weight_projection"] / scale, rtol=1e-4, atol=1e-5)
+
+
+def test_factored_projection_of_attention_equals_the_general_path_and_ignores_the_batch_size(route):
+    keras.utils.set_random_seed(6)
+    model = _attention(tokens=6, width=8)
+    inputs, labels = _data(model, rows=9)
+    spec = _spec(weight_output=("projection", "norm"), projection="factored", projection_dim=64, projection_seed=2)
+    got, path = _run(model, spec, inputs, labels)
+    assert path == "layer_gradients"
+    oracle, _ = _run(model, spec, inputs, labels, general=True)
+    scale = np.abs(oracle["weight_projection"]).max()
+    assert_close(got["weight_projection"] / scale, oracle["weight_projection"] / scale, rtol=1e-4, atol=1e-5)
+    engine = GradientEngine(from_keras(model), spec, batch_size=4)
+    parts = []
+    for start in range(0, 9, 4):
+        chunk = [x[start : start + 4] for x in inputs + [labels]]
+        n = len(chunk[0])
+        padded = [np.concatenate([c, np.zeros((4 - n, *c.shape[1:]), c.dtype)]) for c in chunk]
+        parts.append(engine(padded[:-1], padded[-1:])["weight_projection"][:n])
+    assert np.concatenate(parts).tobytes() == got["weight_projection"].tobytes()
+    record = engine.wrt.provenance()["projection"]
+    assert record["construction"] == "factored-tensorsketch-v1"
+    biases = [v.path for v in model.trainable_variables if not v.path.endswith("kernel")]
+    assert record["countsketch_variables"] == biases  # embeddings, biases, the normalization's scale and offset
+
+
+def test_influence_refuses_to_mix_constructions():
+    from transforms.influence.projections import ProjectionMeta
+
+    a = ProjectionMeta("sha", ("d/kernel",), 0, 64, "float32", "countsketch-v1")
+    b = ProjectionMeta("sha", ("d/kernel",), 0, 64, "float32", "factored-tensorsketch-v1")
+    assert a.differences(b) == ["projection construction countsketch-v1 vs factored-tensorsketch-v1"]
+
+
+@pytest.mark.parametrize("output", ["norm", "full", "projection"])
+def test_the_issues_attention_job_runs_through_the_cli_and_matches_the_eager_recipe(tmp_path, output):
+    """The job that died with SIGSEGV (exit 139): 200 rows of 24 tokens, the loss of a 3-class softmax."""
+    from tests.conftest import by_key, read_output, run_on, tensor_column, write_parquet
+
+    keras.utils.set_random_seed(7)
+    x = keras.Input((24,), dtype="int32", name="x")
+    h = keras.layers.Embedding(300, 32)(x)
+    h = keras.layers.MultiHeadAttention(num_heads=2, key_dim=16)(h, h)
+    model = keras.Model(x, keras.layers.Dense(3, activation="softmax")(keras.layers.GlobalAveragePooling1D()(h)))
+    rng = np.random.default_rng(1)
+    tokens, labels = rng.integers(0, 300, (200, 24)).astype(np.int32), (np.arange(200) % 3).astype(np.int64)
+    write_parquet(tmp_path / "in/a.parquet", {"id": np.arange(200), "x": tokens, "label": labels})
+    summary = run_on(
+        tmp_path, model, "--target", "loss", "--loss", "sparse_categorical_crossentropy", "--label_column", "label",
+        "--wrt", "weights", "--weight_output", f"{output},norm" if output != "norm" else "norm",
+        *(["--projection_dim", "64"] if output == "projection" else []), "--batch_size", "64",
+    )
+    assert (summary.rows_in, summary.rows_out) == (200, 200)
+    table = by_key(read_output(tmp_path / "out/g"))
+    paths = [v.path for v in model.trainable_variables]
+    for i in (0, 77, 199):
+        with tf.GradientTape() as tape:
+            loss = keras.losses.sparse_categorical_crossentropy(labels[i : i + 1], model(tokens[i : i + 1]))
+        grads = [tf.convert_to_tensor(g).numpy() for g in tape.gradient(loss, model.trainable_variables)]
+        assert_close(table.column("weight_norm").to_numpy()[i], np.sqrt(sum(np.sum(g**2) for g in grads)), rtol=1e-4)
+        if output == "full":
+            for p, g in zip(paths, grads):
+                assert_close(tensor_column(table, f"weight_gradient__{p}")[i], g, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("construction", ["countsketch", "factored"])
+def test_self_influence_finds_the_flipped_labels_with_either_construction(tmp_path, construction):
+    """The mislabeled-rows example end to end (main job, then influence): ROC AUC at least 0.8 with each."""
+    from pipeline.run import main
+    from tests.test_influence_mislabeled import DIM, mislabeled_data, self_influence_auc
+
+    path, _, _, _, flipped = mislabeled_data(tmp_path)
+    status = main(
+        ["--runner=DirectRunner", "--input", str(tmp_path / "data/*.parquet"), "--output", str(tmp_path / "g/out")]
+        + ["--model", path, "--feature_columns", "x", "--keep_columns", "id", "--target", "loss"]
+        + ["--loss", "sparse_categorical_crossentropy", "--label_column", "label"]
+        + ["--wrt", "weights", "--weight_output", "projection", "--projection_dim", str(DIM)]
+        + ["--projection", construction]
+    )
+    assert status == 0
+    auc = self_influence_auc(tmp_path, tmp_path / "g/out-?????-of-?????.parquet", flipped)
+    print(f"self-influence ROC AUC, {construction}: {auc:.3f}")
+    assert auc >= 0.8, auc
