@@ -43,7 +43,7 @@ from pipeline.options import (
     spec_from,
     split_list,
 )
-from pipeline import PROCESS_STARTED
+from pipeline import PROCESS_STARTED, startup
 from pipeline.progress import Progress
 from transforms import FAILURE_TAG, METRICS, op_error_line
 from transforms.aggregates import AggregatesFn, AggregateSpec, to_json
@@ -616,6 +616,16 @@ def main(argv: Sequence[str] | None = None, fault: Fault | None = None, progress
 
     `fault` is for tests only (see JobPlan.fault); `progress_every` sets the seconds between progress lines.
     """
+    process = argv is None  # the process's own command line (a caller passing argv goes on living after)
+    if process:
+        startup.quick_start()
+    code = _main(argv, fault, progress_every)
+    if process:
+        startup.quick_exit()
+    return code
+
+
+def _main(argv: Sequence[str] | None, fault: Fault | None, progress_every: float | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["report"]:  # `beam-gradients report OUTPUT_PREFIX`: the HTML page (pipeline/report.py)
         from pipeline.report import main as report_main
