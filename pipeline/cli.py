@@ -16,7 +16,7 @@ import time
 import traceback
 from typing import Sequence
 
-from pipeline import PROCESS_STARTED
+from pipeline import PROCESS_STARTED, startup
 from pipeline.interrupts import catching_interrupts, end_worker_processes, uninterrupted, was_interrupted
 from pipeline.options import COMMANDS, GradientOptions, OptionsError, check_prefix, flag_error, help_text, parse
 from pipeline.staged import RowsUnaccounted
@@ -60,10 +60,22 @@ def split_command(argv: Sequence[str]) -> tuple[str, list[str]]:
 
 
 def main(argv: Sequence[str] | None = None, fault=None, progress_every: float | None = None) -> int:
-    """The console entry point: `beam-gradients` and `python -m pipeline`. Exit codes: see the README.
+    """The console entry point: `beam-gradients` and `python -m pipeline`. Exit codes: docs/troubleshooting.md.
 
     `fault` is for tests only (see JobPlan.fault); `progress_every` sets the seconds between progress lines.
+    Only the process's own command line (argv None) gets the start-up and exit shortcuts (pipeline/startup.py):
+    a caller passing argv goes on living after.
     """
+    process = argv is None
+    if process:
+        startup.quick_start()
+    code = _main(argv, fault, progress_every)
+    if process:
+        startup.quick_exit()
+    return code
+
+
+def _main(argv: Sequence[str] | None, fault, progress_every: float | None) -> int:
     command, argv = split_command(sys.argv[1:] if argv is None else argv)
     if command == REPORT:  # `beam-gradients report OUTPUT_PREFIX`: the HTML page (pipeline/report.py)
         from pipeline.report import main as report_main
