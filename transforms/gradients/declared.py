@@ -14,7 +14,7 @@ SETTINGS = (
     Setting('unconnected', str, 'zeros', 'An input the target does not depend on: write zeros (and count it) or fail.', choices=('zeros', 'error'), owner='every gradient'),
     Setting('emit', str, (), 'Extra per-row columns, comma-separated: predictions, loss, norm.', choices=('predictions', 'loss', 'norm'), items=True, owner='every gradient'),
     Setting('jit_compile', bool, False, 'Compile the gradient function with XLA.', negatable=True, owner='every gradient'),
-    Setting('output_name', str, None, "The model output the target reads (a multi-output model's head).", owner='target sum, class, predicted, top_k'),
+    Setting('output_name', str, None, "The model output the target reads (a multi-output model's head).", owner='target sum, loss, class, predicted, top_k'),
     Setting('loss', str, None, 'Per-example loss: mse, mae, binary_crossentropy, categorical_crossentropy, sparse_categorical_crossentropy, huber or module.path:function.', owner='target loss'),
     Setting('label_column', str, None, "Column holding each row's label, for {loss}.", kind='column', owner='target loss'),
     Setting('class_column', str, None, "Column holding each row's class index, for {target} class.", kind='column', owner='target class'),

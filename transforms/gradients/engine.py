@@ -47,7 +47,7 @@ class GradientEngine:
         self.spec = spec
         self.batch_size = batch_size
         self.device = device
-        self.loss = PerExampleLoss(spec.loss, model) if spec.loss else None
+        self.loss = PerExampleLoss(spec.loss, model, spec.output_name) if spec.loss else None
         # What the target and method see: the model, or (wrt a layer) the model from that layer's output on.
         self.function = WRT[spec.wrt].function(model, spec)
         self.target = TARGETS[spec.target](self.function, spec)

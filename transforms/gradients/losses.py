@@ -50,23 +50,34 @@ def resolve_loss(name: str) -> Callable:
 
 
 class PerExampleLoss:
-    """One loss per example between the row's label and the single model output."""
+    """One loss per example between the row's label and one model output.
 
-    def __init__(self, name: str, model: ModelFunction):
-        if len(model.outputs) != 1:
+    That output is the model's only one, or the one `output_name` names (a model with
+    several heads, say class logits and a regression, has a loss per head).
+    """
+
+    def __init__(self, name: str, model: ModelFunction, output_name: str | None = None):
+        if output_name is None and len(model.outputs) != 1:
             raise SpecError(
-                "a {loss} needs a single-output model; this one has {count} ({names})",
+                "a {loss} needs one output; this model has {count} ({outputs}): pick one with {output_name}",
                 count=len(model.outputs),
-                names=", ".join(model.output_names),
+                outputs=", ".join(model.output_names),
+            )
+        if output_name is not None and output_name not in model.output_names:
+            raise SpecError(
+                "{output_name} {value!r} is not an output of the model; its outputs are: {outputs}",
+                value=output_name,
+                outputs=", ".join(model.output_names),
             )
         self.name = name
         self._fn = resolve_loss(name)
-        out = model.outputs[0]
+        self.index = model.output_names.index(output_name) if output_name is not None else 0
+        out = model.outputs[self.index]
         shape = out.shape[:-1] if name == "sparse_categorical_crossentropy" else out.shape
         self.label = RowInput("label", shape, tf.float32, column="label_column", needed_by="loss")
 
     def __call__(self, outputs: list[tf.Tensor], label: tf.Tensor) -> tf.Tensor:
-        prediction = outputs[0]
+        prediction = outputs[self.index]
         if prediction.shape.rank == 1:  # one number per example: losses reduce the last axis, so add one
             prediction, label = prediction[:, None], label[:, None]
         loss = tf.cast(self._fn(label, prediction), tf.float32)

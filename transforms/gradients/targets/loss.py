@@ -12,8 +12,7 @@ from transforms.gradients.targets.base import Target
 
 class Loss(Target):
     name = "loss"
-    takes_output_name = False  # a loss needs a single-output model
-    settings = ()  # no output_name: a loss needs a single-output model
+    # output_name (the base's): on a model with several heads, the one the loss compares to the label
     declares = (
         Setting("loss", str, None, f"Per-example loss: {', '.join(KERAS_LOSSES)} or module.path:function."),
         Setting("label_column", str, None, "Column holding each row's label, for {loss}.", kind="column"),
