@@ -46,6 +46,7 @@ OTHER_PROGRAMS = {
     "--host": "dask scheduler --host",
     "--port": "dask scheduler --port",
     "--nthreads": "dask worker --nthreads",
+    "--rows": "bench/text_layer.py --rows (a benchmark script, not a command)",
     "--worker_pool": "the worker image's entry point: docker run IMAGE --worker_pool",
     "--ouput": "troubleshooting's example of a misspelt option and the error it gets",
 }
