@@ -125,6 +125,17 @@ class Record:
         self.__dict__.update(values)
 
 
+def affine_output(layer, inputs, z) -> tuple:
+    """A kernel product's layer output from its product `z`: bias and activation as the layer adds them,
+    with z recorded (the gradient at z is what the factors read) beside the layer's inputs."""
+    from keras import ops
+
+    if layer.bias is not None:
+        z = ops.add(z, layer.bias)
+    out = layer.activation(z) if layer.activation is not None else z
+    return out, Record(z, a=inputs)
+
+
 class Exact:
     """A per-example gradient small enough to form outright (a bias summed over positions): [rows, *shape]."""
 

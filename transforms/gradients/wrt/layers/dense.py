@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from transforms.gradients.wrt.layers.base import LayerKind, Outer, Record, Split, rows_by_positions
+from transforms.gradients.wrt.layers.base import LayerKind, Outer, Split, affine_output, rows_by_positions
 
 
 class DenseKind(LayerKind):
@@ -24,11 +24,7 @@ class DenseKind(LayerKind):
     def call(cls, layer, inputs, *args, **kwargs):
         from keras import ops
 
-        z = ops.matmul(inputs, layer.kernel)
-        if layer.bias is not None:
-            z = ops.add(z, layer.bias)
-        out = layer.activation(z) if layer.activation is not None else z
-        return out, Record(z, a=inputs)
+        return affine_output(layer, inputs, ops.matmul(inputs, layer.kernel))
 
     @classmethod
     def factors(cls, layer, record, d):

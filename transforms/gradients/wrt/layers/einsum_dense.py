@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from transforms.gradients.wrt.layers.base import Exact, LayerKind, Outer, Record, Split
+from transforms.gradients.wrt.layers.base import Exact, LayerKind, Outer, Split, affine_output
 
 
 def split_equation(equation: str):
@@ -59,11 +59,7 @@ class EinsumDenseKind(LayerKind):
     def call(cls, layer, inputs, *args, **kwargs):
         from keras import ops
 
-        z = ops.einsum(layer.equation, inputs, layer.kernel)
-        if layer.bias is not None:
-            z = ops.add(z, layer.bias)
-        out = layer.activation(z) if layer.activation is not None else z
-        return out, Record(z, a=inputs)
+        return affine_output(layer, inputs, ops.einsum(layer.equation, inputs, layer.kernel))
 
     @classmethod
     def factors(cls, layer, record, d):
