@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -162,22 +162,35 @@ def make_files() -> float:
     return time.monotonic() - started
 
 
-def demo_options() -> list[str]:
-    """The main job's options, which the user's own override: integrated gradients of each row's labelled class."""
-    return [
-        "--runner=DirectRunner",
-        f"--input={DATA_PATTERN}",
-        f"--model={MODEL}",
-        f"--output={ATTRIBUTIONS}",
-        "--feature_columns=image",
-        "--keep_columns=id,label",
-        "--target=class",
-        "--class_column=label",
-        "--output_name=classes",
-        "--method=integrated_gradients",
-        "--steps=32",
-        "--emit=predictions,norm",
-    ]
+MAIN_OPTIONS = [
+    "--runner=DirectRunner",
+    f"--input={DATA_PATTERN}",
+    f"--model={MODEL}",
+    f"--output={ATTRIBUTIONS}",
+    "--feature_columns=image",
+    "--keep_columns=id,label",
+    "--target=class",
+    "--class_column=label",
+    "--output_name=classes",
+    "--method=integrated_gradients",
+    "--steps=32",
+    "--emit=predictions,norm",
+]
+
+
+def demo_options(argv: Sequence[str] = ()) -> list[str]:
+    """The main job's options (integrated gradients of each row's labelled class), which the user's own (`argv`)
+    override; less those that the user's choices leave unused, so `--demo --method gradient` drops the demo's
+    `--steps` rather than being refused for it."""
+    from pipeline.options import ENGINE_SETTINGS, GradientOptions, OptionsError, parse, spec_from
+    from transforms.gradients.errors import SpecError
+
+    try:
+        used = spec_from(parse(argv, defaults=MAIN_OPTIONS).view_as(GradientOptions)).used_settings()
+    except (OptionsError, SpecError):
+        return list(MAIN_OPTIONS)  # the job's own checks say what is wrong, as without --demo
+    engine = {s.name for s in ENGINE_SETTINGS}
+    return [o for o in MAIN_OPTIONS if o[2:].split("=")[0] not in engine or o[2:].split("=")[0] in used]
 
 
 def projection_options() -> list[str]:

@@ -257,7 +257,8 @@ def run_options(
 
         with quiet_native_start(job.debug):  # the demo's model is made (trained) with Keras
             made = make_files()
-        options = parse([a for a in argv if a != "--demo"], defaults=demo_options())
+        argv = [a for a in argv if a != "--demo"]
+        options = parse(argv, defaults=demo_options(argv))
         job = options.view_as(GradientOptions)
     check_required(job)
     dry_run = is_dry_run(options)
