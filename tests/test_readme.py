@@ -183,3 +183,15 @@ def test_readme_worked_example_runs_as_written(demo):
     assert_close(_by_id(ig, "ig_delta")[picked], gaps, rtol=1e-3, atol=1e-5)
     report = (tmp_path / "demo/out/ig-report.html").read_text()
     assert "Integrated-gradients completeness gap" in report and "Classes: predicted_class" in report
+
+
+def test_options_after_demo_override_its_own_and_drop_those_they_leave_unused():
+    """`--demo --method gradient` runs the plain gradient without the demo's --steps (refused otherwise)."""
+    from pipeline.demo import MAIN_OPTIONS, demo_options
+
+    assert demo_options([]) == MAIN_OPTIONS
+    plain = demo_options(["--method", "gradient"])
+    assert plain == [o for o in MAIN_OPTIONS if not o.startswith("--steps=")]
+    predicted = demo_options(["--target=predicted"])
+    assert predicted == [o for o in MAIN_OPTIONS if not o.startswith("--class_column=")]
+    assert demo_options(["--method", "no_such_method"]) == MAIN_OPTIONS  # the job's own check names it
