@@ -91,7 +91,7 @@ def _main(argv: Sequence[str] | None, fault, progress_every: float | None) -> in
             print(help_text())
         return EXIT_OK
     debug = "--debug" in argv
-    report = None
+    demo_lines = []
     try:
         with catching_interrupts():
             options = parse(argv)
@@ -107,13 +107,11 @@ def _main(argv: Sequence[str] | None, fault, progress_every: float | None) -> in
                 from pipeline.jobs.main import run_options
 
                 summary = run_options(options, argv, fault, started=PROCESS_STARTED, progress_every=progress_every)
-                if job.demo and not summary.dry_run:
-                    from pipeline.report import write_demo_report
+                if job.demo and not summary.dry_run:  # its projections, influence and report (pipeline/demo.py)
+                    from pipeline.demo import run_after
 
-                    before = time.monotonic()
-                    report = write_demo_report(summary)
-                    summary.report_seconds = time.monotonic() - before
-                # the process's wall time, to the line that prints it (the demo's report included)
+                    demo_lines = run_after(summary)
+                # the process's wall time, to the line that prints it (the demo's later steps included)
                 summary.wall_seconds = time.monotonic() - PROCESS_STARTED
     except USER_ERRORS as err:  # an error below pipeline/ names settings; here they are flags
         return _fail(f"error: {flag_error(err) if isinstance(err, SpecError) else err}", EXIT_OPTIONS, debug)
@@ -128,8 +126,8 @@ def _main(argv: Sequence[str] | None, fault, progress_every: float | None) -> in
         hint = "" if debug else f" ({notes + '; ' if notes else ''}rerun with --debug for the traceback)"
         return _fail(f"the job failed: {failure_line(err)}{hint}", EXIT_FAILED, debug)
     print(summary)
-    if report:
-        print(f"report: {report}")
+    for line in demo_lines:
+        print(line)
     limit = None if influence else job.max_rejected_fraction
     if limit is not None and not summary.dry_run and summary.rejected_fraction > limit:
         print(

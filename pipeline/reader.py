@@ -7,8 +7,8 @@ column, streams where asked, and reads only a complete output (one with its
 
 >>> from pipeline.reader import read_arrays
 >>> arrays = read_arrays("demo/out/gradients")            # doctest: +SKIP
->>> arrays["gradient__classes"].shape                     # doctest: +SKIP
-(3000, 8, 8, 1)
+>>> arrays["gradient"].shape                              # doctest: +SKIP
+(3000, 16, 16, 1)
 """
 
 from __future__ import annotations

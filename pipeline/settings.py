@@ -50,7 +50,13 @@ RUN_REST = (
     _job("quiet", bool, False, "No progress lines while the job runs."),
     _job("config", str, None, "YAML file of options; flags on the command line override it."),
     _job("debug", bool, False, "Show tracebacks on errors."),
-    _job("demo", bool, False, "Make a demo model and data under ./demo and run on them."),
+    _job(
+        "demo",
+        bool,
+        False,
+        "Make a small image task and a CNN trained on it under ./demo, then run integrated gradients, "
+        "weight projections, influence and the report on them.",
+    ),
 )
 
 

@@ -16,13 +16,24 @@ import keras
 import numpy as np
 import pytest
 
-from pipeline.demo import IMAGE_SHAPE, make_model
 from tests.projections import write_projections
 from tests.conftest import assert_close, by_key, eager_gradients, read_output, tensor_column, write_parquet
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DAY, OTHER_DAY = "2024-05-02", "2024-05-01"
 ROWS = 20  # per file, two files a day
+IMAGE_SHAPE = (8, 8, 1)
+
+
+def make_model(path: str) -> None:
+    """A small untrained two-headed image model whose heads both have gradients (the demo's `classes` is a
+    softmax, whose sum has none)."""
+    keras.utils.set_random_seed(0)
+    image = keras.Input(IMAGE_SHAPE, name="image")
+    features = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3, activation="tanh")(image))
+    classes = keras.layers.Dense(3, name="classes")(features)
+    brightness = keras.layers.Dense(1, name="brightness")(features)
+    keras.Model(image, [classes, brightness]).save(path)
 
 
 @pytest.fixture(scope="module")

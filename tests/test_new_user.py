@@ -52,7 +52,7 @@ def _files(folder) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
-    """The demo's model and 3,000 rows of 8x8 images, made in a temporary folder."""
+    """The demo's model and 3,000 rows of 16x16 images, made in a temporary folder."""
     tmp = tmp_path_factory.mktemp("user")
     make_model(str(tmp / "model.keras"))
     make_data(str(tmp / "data"))

@@ -77,7 +77,8 @@ class Summary:
     dry_run: bool = False
     reasons: list[tuple[str, int]] = dataclasses.field(default_factory=list)  # the most frequent rejection reasons
     other_reasons: int = 0  # how many more distinct reasons the rejected rows hold
-    report_seconds: float = 0.0  # of the wall time: the demo's report page, written after the job
+    output: str = ""  # the --output prefix
+    demo_seconds: dict[str, float] = dataclasses.field(default_factory=dict)  # of the wall time: the demo's own steps
 
     @property
     def rejected_fraction(self) -> float:
@@ -90,7 +91,7 @@ class Summary:
         if self.rows_in and not self.rows_out:
             why = f"{_reason_counts(self.reasons[:1])}; " if self.reasons else ""
             lines.append(f"EVERY ROW WAS REJECTED ({self.rows_rejected}): {why}see the reasons in the rejected rows")
-        job_seconds = self.wall_seconds - self.startup_seconds - self.report_seconds
+        job_seconds = self.wall_seconds - self.startup_seconds - sum(self.demo_seconds.values())
         rate = self.rows_in / job_seconds if job_seconds > 0 else 0.0
         lines.append(f"rows: {self.rows_in} in, {self.rows_out} out, {self.rows_rejected} rejected")
         if self.reasons:
@@ -109,7 +110,7 @@ class Summary:
         lines += [
             f"wall time: {self.wall_seconds:.1f} s: start-up {self.startup_seconds:.1f} s (imports, model, planning), "
             f"job {job_seconds:.1f} s ({rate:,.0f} rows/s)"
-            + (f", report {self.report_seconds:.1f} s" if self.report_seconds else ""),
+            + "".join(f", {name} {seconds:.1f} s" for name, seconds in self.demo_seconds.items()),
             "output: " + (", ".join(self.outputs) or "(none)"),
             "rejected rows: " + (", ".join(self.rejected) or "(none)"),
         ]
@@ -250,12 +251,14 @@ def run_options(
     started = time.monotonic() if started is None else started
     job = options.view_as(GradientOptions)
     check_values(job)  # before the demo's model or any model: TensorFlow is imported only after these
+    made = 0.0
     if job.demo:
-        from pipeline.demo import demo_options
+        from pipeline.demo import demo_options, make_files
 
-        with quiet_native_start(job.debug):  # the demo's model is made with Keras
-            defaults = demo_options()
-        options = parse([a for a in argv if a != "--demo"], defaults=defaults)
+        with quiet_native_start(job.debug):  # the demo's model is made (trained) with Keras
+            made = make_files()
+        argv = [a for a in argv if a != "--demo"]
+        options = parse(argv, defaults=demo_options(argv))
         job = options.view_as(GradientOptions)
     check_required(job)
     dry_run = is_dry_run(options)
@@ -290,7 +293,7 @@ def run_options(
     if dry_run:
         result = pipeline.run()
         return Summary(0, 0, 0, None, None, time.monotonic() - started, [], [], result=result, dry_run=True)
-    startup = time.monotonic() - started
+    startup = time.monotonic() - started - made
 
     def reconcile(written: dict[str, int]) -> dict:
         rows_out, rows_rejected = written[OUTPUT], written[REJECTED_OPTION]
@@ -325,6 +328,8 @@ def run_options(
         skipped=inputs.empty,
         result=result,
         startup_seconds=startup,
+        output=job.output,
+        demo_seconds={"demo model and data": made} if made >= 0.05 else {},
         summary=summary_path(job.output),
         reasons=reasons,
         other_reasons=other_reasons,

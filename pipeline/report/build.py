@@ -127,9 +127,8 @@ def _prefix_inside(folder: str) -> str:
     return next((name for name in names if name), "gradients")
 
 
-def write_demo_report(summary) -> str:
-    """The demo's report, beside its output, with its inputs."""
-    from pipeline.demo import DEMO_DIR
+def write_demo_report(prefix: str) -> str:
+    """The demo's report: its main output `prefix` with its inputs, and its influence and self-influence beside it."""
+    from pipeline.demo import DATA_PATTERN, INFLUENCE, SELF_INFLUENCE
 
-    prefix = os.path.join(DEMO_DIR, "out", "gradients")
-    return write_report(prefix, os.path.join(DEMO_DIR, "data", "*.parquet"))
+    return write_report(prefix, DATA_PATTERN, influence=INFLUENCE, self_influence=SELF_INFLUENCE)
