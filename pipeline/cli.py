@@ -107,8 +107,8 @@ def _main(argv: Sequence[str] | None, fault, progress_every: float | None) -> in
                 from pipeline.jobs.main import run_options
 
                 summary = run_options(options, argv, fault, started=PROCESS_STARTED, progress_every=progress_every)
-                if job.demo and not summary.dry_run:  # its projections, influence and report (pipeline/demo.py)
-                    from pipeline.demo import run_after
+                if job.demo and not summary.dry_run:  # its projections, influence and report (pipeline/demo_steps.py)
+                    from pipeline.demo_steps import run_after
 
                     demo_lines = run_after(summary)
                 # the process's wall time, to the line that prints it (the demo's later steps included)
