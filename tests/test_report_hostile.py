@@ -57,7 +57,7 @@ SUMMARY_TOP_KEY, SUMMARY_TOP_VALUE = hostile("summary-top-key", 1), hostile("sum
 QUERY_KEY, QUERY_VALUE, TRAIN_KEY = hostile("query-key", 0), hostile("query-value", 1), hostile("train-key", 2)
 
 ALLOWED_TAGS = {"html", "head", "meta", "title", "style", "body", "h1", "nav", "a", "section", "h2", "h3", "p",
-                "figure", "img", "figcaption", "table", "thead", "tbody", "tr", "th", "td"}
+                "figure", "img", "figcaption", "table", "thead", "tbody", "tr", "th", "td", "details", "summary", "pre"}
 ALLOWED_ATTRIBUTES = {"lang", "charset", "http-equiv", "content", "href", "id", "class", "data-chart", "data-values",
                       "data-count", "alt", "src"}
 ANCHOR = re.compile(r"[a-z0-9][a-z0-9-]*")

@@ -15,9 +15,10 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.reader import iter_tables, to_numpy
-from transforms.aggregates import HISTOGRAM_EDGES, GradientBlock, histogram_counts, top_candidates, top_entries
+from transforms.aggregates import GradientBlock, top_candidates, top_entries
 from transforms.contract import GRADIENT
 from transforms.io.files import InputError, match_files, open_parquet
+from transforms.sketch import QuantileSketch
 
 
 def is_image(block: GradientBlock) -> bool:
@@ -62,22 +63,33 @@ def sample_rank(key: str, seed: int) -> int:
 
 
 class Ranked:
-    """Top rows of one scalar column by |value|, with a histogram of |value|, over streamed tables."""
+    """Top rows of one scalar column by |value|, with a quantile sketch of |value|, over streamed tables.
+
+    `signed`: whether any value was negative (else |value| is the value, and the page names it plainly).
+    """
 
     def __init__(self, column: str, keys: Sequence[str], top: int):
         self.column, self.keys, self.top = column, list(keys), top
-        self.counts = np.zeros(len(HISTOGRAM_EDGES) + 1, np.int64)
+        self.sketch = QuantileSketch()
         self.best: list = []
         self.rows, self.total, self.largest = 0, 0.0, 0.0
+        self.signed = False
+
+    @property
+    def shown(self) -> str:
+        """The column as the page names its values: |name| where some were negative."""
+        return f"|{self.column}|" if self.signed else self.column
 
     def add(self, table: pa.Table) -> None:
-        values = np.abs(np.asarray(to_numpy(table.column(self.column)), np.float64))
-        if not len(values):
+        raw = np.asarray(to_numpy(table.column(self.column)), np.float64)
+        if not len(raw):
             return
+        self.signed = self.signed or bool((raw < 0).any())
+        values = np.abs(raw)
         self.rows += len(values)
         self.total += float(values.sum())
         self.largest = max(self.largest, float(values.max()))
-        self.counts += histogram_counts(values)
+        self.sketch.add(values[np.isfinite(values)])
         self.best = top_entries(self.best + top_candidates(table, values, self.keys, self.top), self.top)
 
 
