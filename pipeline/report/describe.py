@@ -75,7 +75,8 @@ def applicable_settings(spec: dict) -> list[tuple[str, object]]:
         value = spec.get(setting.name)
         given = setting.default is None and value is not None
         applies = given or _owner_applies(setting.owner, spec) or (emitted_loss and setting.name in ("loss", "label_column"))
-        if applies and value not in (None, (), [], ""):
+        switched_off = setting.type is bool and setting.default is False and value is False  # an opt-in not taken
+        if applies and not switched_off and value not in (None, (), [], ""):
             shown.append((setting.name, ", ".join(map(str, value)) if isinstance(value, (list, tuple)) else value))
     return shown
 

@@ -47,6 +47,16 @@ def bars(labels: Sequence[str], heights: Sequence[float], title: str, ylabel: st
     return png(fig)
 
 
+def log_axis(ax) -> None:
+    """A log x axis whose ticks read as plain numbers (1e-05, 0.001): with mathtext off (names from data reach
+    labels), matplotlib's default 10^k labels would show as raw TeX."""
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
 def sketch_histogram(sketch: QuantileSketch, title: str, xlabel: str, bins: int = HISTOGRAM_BINS) -> tuple[str, dict]:
     """(PNG, what was drawn) of a quantile sketch: bins between the smallest and largest values, on a log axis where
     they are positive and span more than two decades, else linear (QuantileSketch.histogram); every row in one bin."""
@@ -55,7 +65,7 @@ def sketch_histogram(sketch: QuantileSketch, title: str, xlabel: str, bins: int 
     fig, ax = plt.subplots(figsize=(6, 2.6))
     ax.stairs(counts, edges, fill=True, color="#3b6ea8")
     if axis == "log":
-        ax.set_xscale("log")
+        log_axis(ax)
     ax.set_xlabel(xlabel + (" (log axis)" if axis == "log" else ""))
     ax.set_ylabel("rows")
     ax.set_title(title)
@@ -90,7 +100,7 @@ def histogram(counts: Sequence[int], title: str, xlabel: str) -> str:
         merged = padded[low:high].reshape(-1, step).sum(axis=1)
         ax.stairs(merged, edges[low : high + 1 : step], fill=True, color="#3b6ea8")
         if edges[high] / edges[low] > 10:
-            ax.set_xscale("log")
+            log_axis(ax)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("rows")
     extra = []

@@ -50,9 +50,18 @@ def weights_rows(text: str | None) -> list[tuple[str, str]]:
 def raw_metadata(metadata: dict[str, str]) -> str:
     """The output's metadata as written, one click away (escaped; the column declarations left out: long, and shown
     by the sections)."""
-    shown = {k: v for k, v in sorted(metadata.items()) if k != metadata_key("columns")}
+    shown = {k: _indented(v) for k, v in sorted(metadata.items()) if k != metadata_key("columns")}
     text = "\n".join(f"{k}: {v}" for k, v in shown.items()) or "(none)"
     return f"<details><summary>Raw metadata</summary><pre>{html.escape(text)}</pre></details>"
+
+
+def _indented(text: str) -> str:
+    """A metadata value that is a JSON object, indented one key a line; any other value as written."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return text
+    return json.dumps(value, indent=1, sort_keys=True) if isinstance(value, dict) else text
 
 
 def run_section(prefix: str, marker: dict | None, metadata: dict[str, str], summary_source: str, problem=None) -> str:
