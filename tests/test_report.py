@@ -102,6 +102,21 @@ def test_image_report_shows_saliency_for_the_top_rows_with_their_inputs(image_jo
     assert "Gradients: gradient" in page and "mean |gradient|" in page and "attribution" not in page
 
 
+def test_a_summary_written_before_the_sketch_is_still_drawn(image_job, tmp_path):
+    """Summaries of older jobs have only the fixed log-bin histogram: the page draws that, every row in a bin."""
+    tmp, _ = image_job
+    shutil.copytree(tmp / "out", tmp_path / "out")
+    summary = json.loads((tmp_path / "out/g-summary.json").read_text())
+    summary.pop("loss_sketch")
+    for entry in summary["gradients"].values():
+        entry.pop("norm_sketch")
+    (tmp_path / "out/g-summary.json").write_text(json.dumps(summary))
+    page = open(write_report(str(tmp_path / "out/g"), output=str(tmp_path / "r.html"))).read()
+    images(page)
+    drawn = charts(page, "norm-histogram")[0]
+    assert sum(drawn["counts"]) == 77 and drawn["edges"] is None and not charts(page, "loss-histogram")
+
+
 def test_the_inputs_are_drawn_from_the_input_files(image_job, tmp_path, monkeypatch):
     """The input panel shows the input row of the same key (joined by key, streaming)."""
     from pipeline.report import figures
