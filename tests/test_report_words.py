@@ -52,6 +52,8 @@ def test_every_method_and_target_has_words_and_an_output_without_a_spec_says_gra
         assert not spec_words({"target": target, "method": "gradient"}).target.startswith(f"of {target}")
     assert spec_words(None).title == "Gradients" and spec_words(parse_spec("not json")).quantity == "gradient"
     assert parse_spec('["a list"]') is None
+    crafted = parse_spec(json.dumps({"method": ["x"], "target": {"a": 1}, "wrt": None, "emit": 3, "weight_output": [1]}))
+    assert spec_words(crafted).title == "['x'], of {'a': 1}" and applicable_settings(crafted)  # words, never a crash
 
 
 def test_only_the_settings_a_run_reads_are_shown():

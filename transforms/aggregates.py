@@ -244,7 +244,7 @@ class AggregatesFn(beam.CombineFn):
             block_acc.all.add(values)
             norms = row_norms(values)
             block_acc.histogram += histogram_counts(norms)
-            block_acc.norms.add(norms)
+            block_acc.norms.add(norms[np.isfinite(norms)])  # the sketch counts finite values
             block_acc.top_norm = top_entries(
                 block_acc.top_norm + top_candidates(table, norms, spec.key_columns, spec.top), spec.top
             )

@@ -39,7 +39,16 @@ def parse_spec(text: str | None) -> dict | None:
         spec = json.loads(text)
     except ValueError:
         return None
-    return spec if isinstance(spec, dict) else None
+    if not isinstance(spec, dict):
+        return None
+    # A crafted file may hold anything: the answers as text, the lists as lists of text.
+    for name in ("target", "method", "wrt"):
+        if name in spec and not isinstance(spec[name], str):
+            spec[name] = str(spec[name])
+    for name in ("emit", "weight_output"):
+        if name in spec and not (isinstance(spec[name], list) and all(isinstance(v, str) for v in spec[name])):
+            spec[name] = [str(spec[name])]
+    return spec
 
 
 def _wrapped(spec: dict) -> bool:
