@@ -164,7 +164,8 @@ def saliency_grid(rows: list[dict], title: str, signed: bool = False, quantity: 
     plt = _matplotlib()
     with_input = any(r.get("input") is not None for r in rows)
     kinds = 3 if with_input else 1
-    fig, axes = plt.subplots(kinds, len(rows), figsize=(2.1 * len(rows), 1.8 * kinds + 0.4), squeeze=False)
+    fig, axes = plt.subplots(kinds, len(rows), figsize=(2.3 * len(rows), 1.8 * kinds + 0.4), squeeze=False,
+                             gridspec_kw={"wspace": 0.55})  # room for each map's colour bar and its ticks
     for i, row in enumerate(rows):
         cells = axes[:, i]
         for ax in cells:
