@@ -11,6 +11,7 @@ from pipeline.run import run
 from tests.conftest import save, write_parquet
 from transforms.aggregates import HISTOGRAM_EDGES
 from transforms.feeds.plan import Fault
+from transforms.sketch import QuantileSketch
 
 
 def _tabular(tmp_path):
@@ -70,6 +71,14 @@ def test_aggregates_equal_numpy_over_the_whole_output_with_groups(tmp_path, mode
     np.testing.assert_allclose(block["mean_abs"], expected["mean_abs"], rtol=1e-9)
     np.testing.assert_allclose(block["mean"], expected["mean"], rtol=1e-9, atol=1e-15)
     assert block["norm_histogram"] == expected["hist"].tolist()
+    # The norms' and the loss's quantile sketches (merged across workers) agree with numpy within their accuracy.
+    for sketch, values in ((block["norm_sketch"], expected["norms"]), (result["loss_sketch"], output["loss"].astype(np.float64))):
+        made = QuantileSketch.from_json(sketch)
+        assert made.count == len(values) == 599 and made.maximum == values.max() and made.minimum == values.min()
+        for q in (0.0, 0.1, 0.5, 0.9, 1.0):
+            exact = np.quantile(values, q, method="lower")
+            assert abs(made.quantile(q) - exact) <= made.relative_accuracy * abs(exact) + 1e-12, q
+        assert made.histogram(30)[1].sum() == 599
     assert sorted(block["groups"]) == ["0", "1", "2"]
     for name, (mean_abs, mean, count) in expected["groups"].items():
         assert block["groups"][name]["count"] == count

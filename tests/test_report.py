@@ -78,8 +78,43 @@ def test_image_report_shows_saliency_for_the_top_rows_with_their_inputs(image_jo
     assert "overlay" in page or "input" in page
     # Rejected rows: the reason and the count.
     assert 'data-count="3"' in page and "column &#x27;img&#x27; is null" in page
-    histogram = charts(page, "norm-histogram")[0]
-    assert sum(histogram) == 77
+    # The numbers on the page, against numpy over the output: the Run table's counts, the histograms' bins and
+    # quantiles (within the sketch's relative accuracy), the largest norms and losses.
+    run_table = dict(re.findall(r"<tr><td>([^<]*)</td><td>([^<]*)</td></tr>", re.findall(r'<table class="meta">.*?</table>', page)[0]))
+    rejected = read_arrays(str(tmp / "out/g_rejected"), require_complete=False)
+    assert (run_table["rows in"], run_table["rows out"], run_table["rows rejected"]) == ("80", str(len(output["id"])), str(len(rejected["stage"])))
+    assert run_table["taken"] == "Gradients, of the loss (mse, label y)"
+    assert {"loss", "label_column", "target", "method"} <= set(run_table) and not {"steps", "noise", "samples", "k", "projection"} & set(run_table)
+    for chart, values in (("norm-histogram", norms), ("loss-histogram", output["loss"].astype(np.float64))):
+        drawn = charts(page, chart)[0]
+        assert sum(drawn["counts"]) == len(values) == 77 and len(drawn["edges"]) == len(drawn["counts"]) + 1
+        assert drawn["edges"][0] == pytest.approx(values.min()) and drawn["edges"][-1] == pytest.approx(values.max())
+        for q, got in drawn["quantiles"].items():
+            exact = np.quantile(values, float(q), method="lower")
+            assert abs(got - exact) <= 1e-3 * abs(exact) * (1 + 1e-6), (chart, q)
+        assert sum(np.histogram(values, drawn["edges"])[0]) == 77
+    largest = re.findall(r'<table class="top-by-norm">.*?</table>', page)[0]
+    assert [int(i) for i in re.findall(r"<td>id=(\d+)</td>", largest)] == top  # --top 4: four rows in every list
+    shown = [float(v) for v in re.findall(r"<tr><td>([0-9.e+-]+)</td>", largest)]
+    np.testing.assert_allclose(shown, np.sort(norms)[::-1][:4], rtol=1e-3)
+    losses = re.findall(r'<table class="top-by-loss">.*?</table>', page)[0]
+    assert [int(i) for i in re.findall(r"<td>id=(\d+)</td>", losses)] == loss
+    assert "Gradients: gradient" in page and "mean |gradient|" in page and "attribution" not in page
+
+
+def test_a_summary_written_before_the_sketch_is_still_drawn(image_job, tmp_path):
+    """Summaries of older jobs have only the fixed log-bin histogram: the page draws that, every row in a bin."""
+    tmp, _ = image_job
+    shutil.copytree(tmp / "out", tmp_path / "out")
+    summary = json.loads((tmp_path / "out/g-summary.json").read_text())
+    summary.pop("loss_sketch")
+    for entry in summary["gradients"].values():
+        entry.pop("norm_sketch")
+    (tmp_path / "out/g-summary.json").write_text(json.dumps(summary))
+    page = open(write_report(str(tmp_path / "out/g"), output=str(tmp_path / "r.html"))).read()
+    images(page)
+    drawn = charts(page, "norm-histogram")[0]
+    assert sum(drawn["counts"]) == 77 and drawn["edges"] is None and not charts(page, "loss-histogram")
 
 
 def test_the_inputs_are_drawn_from_the_input_files(image_job, tmp_path, monkeypatch):
@@ -89,7 +124,7 @@ def test_the_inputs_are_drawn_from_the_input_files(image_job, tmp_path, monkeypa
     tmp, inputs = image_job
     drawn = []
     real = figures.saliency_grid
-    monkeypatch.setattr(figures, "saliency_grid", lambda rows, title: drawn.extend(rows) or real(rows, title))
+    monkeypatch.setattr(figures, "saliency_grid", lambda rows, title, **kw: drawn.extend(rows) or real(rows, title, **kw))
     write_report(str(tmp / "out/g"), str(tmp / "in/*.parquet"), str(tmp_path / "r.html"), top=3, sample=2)
     assert drawn
     for row in drawn:
@@ -149,7 +184,14 @@ def test_sections_for_weight_norms_ig_gaps_influence_and_self_influence(tmp_path
     assert "No g_SUCCESS marker" in page.replace(str(tmp_path / "w") + "/", "")  # incomplete: said so
     ranked = re.findall(r'<table class="weight-norm">.*?</table>', page)[0]
     ids = [int(i) for i in re.findall(r"<td>id=(\d+)</td>", ranked)]
-    assert ids[:5] == np.argsort(-weight.astype(np.float32), kind="stable")[:5].tolist()
+    assert ids == np.argsort(-weight.astype(np.float32), kind="stable")[:6].tolist()  # --top 6, the default
+    # A weight norm is never negative: named as itself, not |weight_norm|; a signed gap is named |ig_delta|.
+    assert "<th>weight_norm</th>" in ranked and "|weight_norm|" not in page and "<th>|ig_delta|</th>" in page
+    for chart, values in (("weight-norm-histogram", weight), ("ig-delta-histogram", np.abs(delta))):
+        drawn = charts(page, chart)[0]
+        assert sum(drawn["counts"]) == n and drawn["axis"] == ("log" if values.max() / values.min() > 100 else "linear")
+        median = np.quantile(values.astype(np.float32).astype(np.float64), 0.5, method="lower")
+        assert abs(drawn["quantiles"]["0.5"] - median) <= 1e-3 * median
     gaps = re.findall(r'<table class="ig-delta">.*?</table>', page)[0]
     assert [int(i) for i in re.findall(r"<td>id=(\d+)</td>", gaps)][:3] == np.argsort(-np.abs(delta.astype(np.float32)), kind="stable")[:3].tolist()
     assert "dense/kernel" in page
@@ -172,7 +214,48 @@ def test_sections_for_weight_norms_ig_gaps_influence_and_self_influence(tmp_path
     table = re.findall(r"<h3>query qid=1</h3><table class=\"influence\">.*?</table>", page)[0]
     assert re.findall(r"<td>(proponent|opponent)</td><td>(\d)</td>", table) == [("proponent", "1"), ("proponent", "2"), ("opponent", "1"), ("opponent", "2")]
     ranked = re.findall(r'<table class="self-influence">.*?</table>', page)[0]
-    assert [int(i) for i in re.findall(r"<td>train__id=(\d+)</td>", ranked)][:3] == np.argsort(-selfs)[:3].tolist()
+    assert [int(i) for i in re.findall(r"<td>train__id=(\d+)</td>", ranked)] == np.argsort(-selfs)[:2].tolist()  # --top 2
+
+
+def test_integrated_gradients_pages_say_attribution_and_show_signed_maps_on_a_diverging_scale(tmp_path):
+    model = keras.Sequential([keras.Input((5, 5, 1)), keras.layers.Conv2D(2, 3, activation="tanh"), keras.layers.Flatten(), keras.layers.Dense(3)])
+    rng = np.random.default_rng(6)
+    n = 30
+    write_parquet(tmp_path / "in/0.parquet", {"id": np.arange(n), "img": rng.random((n, 5, 5, 1), dtype=np.float32),
+                                              "label": rng.integers(0, 3, n)})
+    run(["--runner=DirectRunner", f"--input={tmp_path}/in", f"--output={tmp_path}/out/g", f"--model={save(model, tmp_path)}",
+         "--feature_columns=img", "--keep_columns=id", "--target=class", "--class_column=label",
+         "--method=integrated_gradients", "--steps=4", "--batch_size=16"])
+    page = open(write_report(str(tmp_path / "out/g"), str(tmp_path / "in/*.parquet"), str(tmp_path / "r.html"), top=3, sample=2)).read()
+    images(page)
+    assert "<h2>Integrated gradients, 4 steps: gradient</h2>" in page
+    assert "Integrated gradients, 4 steps, of the labelled class (label)" in page
+    assert "mean |attribution|" in page and "|gradient|" not in page and "top 3 rows by attribution norm" in page
+    assert "diverging colour scale centred at 0" in page and "sequential colour scale" in page  # said in the captions
+    run_table = re.findall(r'<table class="meta">.*?</table>', page)[0]
+    assert "<td>steps</td><td>4</td>" in run_table and "<td>class_column</td><td>label</td>" in run_table
+    assert not {"noise", "samples", "seed", "k", "projection", "weights"} & set(re.findall(r"<tr><td>([^<]*)</td>", run_table))
+    output = read_arrays(str(tmp_path / "out/g"))
+    mean = np.asarray(json.load(open(tmp_path / "out/g-summary.json"))["gradients"]["gradient"]["mean"])
+    np.testing.assert_allclose(mean, output["gradient"].astype(np.float64).mean(0), rtol=1e-9, atol=1e-15)
+    assert charts(page, "saliency")[0] == [f"id={i}" for i in output["id"][np.argsort(
+        -np.sqrt((output["gradient"].astype(np.float64) ** 2).reshape(n, -1).sum(1)), kind="stable")[:3]]]
+    assert "<details><summary>Raw metadata</summary>" in page
+
+
+def test_every_heat_map_has_a_colour_bar_diverging_and_symmetric_where_signed():
+    from pipeline.report import figures
+
+    plt = figures._matplotlib()
+    values = np.array([[-1.0, 0.5], [0.25, 0.0]])
+    for signed, cmap in ((True, figures.DIVERGING), (False, figures.SEQUENTIAL)):
+        fig, ax = plt.subplots()
+        figures.draw_map(fig, ax, figures.heat(values, signed), signed)
+        shown = ax.get_images()[0]
+        assert len(fig.axes) == 2 and shown.get_cmap().name == cmap  # the map and its colour bar
+        low, high = shown.get_clim()
+        assert (low, high) == ((-1.0, 1.0) if signed else (0.0, 1.0))
+        plt.close(fig)
 
 
 def test_report_command_line_and_an_absent_output(tmp_path, capsys):

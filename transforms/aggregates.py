@@ -2,10 +2,11 @@
 
 Per gradient output (one tensor column, or one scalar column per feature for a
 tabular input): the mean of |gradient| and of the gradient per element, the row
-count, a histogram of per-row L2 norms over fixed log-spaced bins (so partial
-histograms add up on any worker), and the top rows by norm with their keys;
-the same means per group of `group_column` where one is given; and the top rows
-by loss where the output has a `loss` column. The result is one JSON object,
+count, a quantile sketch of per-row L2 norms (transforms/sketch.py: partial
+sketches add up on any worker, and a histogram's bins follow the data at any
+scale), the older histogram over fixed log-spaced bins, and the top rows by norm
+with their keys; the same means per group of `group_column` where one is given;
+and the top rows by loss (and a sketch of the loss) where the output has a `loss` column. The result is one JSON object,
 written beside the shards as `<output>-summary.json` (its schema is in the README).
 """
 
@@ -18,6 +19,8 @@ from typing import Iterable, Sequence
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
+
+from transforms.sketch import QuantileSketch
 
 SUMMARY_VERSION = 1
 # Histogram of per-row norms: 64 bins per decade (3.7% wide) from 1e-12 to 1e12, plus one bin below and one above.
@@ -201,6 +204,7 @@ class _BlockAccumulator:
     def __init__(self, size: int):
         self.all = _Sums(size)
         self.histogram = np.zeros(len(HISTOGRAM_EDGES) + 1, np.int64)
+        self.norms = QuantileSketch()
         self.top_norm: list[tuple[float, dict]] = []
         self.groups: dict[str, _Sums] | None = {}
 
@@ -210,6 +214,7 @@ class Accumulator:
         self.rows = 0
         self.blocks = [_BlockAccumulator(int(np.prod(b.shape, dtype=np.int64))) for b in spec.blocks]
         self.top_loss: list[tuple[float, dict]] = []
+        self.loss = QuantileSketch()
         # Per token block: the sums over all rows, and per group (None once there are more than MAX_GROUPS).
         self.tokens = [(_TokenSums(), {}) for _ in spec.token_blocks]
 
@@ -239,6 +244,7 @@ class AggregatesFn(beam.CombineFn):
             block_acc.all.add(values)
             norms = row_norms(values)
             block_acc.histogram += histogram_counts(norms)
+            block_acc.norms.add(norms[np.isfinite(norms)])  # the sketch counts finite values
             block_acc.top_norm = top_entries(
                 block_acc.top_norm + top_candidates(table, norms, spec.key_columns, spec.top), spec.top
             )
@@ -258,6 +264,7 @@ class AggregatesFn(beam.CombineFn):
         acc.tokens = [(t, g if g is None or len(g) <= MAX_GROUPS else None) for t, g in acc.tokens]
         if spec.loss_column:
             loss = np.asarray(table.column(spec.loss_column), np.float64)
+            acc.loss.add(loss[np.isfinite(loss)])
             acc.top_loss = top_entries(acc.top_loss + top_candidates(table, loss, spec.key_columns, spec.top), spec.top)
         return acc
 
@@ -277,9 +284,11 @@ class AggregatesFn(beam.CombineFn):
             merged.tokens = tokens
             merged.rows += acc.rows
             merged.top_loss = top_entries(merged.top_loss + acc.top_loss, self.spec.top)
+            merged.loss.merge(acc.loss)
             for mine, theirs in zip(merged.blocks, acc.blocks):
                 mine.all.merge(theirs.all)
                 mine.histogram += theirs.histogram
+                mine.norms.merge(theirs.norms)
                 mine.top_norm = top_entries(mine.top_norm + theirs.top_norm, self.spec.top)
                 if mine.groups is None or theirs.groups is None:
                     mine.groups = None
@@ -303,6 +312,7 @@ class AggregatesFn(beam.CombineFn):
                 "shape": list(block.shape),
                 **block_acc.all.means(block.shape),
                 "norm_histogram": block_acc.histogram.tolist(),  # bins of histogram_edges (top level)
+                "norm_sketch": block_acc.norms.to_json(),  # QuantileSketch.from_json: the report's histogram
                 "top_by_norm": [{"norm": v, "keys": k} for v, k in block_acc.top_norm],
                 "groups": None,
             }
@@ -320,6 +330,8 @@ class AggregatesFn(beam.CombineFn):
             "gradients": gradients,
             "top_by_loss": [{"loss": v, "keys": k} for v, k in acc.top_loss] if spec.loss_column else None,
         }
+        if spec.loss_column:
+            summary["loss_sketch"] = acc.loss.to_json()
         if spec.token_blocks:  # only where there are token scores: other outputs' summaries are unchanged
             summary["tokens"] = {
                 block.scores: {

@@ -92,22 +92,40 @@ class QuantileSketch:
         rank = q * (self.count - 1)
         return float(values[np.searchsorted(np.cumsum(counts), rank, side="right")])
 
+    def _ranges(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every bucket's value range (low, high) and count, ascending, clipped to the exact extremes: bucket k of the
+        positive values holds (gamma^(k-1), gamma^k], of the negative ones its mirror; the zeros are a point at 0."""
+        g = self.gamma
+        neg = sorted(self.negative, reverse=True)
+        pos = sorted(self.positive)
+        zero = [0.0] if self.zeros else []
+        low = np.array([-(g ** k) for k in neg] + zero + [g ** (k - 1) for k in pos], dtype=np.float64)
+        high = np.array([-(g ** (k - 1)) for k in neg] + zero + [g ** k for k in pos], dtype=np.float64)
+        counts = np.array([self.negative[k] for k in neg] + ([self.zeros] if self.zeros else []) + [self.positive[k] for k in pos],
+                          dtype=np.float64)
+        return np.clip(low, self.minimum, self.maximum), np.clip(high, self.minimum, self.maximum), counts
+
     def histogram(self, bins: int = 40) -> tuple[np.ndarray, np.ndarray, str]:
         """(edges, counts, axis): bins over [minimum, maximum], on a log axis when the values are positive and span
-        more than two decades, else linear. Every value is in exactly one bin, so the counts add up to `count`."""
+        more than two decades, else linear. Every value is in exactly one bin, so the counts add up to `count`.
+
+        A bucket that straddles a bin edge is split between the bins in proportion to its range on each side (the
+        cumulative counts rounded at each edge), so bins narrower or wider than the buckets show no comb of
+        alternately full and empty bars."""
         if self.count == 0:
             return np.array([0.0, 1.0]), np.zeros(1, np.int64), "linear"
         lo, hi = self.minimum, self.maximum
         axis = "log" if lo > 0 and hi / lo > 100 else "linear"
         if hi <= lo:
             edges = np.array([lo - 0.5, hi + 0.5]) if lo == 0 else np.array([lo * 0.999, hi * 1.001]) if lo > 0 else np.array([lo * 1.001, hi * 0.999])
-        elif axis == "log":
-            edges = np.geomspace(lo, hi, bins + 1)
-        else:
-            edges = np.linspace(lo, hi, bins + 1)
-        values, counts = self._buckets()
-        where = np.clip(np.searchsorted(edges, values, side="right") - 1, 0, len(edges) - 2)
-        return edges, np.bincount(where, weights=counts, minlength=len(edges) - 1).astype(np.int64), axis
+            return edges, np.array([self.count], np.int64), axis
+        edges = np.geomspace(lo, hi, bins + 1) if axis == "log" else np.linspace(lo, hi, bins + 1)
+        low, high, counts = self._ranges()
+        inner = edges[1:-1, None]
+        width = high - low
+        share = np.where(width > 0, np.clip((inner - low) / np.where(width > 0, width, 1), 0, 1), inner > low)  # a point at an edge: the upper bin
+        below = np.concatenate([[0], np.rint(share @ counts).astype(np.int64), [self.count]])
+        return edges, np.diff(below), axis
 
     def to_json(self) -> dict:
         """A plain dict for the summary file (keys as strings, as JSON needs)."""

@@ -13,8 +13,8 @@ loaded whole; dataset-wide numbers come from the job's `<output>-summary.json`
 
 The package, by role: `passes` (streaming passes over outputs and inputs), `figures`
 (matplotlib), `html` (escaping, anchors, the CSP), one module per page kind (`main`,
-`influence`, `rejected`), `sections` (those every kind shows) and `build` (the page
-and the command).
+`influence`, `rejected`), `sections` (those every kind shows), `describe` (a run's spec in
+words: which settings apply, what was taken) and `build` (the page and the command).
 """
 
 from pipeline.report.build import main, write_demo_report, write_report

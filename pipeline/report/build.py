@@ -60,16 +60,16 @@ def write_report(
         parts.append(influence_section(prefix, complete, top))
         beside = self_influence or prefix + SELF_INFLUENCE_SUFFIX
         if output_shards(beside, require_complete=False):
-            parts.append(self_influence_section(beside, complete, top * 3))
+            parts.append(self_influence_section(beside, complete, top))
     elif is_self_influence(entries):
         parts.append(run_section(prefix, marker, metadata, "(self-influence output)", problem))
-        parts.append(self_influence_section(prefix, complete, top * 3))
+        parts.append(self_influence_section(prefix, complete, top))
     else:
         parts += main_job_sections(prefix, schema, marker, metadata, input_pattern, top, sample, seed, problem)
         if influence:
             parts.append(influence_section(influence, find_marker(influence) is not None, top))
         if self_influence:
-            parts.append(self_influence_section(self_influence, find_marker(self_influence) is not None, top * 3))
+            parts.append(self_influence_section(self_influence, find_marker(self_influence) is not None, top))
     text = page(f"beam-gradients report: {prefix}", parts)
     if "://" in output:  # beside a remote output (gs://...): through Beam's filesystems
         from apache_beam.io.filesystems import FileSystems
@@ -94,7 +94,14 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("prefix", metavar="OUTPUT_PREFIX", help="The job's --output prefix.")
     parser.add_argument("--input", help="The job's input files (a glob), to show each row's input beside its heat map.")
     parser.add_argument("--output", help="The page to write (default: <OUTPUT_PREFIX>-report.html).")
-    parser.add_argument("--top", type=int, default=6, help="Rows shown per ranking (default 6).")
+    parser.add_argument(
+        "--top",
+        type=int,
+        default=6,
+        help="N rows in every top list and tile grid: the saliency grids, the largest norms and losses, each ranking "
+        "and each influence query's proponents and opponents (default 6; the job's summary keeps its --top_rows, 20 "
+        "by default, of the largest norms and losses).",
+    )
     parser.add_argument("--sample", type=int, default=6, help="Rows in the random sample (default 6).")
     parser.add_argument("--seed", type=int, default=0, help="Seed of the random sample (default 0).")
     parser.add_argument("--influence", help="An influence job's output prefix, to show its neighbours too.")

@@ -9,6 +9,12 @@ from typing import Sequence
 import numpy as np
 
 from transforms.aggregates import HISTOGRAM_EDGES
+from transforms.sketch import QuantileSketch
+
+# Colour scales: magnitudes (|x|) on a sequential one; signed attributions on a diverging one centred at 0.
+SEQUENTIAL, DIVERGING = "inferno", "RdBu_r"
+HISTOGRAM_BINS = 40
+QUANTILES = (0.01, 0.5, 0.99)  # named in a sketch histogram's caption and data-values
 
 
 def _matplotlib():
@@ -41,8 +47,45 @@ def bars(labels: Sequence[str], heights: Sequence[float], title: str, ylabel: st
     return png(fig)
 
 
+def log_axis(ax) -> None:
+    """A log x axis whose ticks read as plain numbers (1e-05, 0.001): with mathtext off (names from data reach
+    labels), matplotlib's default 10^k labels would show as raw TeX."""
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
+def sketch_histogram(sketch: QuantileSketch, title: str, xlabel: str, bins: int = HISTOGRAM_BINS) -> tuple[str, dict]:
+    """(PNG, what was drawn) of a quantile sketch: bins between the smallest and largest values, on a log axis where
+    they are positive and span more than two decades, else linear (QuantileSketch.histogram); every row in one bin."""
+    plt = _matplotlib()
+    edges, counts, axis = sketch.histogram(bins)
+    fig, ax = plt.subplots(figsize=(6, 2.6))
+    ax.stairs(counts, edges, fill=True, color="#3b6ea8")
+    if axis == "log":
+        log_axis(ax)
+    ax.set_xlabel(xlabel + (" (log axis)" if axis == "log" else ""))
+    ax.set_ylabel("rows")
+    ax.set_title(title)
+    drawn = {
+        "edges": edges.tolist(),
+        "counts": counts.tolist(),
+        "axis": axis,
+        "quantiles": {str(q): sketch.quantile(q) for q in QUANTILES} if sketch.count else {},
+    }
+    return png(fig), drawn
+
+
+def quantile_text(drawn: dict) -> str:
+    """"1%: 0.08, median: 0.083, 99%: 0.087" from a sketch histogram's values (empty where it has none)."""
+    names = {"0.01": "1%", "0.5": "median", "0.99": "99%"}
+    return ", ".join(f"{names.get(q, q)} {v:.4g}" for q, v in drawn["quantiles"].items())
+
+
 def histogram(counts: Sequence[int], title: str, xlabel: str) -> str:
-    """The job's log-spaced histogram, cut to the bins that hold rows."""
+    """The job's log-spaced histogram, cut to the bins that hold rows (summaries written before the sketch)."""
     plt = _matplotlib()
     counts = np.asarray(counts)
     edges = np.asarray(HISTOGRAM_EDGES)
@@ -57,7 +100,7 @@ def histogram(counts: Sequence[int], title: str, xlabel: str) -> str:
         merged = padded[low:high].reshape(-1, step).sum(axis=1)
         ax.stairs(merged, edges[low : high + 1 : step], fill=True, color="#3b6ea8")
         if edges[high] / edges[low] > 10:
-            ax.set_xscale("log")
+            log_axis(ax)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("rows")
     extra = []
@@ -69,10 +112,39 @@ def histogram(counts: Sequence[int], title: str, xlabel: str) -> str:
     return png(fig)
 
 
-def heat(values: np.ndarray) -> np.ndarray:
-    """|gradient| summed over channels: one 2-D map per row."""
-    values = np.abs(values)
+def heat(values: np.ndarray, signed: bool = False) -> np.ndarray:
+    """One 2-D map per row, summed over channels: of |values|, or of the values themselves where `signed`."""
+    values = np.asarray(values) if signed else np.abs(values)
     return values.sum(axis=-1) if values.ndim == 3 else values
+
+
+def scale_words(signed: bool) -> str:
+    """What a heat map's colours mean, for its caption."""
+    if signed:
+        return "diverging colour scale centred at 0 (red: positive, blue: negative)"
+    return "sequential colour scale of the magnitude (dark: 0)"
+
+
+def draw_map(fig, ax, values: np.ndarray, signed: bool, alpha: float = 1.0) -> None:
+    """A heat map with its colour bar: diverging with limits symmetric about 0 where `signed`, else sequential."""
+    if signed:
+        limit = float(np.max(np.abs(values))) or 1.0
+        shown = ax.imshow(values, cmap=DIVERGING, vmin=-limit, vmax=limit, alpha=alpha)
+    else:
+        shown = ax.imshow(values, cmap=SEQUENTIAL, alpha=alpha)
+    bar = fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04)
+    bar.ax.tick_params(labelsize=6)
+
+
+def mean_map(values: np.ndarray, signed: bool, title: str) -> str:
+    """One dataset-wide map (a mean over rows), with its colour bar."""
+    plt = _matplotlib()
+    fig, ax = plt.subplots(figsize=(3.4, 3))
+    draw_map(fig, ax, heat(values, signed), signed)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(title, fontsize=9)
+    return png(fig)
 
 
 def _image(values: np.ndarray) -> np.ndarray:
@@ -86,29 +158,32 @@ def _image(values: np.ndarray) -> np.ndarray:
     return values
 
 
-def saliency_grid(rows: list[dict], title: str) -> str:
-    """One row per example: its input, the heat map, and the heat map over the input (inputs where found)."""
+def saliency_grid(rows: list[dict], title: str, signed: bool = False, quantity: str = "gradient") -> str:
+    """One column per example: its input, the heat map, and the heat map over the input (inputs where found);
+    every map with its colour bar, on the diverging scale where `signed`, else of |`quantity`|."""
     plt = _matplotlib()
     with_input = any(r.get("input") is not None for r in rows)
     kinds = 3 if with_input else 1
-    fig, axes = plt.subplots(kinds, len(rows), figsize=(1.7 * len(rows), 1.8 * kinds + 0.4), squeeze=False)
+    fig, axes = plt.subplots(kinds, len(rows), figsize=(2.3 * len(rows), 1.8 * kinds + 0.4), squeeze=False,
+                             gridspec_kw={"wspace": 0.55})  # room for each map's colour bar and its ticks
     for i, row in enumerate(rows):
         cells = axes[:, i]
         for ax in cells:
             ax.set_xticks([])
             ax.set_yticks([])
-        map_ = heat(row["gradient"])
+        map_ = heat(row["gradient"], signed)
         if with_input and row.get("input") is not None:
             image = _image(row["input"])
             cells[0].imshow(image, cmap="gray")
-            cells[1].imshow(map_, cmap="inferno")
+            draw_map(fig, cells[1], map_, signed)
             cells[2].imshow(image, cmap="gray")
-            cells[2].imshow(map_, cmap="inferno", alpha=0.55)
+            draw_map(fig, cells[2], map_, signed, alpha=0.55)
         else:
-            (cells[1] if with_input else cells[0]).imshow(map_, cmap="inferno")
+            draw_map(fig, cells[1] if with_input else cells[0], map_, signed)
         cells[0].set_title(row["label"], fontsize=8)
         if i == 0:
-            names = ["input", "|gradient|", "overlay"] if with_input else ["|gradient|"]
+            shown = quantity if signed else f"|{quantity}|"
+            names = ["input", shown, "overlay"] if with_input else [shown]
             for ax, name in zip(cells, names):
                 ax.set_ylabel(name, fontsize=9)
     fig.suptitle(title, fontsize=10)

@@ -24,6 +24,7 @@ figure{display:inline-block;margin:.5em 1em .5em 0;vertical-align:top}figcaption
 img{max-width:100%}table{border-collapse:collapse;margin:.5em 0;font-size:.9em}
 td,th{border:1px solid #ddd;padding:.25em .6em;text-align:left}th{background:#f3f3f3}
 .warning{background:#fff3cd;border:1px solid #e0c36a;padding:.6em}nav a{margin-right:1em}
+pre{white-space:pre-wrap;word-break:break-all;font-size:.8em;background:#f7f7f7;padding:.5em}
 """
 
 

@@ -14,7 +14,8 @@ import pyarrow as pa
 
 from pipeline.reader import iter_tables, read_summary
 import pipeline.report.figures as figures  # the module, so tests can patch its functions
-from pipeline.report.figures import bars, heat, histogram, png
+from pipeline.report.describe import Words, parse_spec, spec_words
+from pipeline.report.figures import bars, histogram, quantile_text, sketch_histogram
 from pipeline.report.html import Section, count_text, figure, key_text, section, slug, table_html
 from pipeline.report.passes import (
     Classes,
@@ -29,7 +30,8 @@ from pipeline.report.passes import (
 from pipeline.report.rejected import rejected_section
 from pipeline.report.sections import ranked_section, run_section
 from transforms.aggregates import AggregateSpec, summarize
-from transforms.contract import KEY, REJECTED_SUFFIX, columns_of_kind, declared_columns, summary_path
+from transforms.contract import KEY, REJECTED_SUFFIX, columns_of_kind, declared_columns, metadata_key, summary_path
+from transforms.sketch import QuantileSketch
 
 # The marker lists the main job's rejected shards under this output's name.
 REJECTED_OUTPUT = "--rejected"
@@ -66,18 +68,57 @@ def ranked_text(entry: dict) -> tuple[str, str, bool]:
     return (title + (f": {head}" if head else ""), text, plain)
 
 
-def gradient_sections(summary: dict, blocks, saliency: dict[str, list[tuple[str, list[dict]]]]) -> list[Section]:
+def norm_histogram(entry: dict, name: str, words: Words) -> str:
+    """The per-row norm histogram: from the job's quantile sketch (bins follow the data), or for a summary written
+    before the sketch, its fixed log bins."""
+    what = f"L2 norm of the row's {words.quantity}"
+    if "norm_sketch" in entry:
+        url, drawn = sketch_histogram(QuantileSketch.from_json(entry["norm_sketch"]), f"{name}: per-row L2 norm", what)
+        caption = f"{name}: histogram of per-row {words.quantity} norms, all {count_text(entry['count'])} rows ({quantile_text(drawn)})"
+        return figure(url, caption, "norm-histogram", drawn)
+    counts = entry["norm_histogram"]
+    return figure(histogram(counts, f"{name}: per-row L2 norm", what), f"{name}: histogram of per-row {words.quantity} norms",
+                  "norm-histogram", {"counts": counts, "edges": None, "axis": "log"})
+
+
+def image_maps(name: str, entry: dict, saliency: list, words: Words) -> list[str]:
+    """An image gradient's maps: the mean |value| over all rows (and the signed mean where values are signed), then
+    the saliency grids; every map with a colour bar, its scale said in the caption."""
+    quantity = words.quantity
+    parts = [figure(figures.mean_map(np.asarray(entry["mean_abs"], np.float64), False, f"mean |{quantity}|"),
+                    f"{name}: mean |{quantity}| over all rows; {figures.scale_words(False)}", "mean-saliency")]
+    if words.signed:
+        parts.append(figure(figures.mean_map(np.asarray(entry["mean"], np.float64), True, f"mean {quantity}"),
+                            f"{name}: mean {quantity} over all rows (summed over channels); {figures.scale_words(True)}",
+                            "mean-signed"))
+    shown = quantity if words.signed else f"|{quantity}|"
+    for title, rows in saliency:
+        if rows:
+            parts.append(
+                figure(
+                    figures.saliency_grid(rows, f"{name}: {title}", signed=words.signed, quantity=quantity),
+                    f"{name}: {title}; {shown} summed over channels, each map on its own {figures.scale_words(words.signed)}",
+                    "saliency",
+                    [r["label"] for r in rows],
+                )
+            )
+    return parts
+
+
+def gradient_sections(summary: dict, blocks, saliency: dict[str, list[tuple[str, list[dict]]]], words: Words, top: int) -> list[Section]:
+    """One section per gradient output, titled by what was taken (`words`); `top` rows in every top list."""
     parts = []
+    mean_abs_text = f"mean |{words.quantity}|"
     for block in blocks:
         entry = summary["gradients"][block.name]
-        body = [f"<p>{html.escape(count_text(entry['count']))} rows; shape {html.escape(str(tuple(block.shape)))}.</p>"]
+        body = [f"<p>{html.escape(words.title)}: {html.escape(count_text(entry['count']))} rows; shape {html.escape(str(tuple(block.shape)))}.</p>"]
         mean_abs = np.asarray(entry["mean_abs"], np.float64)
         if block.features is not None:
             labels = list(block.features)
             body.append(
                 figure(
-                    bars(labels, mean_abs.tolist(), f"{block.name}: mean |gradient| per feature", "mean |gradient|"),
-                    f"{block.name}: feature importance, all rows",
+                    bars(labels, mean_abs.tolist(), f"{block.name}: {mean_abs_text} per feature", mean_abs_text),
+                    f"{block.name}: feature importance ({mean_abs_text}), all rows",
                     "feature-importance",
                     {"gradient": block.name, "group": None, "features": labels, "mean_abs": mean_abs.tolist()},
                 )
@@ -86,59 +127,42 @@ def gradient_sections(summary: dict, blocks, saliency: dict[str, list[tuple[str,
                 heights = np.asarray(g["mean_abs"], np.float64).tolist()
                 body.append(
                     figure(
-                        bars(labels, heights, f"{block.name}, {summary['group_column']} = {group}", "mean |gradient|"),
+                        bars(labels, heights, f"{block.name}, {summary['group_column']} = {group}", mean_abs_text),
                         f"{block.name}: feature importance where {summary['group_column']} = {group} ({count_text(g['count'])} rows)",
                         "feature-importance",
                         {"gradient": block.name, "group": group, "features": labels, "mean_abs": heights},
                     )
                 )
         elif is_image(block):
-            plt = figures._matplotlib()
-            fig, ax = plt.subplots(figsize=(3, 3))
-            ax.imshow(heat(mean_abs), cmap="inferno")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            body.append(figure(png(fig), f"{block.name}: mean |gradient| over all rows", "mean-saliency"))
-            for title, rows in saliency.get(block.name, []):
-                if rows:
-                    body.append(
-                        figure(
-                            figures.saliency_grid(rows, f"{block.name}: {title}"),
-                            f"{block.name}: {title}",
-                            "saliency",
-                            [r["label"] for r in rows],
-                        )
-                    )
+            body += image_maps(block.name, entry, saliency.get(block.name, []), words)
         elif mean_abs.size <= 64:
             labels = [str(i) for i in range(mean_abs.size)]
             body.append(
                 figure(
-                    bars(labels, mean_abs.ravel().tolist(), f"{block.name}: mean |gradient| per element", "mean |gradient|"),
-                    f"{block.name}: mean |gradient| per element",
+                    bars(labels, mean_abs.ravel().tolist(), f"{block.name}: {mean_abs_text} per element", mean_abs_text),
+                    f"{block.name}: {mean_abs_text} per element",
                     "element-importance",
                     {"gradient": block.name, "mean_abs": mean_abs.ravel().tolist()},
                 )
             )
-        body.append(
-            figure(
-                histogram(entry["norm_histogram"], f"{block.name}: per-row L2 norm", "L2 norm of the row's gradient"),
-                f"{block.name}: histogram of per-row gradient norms",
-                "norm-histogram",
-                entry["norm_histogram"],
-            )
-        )
-        top = entry.get("top_by_norm") or []
-        if top:
-            body.append("<h3>Largest gradients</h3>" + table_html(["norm", "row"], [(f"{t['norm']:.4g}", key_text(t["keys"])) for t in top[:10]]))
-        parts.append(section(f"Gradients: {block.name}", "".join(body), slug(f"gradient-{block.name}")))
+        body.append(norm_histogram(entry, block.name, words))
+        rows = [(f"{t['norm']:.4g}", key_text(t["keys"])) for t in (entry.get("top_by_norm") or [])[:top]]
+        if rows:
+            body.append(f"<h3>Largest {html.escape(words.quantity)} norms</h3>" + table_html(["norm", "row"], rows, "top-by-norm"))
+        parts.append(section(f"{words.method}: {block.name}", "".join(body), slug(f"gradient-{block.name}")))
     if summary.get("top_by_loss"):
-        rows = [(f"{t['loss']:.4g}", key_text(t["keys"])) for t in summary["top_by_loss"][:10]]
-        parts.append(section("Largest losses", table_html(["loss", "row"], rows), "loss"))
+        rows = [(f"{t['loss']:.4g}", key_text(t["keys"])) for t in summary["top_by_loss"][:top]]
+        body = table_html(["loss", "row"], rows, "top-by-loss")
+        if "loss_sketch" in summary:
+            url, drawn = sketch_histogram(QuantileSketch.from_json(summary["loss_sketch"]), "per-row loss", "loss")
+            body = figure(url, f"histogram of the per-row loss ({quantile_text(drawn)})", "loss-histogram", drawn) + body
+        parts.append(section("Largest losses", body, "loss"))
     return parts
 
 
 def main_job_sections(prefix, schema, marker, metadata, input_pattern, top, sample, seed, problem=None) -> list[str]:
     complete = marker is not None and problem is None
+    words = spec_words(parse_spec(metadata.get(metadata_key("spec"))))
     summary = read_summary(prefix)
     entries = declared_columns(schema.metadata)
     if entries is not None:
@@ -152,19 +176,19 @@ def main_job_sections(prefix, schema, marker, metadata, input_pattern, top, samp
         blocks = blocks_from_declared(entries, schema)
         source = "computed here from the output (no summary file)"
         loss = next(iter(columns_of_kind(entries, LOSS)), None)
-        spec = AggregateSpec(tuple(blocks), tuple(keys), None, loss, 20)
+        spec = AggregateSpec(tuple(blocks), tuple(keys), None, loss, max(top, 1))
         columns = list(dict.fromkeys(keys + [c for b in blocks for c in b.columns] + ([loss] if loss else [])))
         summary = summarize(iter_tables(prefix, columns, require_complete=False), spec)
-    ranked = [(Ranked(entry["column"], keys, top * 3), entry) for entry in ranked_columns(entries)]
+    ranked = [(Ranked(entry["column"], keys, top), entry) for entry in ranked_columns(entries)]
     classes = [Classes(c) for c in columns_of_kind(entries, CLASS)]
     wanted_by_block = {}
     for block in blocks:
         if not is_image(block):
             continue
         entry = summary["gradients"][block.name]
-        sets = {"top rows by gradient norm": [t["keys"] for t in entry["top_by_norm"][:top] if t["keys"]]}
+        sets = {f"top {top} rows by {words.quantity} norm": [t["keys"] for t in entry["top_by_norm"][:top] if t["keys"]]}
         if summary.get("top_by_loss"):
-            sets["top rows by loss"] = [t["keys"] for t in summary["top_by_loss"][:top] if t["keys"]]
+            sets[f"top {top} rows by loss"] = [t["keys"] for t in summary["top_by_loss"][:top] if t["keys"]]
         wanted_by_block[block.name] = sets
     wanted = {key_id(k, keys) for sets in wanted_by_block.values() for rows in sets.values() for k in rows}
     found, sampled = stream_output(
@@ -205,7 +229,7 @@ def main_job_sections(prefix, schema, marker, metadata, input_pattern, top, samp
     parts = [run_section(prefix, marker, metadata, source, problem)]
     if note:
         parts.append(note)
-    parts += gradient_sections(summary, blocks, saliency)
+    parts += gradient_sections(summary, blocks, saliency, words, top)
     for r, entry in ranked:
         title, text, plain = ranked_text(entry)
         anchor = None if plain else slug(r.column)  # a head's: a name from data

@@ -15,9 +15,10 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.reader import iter_tables, to_numpy
-from transforms.aggregates import HISTOGRAM_EDGES, GradientBlock, histogram_counts, top_candidates, top_entries
+from transforms.aggregates import GradientBlock, top_candidates, top_entries
 from transforms.contract import GRADIENT
 from transforms.io.files import InputError, match_files, open_parquet
+from transforms.sketch import QuantileSketch
 
 
 def is_image(block: GradientBlock) -> bool:
@@ -52,8 +53,19 @@ def blocks_from_declared(entries, schema: pa.Schema) -> list[GradientBlock]:
     return blocks
 
 
+# One encoder for every key: json.dumps with `default` builds a new encoder per call, the pass's largest cost.
+_KEY_ENCODER = json.JSONEncoder(default=str)
+
+
 def key_id(row: dict, names: Sequence[str]) -> str:
-    return json.dumps([row.get(n) for n in names], default=str)
+    """A row's keys as one string (JSON of their values in `names` order), to match rows across passes and files."""
+    return _KEY_ENCODER.encode([row.get(n) for n in names])
+
+
+def key_ids(table: pa.Table, names: Sequence[str]) -> list[str]:
+    """key_id of every row of `table`, column by column (no dict per row)."""
+    columns = [table.column(n).to_pylist() for n in names]
+    return [_KEY_ENCODER.encode(list(values)) for values in zip(*columns)]
 
 
 def sample_rank(key: str, seed: int) -> int:
@@ -62,22 +74,33 @@ def sample_rank(key: str, seed: int) -> int:
 
 
 class Ranked:
-    """Top rows of one scalar column by |value|, with a histogram of |value|, over streamed tables."""
+    """Top rows of one scalar column by |value|, with a quantile sketch of |value|, over streamed tables.
+
+    `signed`: whether any value was negative (else |value| is the value, and the page names it plainly).
+    """
 
     def __init__(self, column: str, keys: Sequence[str], top: int):
         self.column, self.keys, self.top = column, list(keys), top
-        self.counts = np.zeros(len(HISTOGRAM_EDGES) + 1, np.int64)
+        self.sketch = QuantileSketch()
         self.best: list = []
         self.rows, self.total, self.largest = 0, 0.0, 0.0
+        self.signed = False
+
+    @property
+    def shown(self) -> str:
+        """The column as the page names its values: |name| where some were negative."""
+        return f"|{self.column}|" if self.signed else self.column
 
     def add(self, table: pa.Table) -> None:
-        values = np.abs(np.asarray(to_numpy(table.column(self.column)), np.float64))
-        if not len(values):
+        raw = np.asarray(to_numpy(table.column(self.column)), np.float64)
+        if not len(raw):
             return
+        self.signed = self.signed or bool((raw < 0).any())
+        values = np.abs(raw)
         self.rows += len(values)
         self.total += float(values.sum())
         self.largest = max(self.largest, float(values.max()))
-        self.counts += histogram_counts(values)
+        self.sketch.add(values[np.isfinite(values)])
         self.best = top_entries(self.best + top_candidates(table, values, self.keys, self.top), self.top)
 
 
@@ -91,7 +114,8 @@ class Classes:
     def add(self, table: pa.Table) -> None:
         values = np.asarray(to_numpy(table.column(self.column)))
         first = values.reshape(len(values), -1)[:, 0] if values.ndim > 1 else values
-        self.counts.update(int(v) for v in first)
+        classes, counts = np.unique(first.astype(np.int64), return_counts=True)
+        self.counts.update(dict(zip(classes.tolist(), counts.tolist())))
 
 
 def stream_output(prefix: str, blocks, keys, wanted: set[str], sample: int, seed: int, ranked: list, complete):
@@ -108,14 +132,17 @@ def stream_output(prefix: str, blocks, keys, wanted: set[str], sample: int, seed
         if not image_blocks:
             continue
         ids = (
-            [key_id(row, keys) for row in table.select(list(keys)).to_pylist()]
+            key_ids(table, keys)
             if keys
             else [json.dumps(["row", position + i]) for i in range(table.num_rows)]
         )
         position += table.num_rows
         ranks = np.array([sample_rank(k, seed) for k in ids], dtype=np.uint64)
         cut = sampled[-1][0] if len(sampled) >= sample else None
-        picks = [i for i, k in enumerate(ids) if k in wanted or (sample and (cut is None or ranks[i] < cut))]
+        chosen = np.fromiter((k in wanted for k in ids), bool, len(ids))
+        if sample:
+            chosen |= ranks < np.uint64(cut) if cut is not None else True
+        picks = np.flatnonzero(chosen).tolist()
         if not picks:
             continue
         values = {b.name: to_numpy(table.column(b.columns[0]).take(pa.array(picks))) for b in image_blocks}
@@ -161,7 +188,7 @@ def stream_inputs(pattern: str, keys: Sequence[str], wanted: set[str], blocks) -
     for path in files:
         for batch in open_parquet(path).iter_batches(batch_size=65536, columns=columns):
             table = pa.Table.from_batches([batch])
-            ids = [key_id(row, keys) for row in table.select(list(keys)).to_pylist()]
+            ids = key_ids(table, keys)
             picks = [i for i, k in enumerate(ids) if k in wanted]
             if not picks:
                 continue
