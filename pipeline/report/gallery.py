@@ -1,0 +1,116 @@
+"""Chosen rows' inputs, read by key from the job's input files, and drawn side by side with a caption each.
+
+Why its own pass: the weight-norm, influence and self-influence sections show rows that
+no gradient of an input names (a weight gradient has no input shape to match), so the
+input's image column is chosen by its type (a tensor or list that is an image's shape)
+and only the wanted keys are kept, so memory is bounded by what the page shows.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from pipeline.reader import to_numpy
+from pipeline.report.figures import _image, _matplotlib, png
+from pipeline.report.passes import key_id
+from transforms.io.files import InputError, match_files, open_parquet
+
+SMALLEST_SIDE = 4  # a flat list is drawn as a square image only from 4x4 up
+
+
+def _image_shape(kind: pa.DataType) -> tuple[int, ...] | None:
+    """The shape an input column's values are drawn at, or None where they are not an image."""
+    if isinstance(kind, pa.FixedShapeTensorType):
+        shape = tuple(kind.shape)
+        if len(shape) == 2 and min(shape) >= 2 or len(shape) == 3 and shape[-1] in (1, 3, 4) and min(shape[:2]) >= 2:
+            return shape
+        size = int(np.prod(shape))
+    elif pa.types.is_fixed_size_list(kind):
+        size = kind.list_size
+    elif pa.types.is_list(kind) or pa.types.is_large_list(kind):
+        return ()  # its length is known per row
+    else:
+        return None
+    return _square(size)
+
+
+def _square(size: int) -> tuple[int, ...] | None:
+    """A flat vector's image shape: a grey square, or a colour one (3 channels)."""
+    for channels in (1, 3):
+        side = math.isqrt(size // channels) if size % channels == 0 else 0
+        if side >= SMALLEST_SIDE and side * side * channels == size:
+            return (side, side) if channels == 1 else (side, side, 3)
+    return None
+
+
+def image_column(schema: pa.Schema, keys: Sequence[str]) -> str | None:
+    """The first input column, not a key, whose values are images (by type and shape, never by name)."""
+    return next((f.name for f in schema if f.name not in keys and _image_shape(f.type) is not None), None)
+
+
+def read_inputs(pattern: str, keys: Sequence[str], wanted: set[str], label_column: str | None = None) -> dict[str, dict]:
+    """key id (passes.key_id) -> {"image": array or None, "label": value or None}, for the wanted keys only.
+
+    One pass over the input files, reading the key, image and label columns only."""
+    files = match_files(pattern, "--input").paths
+    schema = open_parquet(files[0]).schema_arrow
+    missing = [k for k in keys if k not in schema.names]
+    if missing:
+        raise InputError(f"--input {pattern!r} has no key column {missing[0]!r}, which joins it to the output")
+    image = image_column(schema, keys)
+    label = label_column if label_column in schema.names else None
+    columns = list(dict.fromkeys(list(keys) + [c for c in (image, label) if c]))
+    found: dict[str, dict] = {}
+    for path in files:
+        for batch in open_parquet(path).iter_batches(batch_size=65536, columns=columns):
+            table = pa.Table.from_batches([batch])
+            ids = [key_id(row, keys) for row in table.select(list(keys)).to_pylist()]
+            picks = [i for i, k in enumerate(ids) if k in wanted]
+            if not picks:
+                continue
+            taken = table.take(pa.array(picks))
+            images = to_numpy(taken.column(image)) if image else [None] * len(picks)
+            labels = taken.column(label).to_pylist() if label else [None] * len(picks)
+            for j, i in enumerate(picks):
+                found[ids[i]] = {"image": _as_image(images[j], schema.field(image).type) if image else None, "label": labels[j]}
+    return found
+
+
+def _as_image(values, kind: pa.DataType) -> np.ndarray | None:
+    if values is None:
+        return None
+    values = np.asarray(values, np.float64)
+    shape = _image_shape(kind) or _square(values.size)
+    return values.reshape(shape) if shape else None
+
+
+def strip(rows: Sequence[dict], title: str, columns: int | None = None) -> str | None:
+    """Rows' inputs as tiles, `columns` a line (all in one line by default), each captioned with its `caption`;
+    a row without an image is a blank tile with its caption. None where no row has an image."""
+    if not any(r.get("image") is not None for r in rows):
+        return None
+    plt = _matplotlib()
+    columns = columns or len(rows)
+    lines = -(-len(rows) // columns)
+    fig, axes = plt.subplots(lines, columns, figsize=(1.45 * columns, 1.75 * lines + 0.35), squeeze=False)
+    for ax in axes.ravel():
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.axis("off")
+    for ax, row in zip(axes.ravel(), rows):
+        if row.get("image") is None and not row.get("caption"):
+            continue  # a spacer: left blank
+        ax.axis("on")
+        if row.get("image") is not None:
+            ax.imshow(_image(row["image"]), cmap="gray")
+        ax.set_title(row["caption"], fontsize=7)
+        if row.get("edge"):  # a colour that marks the tile (the query among its neighbours)
+            for spine in ax.spines.values():
+                spine.set_edgecolor(row["edge"])
+                spine.set_linewidth(2.5)
+    fig.suptitle(title, fontsize=9)
+    return png(fig)
