@@ -145,19 +145,21 @@ def confusion_table(pairs: collections.Counter, label: str, predicted: str) -> s
     return text + table_html(header, rows, "confusion")
 
 
-def class_maps(means: dict, name: str, by: str) -> str:
-    """One mean |attribution| map per class, on one colour scale (a colour bar), so classes compare."""
+def class_maps(means: dict, name: str, by: str, per_line: int = 8) -> str:
+    """One mean |attribution| map per class (`per_line` a line), on one colour scale (a colour bar), so classes compare."""
     plt = _matplotlib()
     maps = {c: heat(m) for c, m in means.items()}
     high = max(float(m.max()) for m in maps.values()) or 1.0
-    fig, axes = plt.subplots(1, len(maps), figsize=(1.9 * len(maps) + 0.8, 2.3), squeeze=False)
+    columns = min(per_line, len(maps))
+    lines = -(-len(maps) // columns)
+    fig, axes = plt.subplots(lines, columns, figsize=(1.9 * columns + 0.8, 2.1 * lines + 0.3), squeeze=False)
     shown = None
-    for ax, (c, m) in zip(axes[0], maps.items()):
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, (c, m) in zip(axes.ravel(), maps.items()):
         shown = ax.imshow(m, cmap="inferno", vmin=0, vmax=high)
-        ax.set_xticks([])
-        ax.set_yticks([])
         ax.set_title(f"{by} {c}", fontsize=8)
-    fig.colorbar(shown, ax=list(axes[0]), shrink=0.8, label="mean |attribution|")
+    fig.colorbar(shown, ax=list(axes.ravel()), shrink=0.8, label="mean |attribution|")
     fig.suptitle(f"{name}: mean |attribution| per class", fontsize=9)
     return png(fig)
 

@@ -8,6 +8,7 @@ and only the wanted keys are kept, so memory is bounded by what the page shows.
 
 from __future__ import annotations
 
+import html
 import math
 from typing import Sequence
 
@@ -78,6 +79,15 @@ def read_inputs(pattern: str, keys: Sequence[str], wanted: set[str], label_colum
             for j, i in enumerate(picks):
                 found[ids[i]] = {"image": _as_image(images[j], schema.field(image).type) if image else None, "label": labels[j]}
     return found
+
+
+def inputs_or_note(pattern: str, keys: Sequence[str], wanted: set[str], label_column: str | None = None) -> tuple[dict, str]:
+    """read_inputs, or where the input files cannot be joined (no such key column): nothing and a note that says why,
+    so the rest of the section (keys and scores) is still shown."""
+    try:
+        return read_inputs(pattern, keys, wanted, label_column), ""
+    except InputError as err:
+        return {}, f'<p class="warning">The inputs are not shown: {html.escape(str(err))}.</p>'
 
 
 def _as_image(values, kind: pa.DataType) -> np.ndarray | None:

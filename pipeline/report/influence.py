@@ -14,7 +14,7 @@ import html
 import json
 
 from pipeline.reader import iter_tables, output_shards
-from pipeline.report.gallery import read_inputs, strip
+from pipeline.report.gallery import inputs_or_note, strip
 from pipeline.report.html import Section, figure, key_text, section, table_html
 from pipeline.report.passes import Ranked, key_id
 from pipeline.report.sections import ranked_section
@@ -102,12 +102,12 @@ def influence_section(prefix: str, complete: bool, k: int, input_pattern: str | 
             if row[rank] <= k:
                 queries.setdefault(qid, []).append(row)
     names = [n[len(TRAIN_PREFIX):] for n in train]
-    inputs = {}
+    inputs, note = {}, ""
     if input_pattern and query and sorted(names) == sorted(query):
         wanted = {key_id(keys, query) for keys in query_keys.values()}
         wanted |= {key_id(_train_key(r, train), query) for rows in queries.values() for r in rows}
-        inputs = read_inputs(input_pattern, query, wanted, label_column)
-    body = [f"<p>Training rows that pushed each query's prediction toward (proponents) or away from it (opponents); the first {MAX_QUERIES} queries, top {k}.</p>"]
+        inputs, note = inputs_or_note(input_pattern, query, wanted, label_column)
+    body = [f"<p>Training rows that pushed each query's prediction toward (proponents) or away from it (opponents); the first {MAX_QUERIES} queries, top {k}.</p>", note]
     for qid, rows in queries.items():
         rows.sort(key=lambda r: (r[kind] != "proponent", r[rank]))
         cells = [(r[kind], r[rank], f"{r[score]:.4g}", key_text(_train_key(r, train))) for r in rows]
@@ -156,14 +156,13 @@ def self_influence_section(prefix: str, complete: bool, top: int, input_pattern:
         return made
     names = [n[len(TRAIN_PREFIX):] for n in train]
     best = [(v, _train_key(k, train)) for v, k in ranked.best]
-    inputs = read_inputs(input_pattern, names, {key_id(k, names) for _, k in best}, label_column)
+    inputs, extra = inputs_or_note(input_pattern, names, {key_id(k, names) for _, k in best}, label_column)
     rows = []
     for i, (value, k) in enumerate(best):
         found = inputs.get(key_id(k, names), {})
         rows.append({"image": found.get("image"), "caption": f"#{i + 1} {key_text(k)}\n{value:.3g}{_label_text(label_column, found)}",
                      "keys": k, "label": found.get("label")})
     url = strip(rows, f"the {len(rows)} rows of largest self-influence", columns=min(len(rows), 10))
-    extra = ""
     if url:
         extra += figure(url, f"the inputs of the {len(rows)} rows of largest self-influence, with their scores"
                         + (f" and {label_column}" if label_column else ""), "self-influence-inputs", [key_text(r["keys"]) for r in rows])

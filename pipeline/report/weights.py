@@ -14,7 +14,7 @@ import numpy as np
 
 from pipeline.reader import iter_tables, to_numpy
 from pipeline.report.figures import _matplotlib, png
-from pipeline.report.gallery import read_inputs, strip
+from pipeline.report.gallery import inputs_or_note, strip
 from pipeline.report.html import Section, count_text, figure, key_text, section, table_html
 from pipeline.report.passes import Ranked, key_id
 from transforms.contract import columns_of_kind
@@ -64,9 +64,10 @@ def weight_sections(prefix: str, entries, keys, complete: bool, top: int, input_
             "often unusual or mislabeled.</p>",
             figure(norm_boxes(stats), "weight-gradient norms per layer, on one axis", "weight-norm-layers", stats)]
     best = largest.best[:top]
-    inputs = {}
+    inputs, note = {}, ""
     if input_pattern and keys and best:
-        inputs = read_inputs(input_pattern, keys, {key_id(k, keys) for _, k in best}, label_column)
+        inputs, note = inputs_or_note(input_pattern, keys, {key_id(k, keys) for _, k in best}, label_column)
+        body.append(note)
     rows = []
     for i, (value, k) in enumerate(best):
         found = inputs.get(key_id(k, keys), {})
