@@ -155,14 +155,18 @@ def test_influence_neighbours_and_self_influence_equal_a_brute_force_ranking(job
     images(page)
     scores = _brute_force(tmp)
     figures_ = charts(page, "influence-inputs")
-    assert len(figures_) == influence_module.MAX_QUERIES
+    assert len(figures_) == influence_module.DRAWN_QUERIES
     for shown in figures_:
         q = int(shown["query"].split("=")[1])
         by_score = np.argsort(-scores[q], kind="stable")
         proponents, opponents = by_score[:3], by_score[::-1][:3]
         assert shown["rows"] == [f"id={i}" for i in proponents] + [f"id={i}" for i in opponents]
+    for q in map(int, re.findall(r"<h3>query id=(\d+)</h3>", page)):  # every query's table, drawn or not
+        by_score = np.argsort(-scores[q], kind="stable")
+        expected = np.r_[by_score[:3], by_score[::-1][:3]]
         cells = _table(page.split(f"<h3>query id={q}</h3>")[1], "influence")
-        np.testing.assert_allclose([float(c[2]) for c in cells], scores[q][np.r_[proponents, opponents]], rtol=1e-3)
+        assert [c[3] for c in cells] == [f"id={i}" for i in expected]
+        np.testing.assert_allclose([float(c[2]) for c in cells], scores[q][expected], rtol=1e-3)
     # The tiles: the query's own input (with its label from --input), then its neighbours' inputs.
     first = drawn[0]
     q = int(figures_[0]["query"].split("=")[1])

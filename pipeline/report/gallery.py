@@ -98,29 +98,50 @@ def _as_image(values, kind: pa.DataType) -> np.ndarray | None:
     return values.reshape(shape) if shape else None
 
 
+def _tile(values: np.ndarray) -> np.ndarray:
+    """An input as an RGB tile in [0, 1]: grey scaled to its own range, colour as figures._image scales it."""
+    image = _image(values)
+    if image.ndim == 2:
+        low, high = float(image.min()), float(image.max())
+        grey = (image - low) / (high - low) if high > low else np.zeros_like(image)
+        image = np.repeat(grey[..., None], 3, axis=-1)
+    return np.asarray(image, np.float64)
+
+
 def strip(rows: Sequence[dict], title: str, columns: int | None = None) -> str | None:
-    """Rows' inputs as tiles, `columns` a line (all in one line by default), each captioned with its `caption`;
-    a row without an image is a blank tile with its caption. None where no row has an image."""
-    if not any(r.get("image") is not None for r in rows):
+    """Rows' inputs as tiles, `columns` a line (all in one line by default), each with its `caption` above it; a row
+    without an image is a grey tile with its caption, one without either a gap. None where no row has an image.
+
+    One mosaic on one axes (captions as text over it), not an axes per tile: a page draws dozens of these."""
+    tiles = [None if r.get("image") is None else _tile(r["image"]) for r in rows]
+    if all(t is None for t in tiles):
         return None
-    plt = _matplotlib()
+    height = max(t.shape[0] for t in tiles if t is not None)
+    width = max(t.shape[1] for t in tiles if t is not None)
     columns = columns or len(rows)
     lines = -(-len(rows) // columns)
-    fig, axes = plt.subplots(lines, columns, figsize=(1.45 * columns, 1.75 * lines + 0.35), squeeze=False)
-    for ax in axes.ravel():
-        ax.set_xticks([])
-        ax.set_yticks([])
-        ax.axis("off")
-    for ax, row in zip(axes.ravel(), rows):
-        if row.get("image") is None and not row.get("caption"):
-            continue  # a spacer: left blank
-        ax.axis("on")
-        if row.get("image") is not None:
-            ax.imshow(_image(row["image"]), cmap="gray")
-        ax.set_title(row["caption"], fontsize=7)
+    gap, band = max(1, width // 8), max(4, int(height * 0.55))  # between tiles; above each line, for the captions
+    canvas = np.ones((lines * (band + height) + gap, columns * (width + gap) + gap, 3))
+    plt = _matplotlib()
+    fig, ax = plt.subplots(figsize=(1.35 * columns, 1.7 * lines + 0.3))
+    for n, (row, tile) in enumerate(zip(rows, tiles)):
+        line, column = divmod(n, columns)
+        top, left = line * (band + height) + band, gap + column * (width + gap)
+        if tile is not None:
+            canvas[top : top + tile.shape[0], left : left + tile.shape[1]] = tile
+        elif row.get("caption"):
+            canvas[top : top + height, left : left + width] = 0.85
+        if row.get("caption"):
+            ax.text(left + width / 2, top - 0.5, row["caption"], ha="center", va="bottom", fontsize=7)
         if row.get("edge"):  # a colour that marks the tile (the query among its neighbours)
-            for spine in ax.spines.values():
-                spine.set_edgecolor(row["edge"])
-                spine.set_linewidth(2.5)
-    fig.suptitle(title, fontsize=9)
+            ax.add_patch(_rectangle((left - 0.5, top - 0.5), width, height, row["edge"]))
+    ax.imshow(canvas, interpolation="nearest")
+    ax.set_axis_off()
+    ax.set_title(title, fontsize=9)
     return png(fig)
+
+
+def _rectangle(corner, width, height, colour):
+    from matplotlib.patches import Rectangle
+
+    return Rectangle(corner, width, height, fill=False, edgecolor=colour, linewidth=2.5)

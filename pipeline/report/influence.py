@@ -33,6 +33,7 @@ from transforms.contract import (
 from transforms.io.files import InputError, open_parquet
 
 MAX_QUERIES = 20
+DRAWN_QUERIES = 8  # of those, the first whose inputs are drawn (each a figure); the rest as tables
 
 
 def _declared(prefix: str, complete: bool) -> list[dict]:
@@ -108,11 +109,13 @@ def influence_section(prefix: str, complete: bool, k: int, input_pattern: str | 
         wanted |= {key_id(_train_key(r, train), query) for rows in queries.values() for r in rows}
         inputs, note = inputs_or_note(input_pattern, query, wanted, label_column)
     body = [f"<p>Training rows that pushed each query's prediction toward (proponents) or away from it (opponents); the first {MAX_QUERIES} queries, top {k}.</p>", note]
-    for qid, rows in queries.items():
+    if inputs:
+        body.append(f"<p>The inputs of the first {DRAWN_QUERIES} queries and of their neighbours are drawn, each with its score.</p>")
+    for n, (qid, rows) in enumerate(queries.items()):
         rows.sort(key=lambda r: (r[kind] != "proponent", r[rank]))
         cells = [(r[kind], r[rank], f"{r[score]:.4g}", key_text(_train_key(r, train))) for r in rows]
         body.append(f"<h3>query {html.escape(qid)}</h3>")
-        if inputs:
+        if inputs and n < DRAWN_QUERIES:
             body.append(_neighbour_figure(qid, query_keys[qid], rows, inputs, query, train, kind, rank, score, k, label_column))
         body.append(table_html(["kind", "rank", "score", "training row"], cells, "influence"))
     return section("Influence neighbours", "".join(body), "influence")
