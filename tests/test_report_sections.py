@@ -161,7 +161,10 @@ def test_influence_neighbours_and_self_influence_equal_a_brute_force_ranking(job
         by_score = np.argsort(-scores[q], kind="stable")
         proponents, opponents = by_score[:3], by_score[::-1][:3]
         assert shown["rows"] == [f"id={i}" for i in proponents] + [f"id={i}" for i in opponents]
-    for q in map(int, re.findall(r"<h3>query id=(\d+)</h3>", page)):  # every query's table, drawn or not
+    queries = [int(q) for q in re.findall(r"<h3>query id=(\d+)</h3>", page)]
+    selfs = np.diag(scores)  # TracIn's self influence, |phi|^2: the queries of largest self-influence come first
+    assert queries == np.argsort(-selfs, kind="stable")[: influence_module.MAX_QUERIES].tolist()
+    for q in queries:  # every query's table, drawn or not
         by_score = np.argsort(-scores[q], kind="stable")
         expected = np.r_[by_score[:3], by_score[::-1][:3]]
         cells = _table(page.split(f"<h3>query id={q}</h3>")[1], "influence")
@@ -171,9 +174,8 @@ def test_influence_neighbours_and_self_influence_equal_a_brute_force_ranking(job
     first = drawn[0]
     q = int(figures_[0]["query"].split("=")[1])
     np.testing.assert_array_equal(first[0]["image"], x[q].astype(np.float64))
-    assert first[0]["caption"] == f"query id={q}, label {labels[q]}"  # the projections' job's label column
-    # Self influence (TracIn: |phi|^2), largest first, with each row's input and label.
-    selfs = np.diag(scores)
+    assert first[0]["caption"] == f"query id={q}\nlabel {labels[q]}"  # the projections' job's label column
+    # Self influence, largest first, with each row's input and label.
     best = np.argsort(-selfs, kind="stable")[:9]
     (ranked,) = charts(page, "self-influence-inputs")
     assert ranked == [f"id={i}" for i in best]

@@ -24,6 +24,7 @@ from pipeline.report.influence import (
     influence_section,
     is_influence,
     is_self_influence,
+    most_self_influential,
     self_influence_section,
     training_label_column,
 )
@@ -65,9 +66,11 @@ def write_report(
     if is_influence(entries):  # an influence job's output
         parts.append(run_section(prefix, marker, metadata, "(influence output)", problem))
         label = training_label_column(prefix, complete)
-        parts.append(influence_section(prefix, complete, top, input_pattern, label))
         beside = self_influence or prefix + SELF_INFLUENCE_SUFFIX
-        if output_shards(beside, require_complete=False):
+        has_self = bool(output_shards(beside, require_complete=False))
+        first = most_self_influential(beside, complete) if has_self else None
+        parts.append(influence_section(prefix, complete, top, input_pattern, label, first))
+        if has_self:
             parts.append(self_influence_section(beside, complete, top * 3, input_pattern, label))
     elif is_self_influence(entries):
         parts.append(run_section(prefix, marker, metadata, "(self-influence output)", problem))
@@ -76,7 +79,8 @@ def write_report(
         parts += main_job_sections(prefix, schema, marker, metadata, input_pattern, top, sample, seed, problem)
         label = input_label_column(metadata)  # the main job's, whose input rows the influence job scored
         if influence:
-            parts.append(influence_section(influence, find_marker(influence) is not None, top, input_pattern, label))
+            first = most_self_influential(self_influence, find_marker(self_influence) is not None) if self_influence else None
+            parts.append(influence_section(influence, find_marker(influence) is not None, top, input_pattern, label, first))
         if self_influence:
             parts.append(self_influence_section(self_influence, find_marker(self_influence) is not None, top * 3, input_pattern, label))
     text = page(f"beam-gradients report: {prefix}", parts)

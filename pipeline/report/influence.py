@@ -85,32 +85,55 @@ def training_label_column(prefix: str, complete: bool) -> str | None:
     return column if isinstance(column, str) else None
 
 
-def influence_section(prefix: str, complete: bool, k: int, input_pattern: str | None = None, label_column: str | None = None) -> str:
-    """Influence neighbours of the first queries: proponents and opponents, by rank (streamed; MAX_QUERIES at most);
-    with `input_pattern`, each query's input beside its neighbours' (only those rows are read)."""
+def most_self_influential(prefix: str, complete: bool, n: int = MAX_QUERIES) -> list[dict]:
+    """The keys (as the input names them) of the `n` training rows of largest self-influence, largest first: the
+    queries worth showing first where the queries are the training rows (the demo's mislabeled rows)."""
+    entries = _declared(prefix, complete)
+    train = columns_of_kind(entries, TRAIN_KEY)
+    ranked = Ranked(_one(entries, SELF_INFLUENCE_KIND, prefix), train, n)
+    for table in iter_tables(prefix, require_complete=complete):
+        ranked.add(table)
+    return [_train_key(k, train) for _, k in ranked.best]
+
+
+def influence_section(prefix: str, complete: bool, k: int, input_pattern: str | None = None, label_column: str | None = None,
+                      first: list[dict] | None = None) -> str:
+    """Influence neighbours of MAX_QUERIES queries: proponents and opponents, by rank (streamed); the queries of
+    keys `first` first (those that are queries), then the first read. With `input_pattern`, each query's input beside
+    its neighbours' (only those rows are read)."""
     entries = _declared(prefix, complete)
     train, query = columns_of_kind(entries, TRAIN_KEY), columns_of_kind(entries, KEY)
     rank, kind, score = (_one(entries, c, prefix) for c in (RANK, INFLUENCE_KIND, SCORE))
+    preferred = {key_text({n: keys.get(n) for n in query}): i for i, keys in enumerate((first or [])[:MAX_QUERIES])}
     queries: dict[str, list] = {}
     query_keys: dict[str, dict] = {}
+    others = 0  # queries kept that are not preferred: at most MAX_QUERIES
     for table in iter_tables(prefix, require_complete=complete):
         for row in table.to_pylist():
             keys = {n: row[n] for n in query}
             qid = key_text(keys)
-            if qid not in queries and len(queries) >= MAX_QUERIES:
-                continue
+            if qid not in queries:
+                if qid not in preferred and others >= MAX_QUERIES:
+                    continue
+                others += qid not in preferred
             query_keys.setdefault(qid, keys)
             if row[rank] <= k:
                 queries.setdefault(qid, []).append(row)
+    order = sorted(queries, key=lambda q: preferred.get(q, len(preferred)))  # stable: the others in the order read
+    queries = {q: queries[q] for q in order[:MAX_QUERIES]}
+    query_keys = {q: query_keys[q] for q in queries}
     names = [n[len(TRAIN_PREFIX):] for n in train]
     inputs, note = {}, ""
     if input_pattern and query and sorted(names) == sorted(query):
         wanted = {key_id(keys, query) for keys in query_keys.values()}
         wanted |= {key_id(_train_key(r, train), query) for rows in queries.values() for r in rows}
         inputs, note = inputs_or_note(input_pattern, query, wanted, label_column)
-    body = [f"<p>Training rows that pushed each query's prediction toward (proponents) or away from it (opponents); the first {MAX_QUERIES} queries, top {k}.</p>", note]
+    which = (f"the {len(queries)} queries of largest self-influence first" if preferred and set(queries) & set(preferred)
+             else f"the first {MAX_QUERIES} queries")
+    body = [f"<p>Training rows that pushed each query's prediction toward (proponents) or away from it (opponents); "
+            f"{html.escape(which)}, top {k}.</p>", note]
     if inputs:
-        body.append(f"<p>The inputs of the first {DRAWN_QUERIES} queries and of their neighbours are drawn, each with its score.</p>")
+        body.append(f"<p>The inputs of the first {DRAWN_QUERIES} of these queries and of their neighbours are drawn, each with its score.</p>")
     for n, (qid, rows) in enumerate(queries.items()):
         rows.sort(key=lambda r: (r[kind] != "proponent", r[rank]))
         cells = [(r[kind], r[rank], f"{r[score]:.4g}", key_text(_train_key(r, train))) for r in rows]
@@ -132,7 +155,7 @@ def _neighbour_figure(qid, keys, rows, inputs, query, train, kind, rank, score, 
         tiles.setdefault(r[kind], []).append({"image": other.get("image"), "caption": caption})
     width = max(1, k, *(len(t) for t in tiles.values()))
     pad = lambda t: t + [{"image": None, "caption": ""}] * (width - len(t))
-    first = [{"image": found.get("image"), "caption": f"query {qid}{_label_text(label_column, found)}", "edge": "#d62728"}]
+    first = [{"image": found.get("image"), "caption": f"query {qid}\n{_label_text(label_column, found)[2:]}".rstrip(), "edge": "#d62728"}]
     line = first + pad(tiles["proponent"]) + [{"image": None, "caption": ""}] + pad(tiles["opponent"])
     url = strip(line, f"query {qid}: proponents (top line), opponents (bottom line)", columns=width + 1)
     if url is None:
