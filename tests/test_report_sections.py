@@ -191,3 +191,21 @@ def test_influence_without_inputs_shows_keys_and_scores_only(jobs, tmp_path):
     page = open(write_report(str(tmp / "i/inf"), output=str(tmp_path / "i.html"), top=3)).read()
     assert not charts(page, "influence-inputs") and not charts(page, "self-influence-inputs")
     assert page.count('<table class="influence">') == influence_module.MAX_QUERIES
+
+
+def test_classes_beyond_the_cap_are_counted_apart(jobs, tmp_path, monkeypatch):
+    """Memory is bounded by MAX_CLASSES: rows of further classes are left out of the table and the means, and counted."""
+    from pipeline.report import classes as classes_module
+
+    tmp, _, _ = jobs
+    monkeypatch.setattr(classes_module, "MAX_CLASSES", 2)
+    page = open(write_report(str(tmp / "c/g"), output=str(tmp_path / "c.html"))).read()
+    out = read_arrays(str(tmp / "c/g"))
+    first_two = list(dict.fromkeys(out["label"].tolist()))[:2]  # the first two classes read, in the output's order
+    rest = int((~np.isin(out["label"], first_two)).sum())
+    rows = _table(page, "confusion")
+    assert sorted(int(r[0]) for r in rows) == sorted(first_two)
+    assert f"{rest:,} rows of labelled classes beyond the first 2 are left out of the table" in page
+    assert f"{rest:,} rows of classes beyond the first 2 are left out of the per-class means" in page
+    (means,) = charts(page, "class-means")
+    assert sorted(int(c) for c in means["classes"]) == sorted(first_two)

@@ -85,6 +85,8 @@ class ClassPass:
     def __init__(self, label: str | None, predicted: list[str], blocks):
         self.label, self.predicted, self.blocks = label, predicted, list(blocks)
         self.pairs = {p: collections.Counter() for p in predicted}
+        self.labels: set = set()  # the labelled classes counted in `pairs`: at most MAX_CLASSES
+        self.unpaired = 0  # rows (per prediction column) of further labelled classes, not in `pairs`
         self.sums: dict[str, dict[int, np.ndarray]] = {b.name: {} for b in self.blocks}
         self.counts: collections.Counter = collections.Counter()  # rows per class (of the grouping)
         self.other = 0  # rows of classes beyond MAX_CLASSES, not summed
@@ -98,19 +100,27 @@ class ClassPass:
             return
         labels = np.asarray(table.column(self.label).to_pylist(), dtype=object) if self.label else None
         predictions = {p: _predicted(table, p) for p in self.predicted}
-        for p, values in predictions.items():
-            if labels is not None:
-                self.pairs[p].update(zip((_class(v) for v in labels), values.tolist()))
-        group = [_class(v) for v in labels] if labels is not None else predictions[self.predicted[0]].tolist()
-        group = np.asarray(group, dtype=object)
-        for name in dict.fromkeys(group.tolist()):
-            if name not in self.counts and len(self.counts) >= MAX_CLASSES:
-                self.other += int((group == name).sum())
-                continue
-            rows = np.flatnonzero(group == name)
-            self.counts[name] += len(rows)
+        named = [_class(v) for v in labels] if labels is not None else None
+        if named is not None:
+            for a in dict.fromkeys(named):
+                if len(self.labels) < MAX_CLASSES:
+                    self.labels.add(a)
+            kept = [a in self.labels for a in named]
+            self.unpaired += kept.count(False)
+            for p, values in predictions.items():
+                self.pairs[p].update((a, b) for a, b, k in zip(named, values.tolist(), kept) if k)
+        group = named if named is not None else predictions[self.predicted[0]].tolist()
+        rows: dict = {}  # class -> its rows in this table, for the first MAX_CLASSES classes (one pass, no per-class scan)
+        for i, name in enumerate(group):
+            if name in self.counts or len(self.counts) < MAX_CLASSES:
+                self.counts[name] += 1
+                rows.setdefault(name, []).append(i)
+            else:
+                self.other += 1
+        for name, index in rows.items():
+            taken = table.take(pa.array(index))
             for block in self.blocks:
-                part = np.abs(block.values(table.take(pa.array(rows)))).sum(axis=0, dtype=np.float64)
+                part = np.abs(block.values(taken)).sum(axis=0, dtype=np.float64)
                 sums = self.sums[block.name]
                 sums[name] = sums.get(name, 0) + part
 
@@ -195,6 +205,8 @@ def class_sections(prefix: str, schema: pa.Schema, entries, metadata: dict[str, 
                     "(name it in --keep_columns to see rows per labelled and predicted class).</p>")
     for p in predicted if label else ():
         body.append(f"<h3>Labelled ({html.escape(label)}) vs predicted ({html.escape(p)})</h3>" + confusion_table(classes.pairs[p], label, p))
+    if label and predicted and classes.unpaired:
+        body.append(f"<p>{count_text(classes.unpaired)} rows of labelled classes beyond the first {MAX_CLASSES} are left out of the table.</p>")
     by = label or predicted[0]
     if classes.other:
         body.append(f"<p>{count_text(classes.other)} rows of classes beyond the first {MAX_CLASSES} are left out of the per-class means.</p>")

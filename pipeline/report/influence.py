@@ -112,16 +112,15 @@ def influence_section(prefix: str, complete: bool, k: int, input_pattern: str | 
         for row in table.to_pylist():
             keys = {n: row[n] for n in query}
             qid = key_text(keys)
-            if qid not in queries:
+            if qid not in query_keys:
                 if qid not in preferred and others >= MAX_QUERIES:
                     continue
                 others += qid not in preferred
-            query_keys.setdefault(qid, keys)
+                query_keys[qid] = keys
             if row[rank] <= k:
                 queries.setdefault(qid, []).append(row)
     order = sorted(queries, key=lambda q: preferred.get(q, len(preferred)))  # stable: the others in the order read
     queries = {q: queries[q] for q in order[:MAX_QUERIES]}
-    query_keys = {q: query_keys[q] for q in queries}
     names = [n[len(TRAIN_PREFIX):] for n in train]
     inputs, note = {}, ""
     if input_pattern and query and sorted(names) == sorted(query):
