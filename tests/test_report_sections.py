@@ -45,6 +45,8 @@ def jobs(tmp_path_factory):
             "--target", "class", "--class_column", "label", "--emit", "predictions", "--batch_size", "16")
     run_job(*common[:2], "--output", tmp / "t/g", "--model", tabular_path, "--feature_columns", "a,b,c", "--keep_columns",
             "id,label", "--target", "class", "--class_column", "label", "--emit", "predictions")
+    run_job(*common[:2], "--output", tmp / "cg/g", "--model", path, "--feature_columns", "img", "--keep_columns", "id",
+            "--group_column", "label", "--target", "class", "--class_column", "label", "--emit", "predictions")
     run_job(*common, "--output", tmp / "w/g", "--model", path, "--feature_columns", "img", *loss, "--weight_output", "norm")
     run_job(*common, "--output", tmp / "p/g", "--model", path, "--feature_columns", "img", *loss,
             "--weight_output", "projection", "--projection_dim", "16")
@@ -72,6 +74,7 @@ def test_confusion_table_and_per_class_maps_equal_numpy(jobs, tmp_path):
     assert [int(r[-1]) for r in rows] == expected.sum(axis=1).tolist()
     (means,) = charts(page, "class-means")
     assert means["classes"] == ["0", "1", "2"] and means["rows"] == np.bincount(out["label"]).tolist()
+    assert means["source"] == "report"  # no --group_column: streamed here
     magnitude = np.abs(out["gradient"].astype(np.float64)).sum(axis=-1)  # |attribution| summed over the channel
     for c, drawn in zip(range(CLASSES), means["maps"]):
         np.testing.assert_allclose(drawn, magnitude[out["label"] == c].mean(axis=0), rtol=1e-9)
@@ -209,3 +212,23 @@ def test_classes_beyond_the_cap_are_counted_apart(jobs, tmp_path, monkeypatch):
     assert f"{rest:,} rows of classes beyond the first 2 are left out of the per-class means" in page
     (means,) = charts(page, "class-means")
     assert sorted(int(c) for c in means["classes"]) == sorted(first_two)
+
+
+def test_per_class_means_come_from_the_jobs_summary_where_it_grouped_by_the_class_column(jobs, tmp_path, monkeypatch):
+    """--group_column label: the job's combiner summed per class; the report reads no gradient for them."""
+    from pipeline.report import classes as classes_module
+
+    tmp, _, _ = jobs
+    read = []
+    real = classes_module.ClassPass.add
+    monkeypatch.setattr(classes_module.ClassPass, "add", lambda self, table: read.extend(table.column_names) or real(self, table))
+    page = open(write_report(str(tmp / "cg/g"), output=str(tmp_path / "cg.html"))).read()
+    assert read and "gradient" not in read  # the pass read the class and prediction columns only
+    out = read_arrays(str(tmp / "cg/g"))
+    (means,) = charts(page, "class-means")
+    assert means["source"] == "job" and means["classes"] == ["0", "1", "2"]
+    assert means["rows"] == np.bincount(out["label"]).tolist()
+    magnitude = np.abs(out["gradient"].astype(np.float64)).sum(axis=-1)
+    for c, drawn in zip(range(CLASSES), means["maps"]):
+        np.testing.assert_allclose(drawn, magnitude[out["label"] == c].mean(axis=0), rtol=1e-9)
+    assert len(_table(page, "confusion")) == CLASSES

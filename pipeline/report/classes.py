@@ -188,14 +188,31 @@ def class_bars(means: dict, features, name: str, by: str) -> str:
     return png(fig)
 
 
-def class_sections(prefix: str, schema: pa.Schema, entries, metadata: dict[str, str], blocks, complete: bool) -> list[Section]:
-    """The confusion table(s) and the per-class maps or bars; nothing where the output has no class to go by."""
+def job_means(summary: dict | None, label: str | None, block) -> tuple[dict, dict] | None:
+    """(class -> mean |attribution|, class -> rows) from the job's summary, where the job grouped by the class column
+    (`--group_column` the class column: its combiner summed per class, so the report need not read the gradients)."""
+    if not summary or label is None or summary.get("group_column") != label:
+        return None
+    groups = (summary.get("gradients", {}).get(block.name) or {}).get("groups")
+    if not groups or len(groups) > MAX_CLASSES:
+        return None
+    named = {g: int(g) if g.lstrip("-").isdigit() else g for g in groups}  # the summary's group names are text
+    order = sorted(groups, key=lambda g: _order((named[g],)))
+    means = {named[g]: np.asarray(groups[g]["mean_abs"], np.float64).reshape(block.shape) for g in order}
+    return means, {named[g]: groups[g]["count"] for g in order}
+
+
+def class_sections(prefix: str, schema: pa.Schema, entries, metadata: dict[str, str], blocks, complete: bool,
+                   summary: dict | None = None) -> list[Section]:
+    """The confusion table(s) and the per-class maps or bars; nothing where the output has no class to go by.
+    `summary`: the job's aggregates, whose per-group means serve where it grouped by the class column."""
     label = labelled_column(metadata, entries)
     predicted = predicted_columns(entries, schema)
     if label is None and not predicted:
         return []
     drawn = [b for b in blocks if b.features is not None or is_image(b)]
-    classes = ClassPass(label, predicted, drawn)
+    from_job = {b.name: job_means(summary, label, b) for b in drawn}
+    classes = ClassPass(label, predicted, [b for b in drawn if from_job[b.name] is None])
     for table in iter_tables(prefix, classes.columns, require_complete=complete):
         classes.add(table)
     body = []
@@ -211,10 +228,11 @@ def class_sections(prefix: str, schema: pa.Schema, entries, metadata: dict[str, 
     if classes.other:
         body.append(f"<p>{count_text(classes.other)} rows of classes beyond the first {MAX_CLASSES} are left out of the per-class means.</p>")
     for block in drawn:
-        means = classes.means(block)
+        means, counts = from_job[block.name] or (classes.means(block), classes.counts)
         if not means:
             continue
-        values = {"gradient": block.name, "by": by, "classes": [str(c) for c in means], "rows": [classes.counts[c] for c in means]}
+        values = {"gradient": block.name, "by": by, "classes": [str(c) for c in means], "rows": [counts[c] for c in means],
+                  "source": "job" if from_job[block.name] else "report"}
         if block.features is not None:
             values.update(features=list(block.features), mean_abs=[np.ravel(m).tolist() for m in means.values()])
             url = class_bars(means, block.features, block.name, by)

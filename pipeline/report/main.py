@@ -220,7 +220,7 @@ def main_job_sections(prefix, schema, marker, metadata, input_pattern, top, samp
         body = figure(bars(labels, heights, f"{c.column}: rows per class", "rows"), f"rows per class: {what}", "classes",
                       dict(zip(labels, heights)))
         parts.append(section(f"Classes: {c.column}", body, c.column.replace("_", "-")))
-    parts += class_sections(prefix, schema, entries, metadata, blocks, complete)
+    parts += class_sections(prefix, schema, entries, metadata, blocks, complete, summary)
     parts += weight_sections(prefix, entries, keys, complete, top, input_pattern, input_label_column(metadata))
     if complete and REJECTED_OUTPUT in marker["outputs"]:  # exactly the rejected shards the marker lists
         parts.append(rejected_section(prefix, complete, REJECTED_OUTPUT))
