@@ -24,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.reader import iter_tables, to_numpy
-from pipeline.report.figures import _matplotlib, bars, heat, png
+from pipeline.report.figures import _matplotlib, heat, png
 from pipeline.report.html import Section, count_text, figure, section, table_html
 from pipeline.report.passes import is_image
 from transforms.contract import KEY, columns_of_kind, metadata_key
