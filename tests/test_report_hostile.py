@@ -106,7 +106,8 @@ def hostile_outputs(tmp_path_factory):
     a = str(tmp / "a/out/g")
     shard = glob.glob(a + "-00000-of-*.parquet")[0]
     metadata = {f"beam_gradients.{k}".encode(): v.encode() for k, v in META.items()}
-    metadata[b"beam_gradients.spec"] = json.dumps({SPEC_KEY: SPEC_VALUE, "target": SPEC_VALUE}).encode()
+    # the class column a spec names: the kept key of hostile values, so the confusion table's classes are hostile too
+    metadata[b"beam_gradients.spec"] = json.dumps({SPEC_KEY: SPEC_VALUE, "target": SPEC_VALUE, "class_column": KEY}).encode()
     _rewrite(shard, lambda t: t.replace_schema_metadata({**(t.schema.metadata or {}), **metadata}))
     rejected = glob.glob(a + "_rejected-00000-of-*.parquet")[0]
     crafted = lambda t: pa.Table.from_pylist([{**t.slice(0, 1).to_pylist()[0], "stage": STAGE, "reason": REASON}], t.schema)
@@ -142,6 +143,31 @@ def hostile_outputs(tmp_path_factory):
              "self_influence": "self_influence"}
     for path in (influence + "-00000-of-00001.parquet", influence + "_self_influence-00000-of-00001.parquet"):
         _rewrite(path, lambda t: t.replace_schema_metadata(columns_metadata(column_entry(c, kinds[c]) for c in t.column_names)))
+
+    # Job C: weight-gradient norms per layer over job A's input (hostile keys); its spec crafted to name the hostile key
+    # column as the label column, so the largest rows' captions and labels are hostile strings from the input.
+    run_job("--input", tmp / "a/in", "--output", tmp / "c/out/g", "--model", tmp / "a/model.keras", "--keep_columns", KEY,
+            "--target", "sum", "--output_name", "plain", "--wrt", "weights", "--weight_output", "norm", "--batch_size", "8")
+    c = str(tmp / "c/out/g")
+    c_shard = glob.glob(c + "-00000-of-*.parquet")[0]
+    _rewrite(c_shard, lambda t: t.replace_schema_metadata(
+        {**t.schema.metadata, b"beam_gradients.spec": json.dumps({"label_column": KEY}).encode()}))
+    pages["weights"] = write_report(c, str(tmp / "a/in/*.parquet"), str(tmp / "c.html"), top=3)
+    # An influence output keyed as job A's input (train__<hostile key>), whose --train names job C's shards: its page
+    # draws the inputs, captioned with the hostile keys and the hostile labels.
+    near = str(tmp / "n/inf")
+    keys = [f"{KEY_VALUE}{i}" for i in (0, 1, 2, 5)]
+    rows = [{KEY: keys[0], "rank": r, "kind": kind, f"train__{KEY}": keys[r], "score": 1.0 / r}
+            for kind in ("proponent", "opponent") for r in (1, 2)]
+    write_parquet(near + "-00000-of-00001.parquet", {k: [row[k] for row in rows] for k in rows[0]})
+    write_parquet(near + "_self_influence-00000-of-00001.parquet", {f"train__{KEY}": keys, "self_influence": rng.random(4)})
+    near_kinds = {KEY: "key", "rank": "rank", "kind": "influence_kind", f"train__{KEY}": "train_key", "score": "score",
+                  "self_influence": "self_influence"}
+    for path in (near + "-00000-of-00001.parquet", near + "_self_influence-00000-of-00001.parquet"):
+        _rewrite(path, lambda t: t.replace_schema_metadata({
+            **columns_metadata(column_entry(name, near_kinds[name]) for name in t.column_names),
+            "beam_gradients.influence": json.dumps({"train": [c + "-*.parquet"]})}))
+    pages["neighbours"] = write_report(near, str(tmp / "a/in/*.parquet"), str(tmp / "n.html"), top=2)
 
     pages["crafted-summary"] = write_report(b, output=str(tmp / "b-crafted.html"))
     pages["image"] = write_report(a, str(tmp / "a/in/*.parquet"), str(tmp / "a.html"), top=3, sample=2,
@@ -203,6 +229,8 @@ def assert_safe(page: str, strings) -> None:
 IMAGE_STRINGS = [INPUT, OUTPUT, KEY, KEY_VALUE, *META.values(), SPEC_KEY, SPEC_VALUE, *MARKER.values(), STAGE, REASON,
                  QUERY_KEY, QUERY_VALUE, TRAIN_KEY]
 TABULAR_STRINGS = [TAB_KEY, FEATURE, FEATURE_2, *GROUP_VALUES]
+WEIGHT_STRINGS = [KEY, KEY_VALUE]
+NEIGHBOUR_STRINGS = [KEY, KEY_VALUE]
 CRAFTED_SUMMARY_STRINGS = [TAB_KEY, FEATURE_2, *GROUP_VALUES, SUMMARY_BLOCK, SUMMARY_FEATURE, SUMMARY_GROUP_COLUMN,
                            SUMMARY_GROUP, SUMMARY_TOP_KEY, SUMMARY_TOP_VALUE]
 
@@ -212,12 +240,24 @@ def test_hostile_strings_are_escaped_everywhere_and_anchors_are_slugs(hostile_ou
     assert_safe(pages["image"], IMAGE_STRINGS)
     assert_safe(pages["tabular"], TABULAR_STRINGS)
     assert_safe(pages["crafted-summary"], CRAFTED_SUMMARY_STRINGS)
+    assert_safe(pages["weights"], WEIGHT_STRINGS)
+    assert_safe(pages["neighbours"], NEIGHBOUR_STRINGS)
     image = _Parsed(pages["image"])
     ids = [attrs["id"] for _, attrs in image.tags if "id" in attrs]
     # A section per gradient head, the ig_delta of the hostile head, influence: anchored by a slug and its hash.
     gradient_ids = [i for i in ids if i.startswith("gradient-")]
     assert len(gradient_ids) == 4 and all(re.search(r"-[0-9a-f]{8}$", i) for i in gradient_ids)
     assert slug(f"ig_delta__{OUTPUT}") in ids and "influence" in ids and "self-influence" in ids and "rejected" in ids
+    # The class section, its classes the hostile key values (the crafted spec's class column), as table cells.
+    assert "predictions-and-classes" in ids
+    confusion = re.findall(r'<table class="confusion">.*?</table>', pages["image"])[0]
+    assert html.escape(f"{KEY_VALUE}0") in confusion and f"{KEY_VALUE}0" not in confusion
+    # The weight-norm section's largest rows, with their inputs drawn and the hostile labels in their table.
+    weights = _Parsed(pages["weights"])
+    assert 'data-chart="weight-norm-inputs"' in pages["weights"] and f"{KEY_VALUE}" in "".join(weights.text)
+    # The neighbours' and self-influence's inputs, drawn (job A's input by key), captioned by hostile keys.
+    assert 'data-chart="influence-inputs"' in pages["neighbours"] and 'data-chart="self-influence-inputs"' in pages["neighbours"]
+    assert '<table class="self-influence-labels">' in pages["neighbours"]
     # The page still says what the files say: the reason naming the hostile column, the crafted stage and reason.
     assert f"column {INPUT!r} is null" in "".join(image.text)
     assert STAGE in "".join(image.text) and REASON in "".join(image.text)

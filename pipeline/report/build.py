@@ -19,7 +19,15 @@ from pipeline.reader import (
     verify_output,
 )
 from pipeline.report.html import page
-from pipeline.report.influence import influence_section, is_influence, is_self_influence, self_influence_section
+from pipeline.report.classes import input_label_column
+from pipeline.report.influence import (
+    influence_section,
+    is_influence,
+    is_self_influence,
+    most_self_influential,
+    self_influence_section,
+    training_label_column,
+)
 from pipeline.report.main import main_job_sections
 from pipeline.report.sections import run_section
 from transforms.contract import MARKER_SUFFIX, SELF_INFLUENCE_SUFFIX, report_path
@@ -57,19 +65,24 @@ def write_report(
     parts = []
     if is_influence(entries):  # an influence job's output
         parts.append(run_section(prefix, marker, metadata, "(influence output)", problem))
-        parts.append(influence_section(prefix, complete, top))
+        label = training_label_column(prefix, complete)
         beside = self_influence or prefix + SELF_INFLUENCE_SUFFIX
-        if output_shards(beside, require_complete=False):
-            parts.append(self_influence_section(beside, complete, top))
+        has_self = bool(output_shards(beside, require_complete=False))
+        first = most_self_influential(beside, complete) if has_self else None
+        parts.append(influence_section(prefix, complete, top, input_pattern, label, first))
+        if has_self:
+            parts.append(self_influence_section(beside, complete, top, input_pattern, label))
     elif is_self_influence(entries):
         parts.append(run_section(prefix, marker, metadata, "(self-influence output)", problem))
-        parts.append(self_influence_section(prefix, complete, top))
+        parts.append(self_influence_section(prefix, complete, top, input_pattern, training_label_column(prefix, complete)))
     else:
         parts += main_job_sections(prefix, schema, marker, metadata, input_pattern, top, sample, seed, problem)
+        label = input_label_column(metadata)  # the main job's, whose input rows the influence job scored
         if influence:
-            parts.append(influence_section(influence, find_marker(influence) is not None, top))
+            first = most_self_influential(self_influence, find_marker(self_influence) is not None) if self_influence else None
+            parts.append(influence_section(influence, find_marker(influence) is not None, top, input_pattern, label, first))
         if self_influence:
-            parts.append(self_influence_section(self_influence, find_marker(self_influence) is not None, top))
+            parts.append(self_influence_section(self_influence, find_marker(self_influence) is not None, top, input_pattern, label))
     text = page(f"beam-gradients report: {prefix}", parts)
     if "://" in output:  # beside a remote output (gs://...): through Beam's filesystems
         from apache_beam.io.filesystems import FileSystems

@@ -2,15 +2,21 @@
 
 Which column is a query key, a training key, the rank, the kind or the score is
 read from the output's declared columns (`beam_gradients.columns`), never from names.
+With the job's input files (`--input`), the rows' inputs are drawn beside their
+scores: a training row's key `train__<key>` is the input's `<key>` (the influence
+job keeps the same key columns on both sides), and `label_column` names the
+column whose values caption them.
 """
 
 from __future__ import annotations
 
 import html
+import json
 
 from pipeline.reader import iter_tables, output_shards
-from pipeline.report.html import key_text, section, table_html
-from pipeline.report.passes import Ranked
+from pipeline.report.gallery import inputs_or_note, strip
+from pipeline.report.html import Section, figure, key_text, section, table_html
+from pipeline.report.passes import Ranked, key_id
 from pipeline.report.sections import ranked_section
 from transforms.contract import (
     INFLUENCE_KIND,
@@ -22,10 +28,12 @@ from transforms.contract import (
     TRAIN_PREFIX,
     columns_of_kind,
     declared_columns,
+    metadata_key,
 )
 from transforms.io.files import InputError, open_parquet
 
 MAX_QUERIES = 20
+DRAWN_QUERIES = 8  # of those, the first whose inputs are drawn (each a figure); the rest as tables
 
 
 def _declared(prefix: str, complete: bool) -> list[dict]:
@@ -51,35 +59,144 @@ def is_self_influence(entries) -> bool:
     return bool(columns_of_kind(entries, SELF_INFLUENCE_KIND))
 
 
-def influence_section(prefix: str, complete: bool, k: int) -> str:
-    """Influence neighbours of the first queries: proponents and opponents, by rank (streamed; MAX_QUERIES at most)."""
+def _train_key(row: dict, train: list[str]) -> dict:
+    """A training row's key as the input names it: `train__id` -> `id`."""
+    return {n[len(TRAIN_PREFIX):]: row[n] for n in train}
+
+
+def _label_text(label_column: str | None, found: dict) -> str:
+    return f", {label_column} {found['label']}" if label_column and found.get("label") is not None else ""
+
+
+def training_label_column(prefix: str, complete: bool) -> str | None:
+    """The column holding the training rows' labels: the class or label column of the job that wrote the influence
+    job's --train projections (its spec, in their metadata), where that is readable; else None."""
+    from transforms.io.files import match_files
+
+    try:
+        metadata = open_parquet(output_shards(prefix, complete)[0]).schema_arrow.metadata or {}
+        influence = json.loads(metadata.get(metadata_key("influence").encode(), b"{}"))
+        pattern = influence["train"][0] if isinstance(influence.get("train"), list) else influence["train"]
+        first = open_parquet(match_files(pattern).paths[0]).schema_arrow.metadata or {}
+        spec = json.loads(first.get(metadata_key("spec").encode(), b"{}"))
+    except (KeyError, IndexError, TypeError, ValueError, OSError, InputError):
+        return None
+    column = spec.get("class_column") or spec.get("label_column") if isinstance(spec, dict) else None
+    return column if isinstance(column, str) else None
+
+
+def most_self_influential(prefix: str, complete: bool, n: int = MAX_QUERIES) -> list[dict]:
+    """The keys (as the input names them) of the `n` training rows of largest self-influence, largest first: the
+    queries worth showing first where the queries are the training rows (the demo's mislabeled rows)."""
+    entries = _declared(prefix, complete)
+    train = columns_of_kind(entries, TRAIN_KEY)
+    ranked = Ranked(_one(entries, SELF_INFLUENCE_KIND, prefix), train, n)
+    for table in iter_tables(prefix, require_complete=complete):
+        ranked.add(table)
+    return [_train_key(k, train) for _, k in ranked.best]
+
+
+def influence_section(prefix: str, complete: bool, k: int, input_pattern: str | None = None, label_column: str | None = None,
+                      first: list[dict] | None = None) -> str:
+    """Influence neighbours of MAX_QUERIES queries: proponents and opponents, by rank (streamed); the queries of
+    keys `first` first (those that are queries), then the first read. With `input_pattern`, each query's input beside
+    its neighbours' (only those rows are read)."""
     entries = _declared(prefix, complete)
     train, query = columns_of_kind(entries, TRAIN_KEY), columns_of_kind(entries, KEY)
     rank, kind, score = (_one(entries, c, prefix) for c in (RANK, INFLUENCE_KIND, SCORE))
+    preferred = {key_text({n: keys.get(n) for n in query}): i for i, keys in enumerate((first or [])[:MAX_QUERIES])}
     queries: dict[str, list] = {}
+    query_keys: dict[str, dict] = {}
+    others = 0  # queries kept that are not preferred: at most MAX_QUERIES
     for table in iter_tables(prefix, require_complete=complete):
         for row in table.to_pylist():
-            qid = key_text({n: row[n] for n in query})
-            if qid not in queries and len(queries) >= MAX_QUERIES:
-                continue
+            keys = {n: row[n] for n in query}
+            qid = key_text(keys)
+            if qid not in query_keys:
+                if qid not in preferred and others >= MAX_QUERIES:
+                    continue
+                others += qid not in preferred
+                query_keys[qid] = keys
             if row[rank] <= k:
                 queries.setdefault(qid, []).append(row)
-    body = [f"<p>Training rows that pushed each query's prediction toward (proponents) or away from it (opponents); the first {MAX_QUERIES} queries, top {k}.</p>"]
-    for qid, rows in queries.items():
+    order = sorted(queries, key=lambda q: preferred.get(q, len(preferred)))  # stable: the others in the order read
+    queries = {q: queries[q] for q in order[:MAX_QUERIES]}
+    names = [n[len(TRAIN_PREFIX):] for n in train]
+    inputs, note = {}, ""
+    if input_pattern and query and sorted(names) == sorted(query):
+        wanted = {key_id(keys, query) for keys in query_keys.values()}
+        wanted |= {key_id(_train_key(r, train), query) for rows in queries.values() for r in rows}
+        inputs, note = inputs_or_note(input_pattern, query, wanted, label_column)
+    which = (f"the {len(queries)} queries of largest self-influence first" if preferred and set(queries) & set(preferred)
+             else f"the first {MAX_QUERIES} queries")
+    body = [f"<p>Training rows that pushed each query's prediction toward (proponents) or away from it (opponents); "
+            f"{html.escape(which)}, top {k}.</p>", note]
+    if inputs:
+        body.append(f"<p>The inputs of the first {DRAWN_QUERIES} of these queries and of their neighbours are drawn, each with its score.</p>")
+    for n, (qid, rows) in enumerate(queries.items()):
         rows.sort(key=lambda r: (r[kind] != "proponent", r[rank]))
-        cells = [(r[kind], r[rank], f"{r[score]:.4g}", key_text({n[len(TRAIN_PREFIX):]: r[n] for n in train})) for r in rows]
-        body.append(f"<h3>query {html.escape(qid)}</h3>" + table_html(["kind", "rank", "score", "training row"], cells, "influence"))
+        cells = [(r[kind], r[rank], f"{r[score]:.4g}", key_text(_train_key(r, train))) for r in rows]
+        body.append(f"<h3>query {html.escape(qid)}</h3>")
+        if inputs and n < DRAWN_QUERIES:
+            body.append(_neighbour_figure(qid, query_keys[qid], rows, inputs, query, train, kind, rank, score, k, label_column))
+        body.append(table_html(["kind", "rank", "score", "training row"], cells, "influence"))
     return section("Influence neighbours", "".join(body), "influence")
 
 
-def self_influence_section(prefix: str, complete: bool, top: int) -> str:
+def _neighbour_figure(qid, keys, rows, inputs, query, train, kind, rank, score, k, label_column) -> str:
+    """The query's input, then its proponents on one line and its opponents on the next, each with its score."""
+    found = inputs.get(key_id(keys, query), {})
+    tiles = {"proponent": [], "opponent": []}
+    for r in rows:
+        other = inputs.get(key_id(_train_key(r, train), query), {})
+        sign = "+" if r[kind] == "proponent" else "-"
+        caption = f"{sign}{r[rank]} {key_text(_train_key(r, train))}\n{r[score]:.3g}{_label_text(label_column, other)}"
+        tiles.setdefault(r[kind], []).append({"image": other.get("image"), "caption": caption})
+    width = max(1, k, *(len(t) for t in tiles.values()))
+    pad = lambda t: t + [{"image": None, "caption": ""}] * (width - len(t))
+    first = [{"image": found.get("image"), "caption": f"query {qid}\n{_label_text(label_column, found)[2:]}".rstrip(), "edge": "#d62728"}]
+    line = first + pad(tiles["proponent"]) + [{"image": None, "caption": ""}] + pad(tiles["opponent"])
+    url = strip(line, f"query {qid}: proponents (top line), opponents (bottom line)", columns=width + 1)
+    if url is None:
+        return ""
+    shown = [key_text(_train_key(r, train)) for r in rows]
+    return figure(url, f"query {qid}: its input (red), its proponents and opponents with their scores", "influence-inputs",
+                  {"query": qid, "rows": shown})
+
+
+def self_influence_section(prefix: str, complete: bool, top: int, input_pattern: str | None = None,
+                           label_column: str | None = None) -> str:
     entries = _declared(prefix, complete)
-    ranked = Ranked(_one(entries, SELF_INFLUENCE_KIND, prefix), columns_of_kind(entries, TRAIN_KEY), top)
+    train = columns_of_kind(entries, TRAIN_KEY)
+    ranked = Ranked(_one(entries, SELF_INFLUENCE_KIND, prefix), train, top)
     for table in iter_tables(prefix, require_complete=complete):
         ranked.add(table)
-    return ranked_section(
+    made = ranked_section(
         ranked,
         "Self-influence",
         "Each training row's influence on itself: the ranking people use to find mislabeled rows.",
         "self-influence",
     )
+    if not made or not input_pattern or not train:
+        return made
+    names = [n[len(TRAIN_PREFIX):] for n in train]
+    best = [(v, _train_key(k, train)) for v, k in ranked.best]
+    inputs, extra = inputs_or_note(input_pattern, names, {key_id(k, names) for _, k in best}, label_column)
+    rows = []
+    for i, (value, k) in enumerate(best):
+        found = inputs.get(key_id(k, names), {})
+        rows.append({"image": found.get("image"), "caption": f"#{i + 1} {key_text(k)}\n{value:.3g}{_label_text(label_column, found)}",
+                     "keys": k, "label": found.get("label")})
+    url = strip(rows, f"the {len(rows)} rows of largest self-influence", columns=min(len(rows), 10))
+    if url:
+        extra += figure(url, f"the inputs of the {len(rows)} rows of largest self-influence, with their scores"
+                        + (f" and {label_column}" if label_column else ""), "self-influence-inputs", [key_text(r["keys"]) for r in rows])
+    if label_column and any(r["label"] is not None for r in rows):
+        cells = [(i + 1, f"{v:.4g}", key_text(k), r["label"]) for i, ((v, k), r) in enumerate(zip(best, rows))]
+        extra += table_html(["rank", "self-influence", "row", label_column], cells, "self-influence-labels")
+    if not extra:
+        return made
+    body, end = made.rsplit("</section>", 1)
+    grown = Section(body + extra + "</section>" + end)
+    grown.title, grown.anchor = made.title, made.anchor
+    return grown

@@ -27,8 +27,10 @@ from pipeline.report.passes import (
     stream_inputs,
     stream_output,
 )
+from pipeline.report.classes import class_sections, input_label_column
 from pipeline.report.rejected import rejected_section
 from pipeline.report.sections import ranked_section, run_section
+from pipeline.report.weights import weight_sections
 from transforms.aggregates import AggregateSpec, summarize
 from transforms.contract import KEY, REJECTED_SUFFIX, columns_of_kind, declared_columns, metadata_key, summary_path
 from transforms.sketch import QuantileSketch
@@ -242,6 +244,8 @@ def main_job_sections(prefix, schema, marker, metadata, input_pattern, top, samp
         body = figure(bars(labels, heights, f"{c.column}: rows per class", "rows"), f"rows per class: {what}", "classes",
                       dict(zip(labels, heights)))
         parts.append(section(f"Classes: {c.column}", body, c.column.replace("_", "-")))
+    parts += class_sections(prefix, schema, entries, metadata, blocks, complete, summary)
+    parts += weight_sections(prefix, entries, keys, complete, top, input_pattern, input_label_column(metadata))
     if complete and REJECTED_OUTPUT in marker["outputs"]:  # exactly the rejected shards the marker lists
         parts.append(rejected_section(prefix, complete, REJECTED_OUTPUT))
     else:
