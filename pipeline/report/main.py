@@ -28,6 +28,7 @@ from pipeline.report.passes import (
 )
 from pipeline.report.rejected import rejected_section
 from pipeline.report.sections import ranked_section, run_section
+from pipeline.report.text import text_sections, token_layer_outputs
 from transforms.aggregates import AggregateSpec, summarize
 from transforms.contract import KEY, REJECTED_SUFFIX, columns_of_kind, declared_columns, summary_path
 
@@ -155,6 +156,7 @@ def main_job_sections(prefix, schema, marker, metadata, input_pattern, top, samp
         spec = AggregateSpec(tuple(blocks), tuple(keys), None, loss, 20)
         columns = list(dict.fromkeys(keys + [c for b in blocks for c in b.columns] + ([loss] if loss else [])))
         summary = summarize(iter_tables(prefix, columns, require_complete=False), spec)
+    blocks = [b for b in blocks if b.name not in token_layer_outputs(entries)]  # drawn as tokens (text.py)
     ranked = [(Ranked(entry["column"], keys, top * 3), entry) for entry in ranked_columns(entries)]
     classes = [Classes(c) for c in columns_of_kind(entries, CLASS)]
     wanted_by_block = {}
@@ -206,6 +208,7 @@ def main_job_sections(prefix, schema, marker, metadata, input_pattern, top, samp
     if note:
         parts.append(note)
     parts += gradient_sections(summary, blocks, saliency)
+    parts += text_sections(prefix, entries, summary, keys, top, sample, seed, complete)
     for r, entry in ranked:
         title, text, plain = ranked_text(entry)
         anchor = None if plain else slug(r.column)  # a head's: a name from data
