@@ -22,7 +22,8 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.reader import iter_tables, to_numpy
-from pipeline.report.html import Section, key_text, section, slug
+from pipeline.report.figures import histogram
+from pipeline.report.html import Section, figure, key_text, section, slug
 from pipeline.report.passes import key_id, sample_rank
 from transforms.aggregates import AggregatesFn, AggregateSpec, TokenBlock
 
@@ -41,16 +42,20 @@ class TokenView:
     tokens: str | None  # None where the job could not name one integer input at the layer's positions
     layer: str
     head: str | None
+    gradient: str | None  # the gradient output at the layer for the same head (its norm histogram is in the summary)
 
 
 def token_views(entries) -> list[TokenView]:
     """The declared token-scores columns, each with its layer's mask and tokens columns (by the declared `input`)."""
-    by_kind: dict[tuple[str, str], str] = {}
+    by_kind: dict[tuple, str] = {}
     for entry in entries or ():
         if entry["kind"] in (MASK, TOKENS):
             by_kind.setdefault((entry["kind"], entry["input"]), entry["column"])
+        if entry["kind"] == "gradient":
+            by_kind.setdefault(("gradient", entry["input"], entry["head"]), entry["output"] or entry["column"])
     return [
-        TokenView(e["column"], by_kind[(MASK, e["input"])], by_kind.get((TOKENS, e["input"])), e["input"], e["head"])
+        TokenView(e["column"], by_kind[(MASK, e["input"])], by_kind.get((TOKENS, e["input"])), e["input"], e["head"],
+                  by_kind.get(("gradient", e["input"], e["head"])))
         for e in entries or ()
         if e["kind"] == TOKEN_SCORES and (MASK, e["input"]) in by_kind
     ]
@@ -212,5 +217,11 @@ def text_sections(prefix: str, entries, summary: dict | None, keys, top: int, sa
         elif not view.tokens:
             body.append("<p>No token table: the job could not name the tokens at this layer's positions "
                         "(it needs one integer model input of the layer's length).</p>")
+        gradient = ((summary or {}).get("gradients") or {}).get(view.gradient)
+        if isinstance(gradient, dict) and gradient.get("norm_histogram"):
+            body.append(figure(histogram(gradient["norm_histogram"], f"{view.gradient}: per-row L2 norm",
+                                         "L2 norm of the row's gradient at the layer"),
+                               f"{view.gradient}: histogram of per-row gradient norms", "norm-histogram",
+                               gradient["norm_histogram"]))
         parts.append(section(f"Tokens: {view.scores}", "".join(body), slug(f"tokens-{view.scores}")))
     return parts
