@@ -26,6 +26,7 @@ from pipeline.report.passes import (
     stream_inputs,
     stream_output,
 )
+from pipeline.report.overlay import cam_method, cam_sections
 from pipeline.report.rejected import rejected_section
 from pipeline.report.sections import ranked_section, run_section
 from pipeline.report.text import text_sections, token_layer_outputs
@@ -207,7 +208,8 @@ def main_job_sections(prefix, schema, marker, metadata, input_pattern, top, samp
     parts = [run_section(prefix, marker, metadata, source, problem)]
     if note:
         parts.append(note)
-    parts += gradient_sections(summary, blocks, saliency)
+    cam = cam_method(metadata)  # Grad-CAM maps: drawn over their images (overlay.py), not as |gradient|
+    parts += gradient_sections(summary, blocks, {} if cam else saliency) + (cam_sections(cam, saliency) if cam else [])
     parts += text_sections(prefix, entries, summary, keys, top, sample, seed, complete)
     for r, entry in ranked:
         title, text, plain = ranked_text(entry)
