@@ -204,7 +204,7 @@ def text_sections(prefix: str, entries, summary: dict | None, keys, top: int, sa
                 + (f", head {html.escape(view.head)}" if view.head else "")
                 + f" (column {html.escape(view.scores)}): each position's attribution reduced over its features.</p>",
                 legend_html(scale or 1.0)]
-        body.append(f"<h3>Top rows by sum of |token score|</h3>")
+        body.append("<h3>Top rows by sum of |token score|</h3>")
         body += [row_html(_label(r), r["scores"], r["mask"], r["ids"], names, scale) for kind, r in rows if kind == "top"]
         if sample:
             body.append(f"<h3>A random sample (seed {seed})</h3>")
