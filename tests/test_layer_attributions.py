@@ -261,7 +261,7 @@ def test_token_baseline_needs_wrt_layer():
         GradientEngine(from_keras(model), GradientSpec(method="integrated_gradients", baseline="token:0"), 2)
 
 
-@pytest.mark.parametrize("name", [n for n in MODELS if n != "transformer"])  # its custom layer would need trust
+@pytest.mark.parametrize("name", [n for n in MODELS if n != "transformer"])  # the transformer: its own test below
 def test_every_model_kind_runs_through_the_job_with_identical_bytes_across_batch_sizes(tmp_path, name):
     import pyarrow as pa
 
@@ -285,3 +285,32 @@ def test_every_model_kind_runs_through_the_job_with_identical_bytes_across_batch
     want = GradientEngine(from_keras(model), spec, batch_size=12)(xs)
     got = results[0].column(f"gradient__{layer}").combine_chunks().to_numpy_ndarray()
     assert_close(got, want[f"gradient__{layer}"], rtol=1e-5, atol=1e-7)
+
+
+def test_a_transformer_encoder_through_the_job_token_scores_equal_an_eager_tape(tmp_path):
+    """MultiHeadAttention, LayerNormalization and a custom position embedding (registered with Keras, so the
+    job, in this process, loads it without --trust_model_code): token scores at the embedding's output equal
+    the eager IG on the rest of the network summed over features, with identical bytes across batch sizes."""
+    import pyarrow as pa
+
+    from tests.conftest import by_key, read_output, run_job, save, write_parquet
+
+    model, layer, tail = transformer()
+    xs = [_tokens()]
+    write_parquet(tmp_path / "in/a.parquet", {"id": np.arange(ROWS), "tokens": pa.array(list(xs[0]), pa.list_(pa.int32()))},
+                  row_group_size=2)
+    path = save(model, tmp_path)
+    outputs = []
+    for batch in (2, 5):
+        run_job("--input", tmp_path / "in/a.parquet", "--output", tmp_path / f"b{batch}/g", "--model", path,
+                "--keep_columns", "id", "--wrt", "layer", "--layer", layer, "--method", "integrated_gradients",
+                "--steps", "16", "--target", "predicted", "--batch_size", batch, "--emit", "predictions")
+        outputs.append(by_key(read_output(tmp_path / f"b{batch}/g")))
+    assert outputs[0].drop(["id"]).equals(outputs[1].drop(["id"]))  # identical bytes across batch sizes
+    out = outputs[0]
+    attributions, gaps = _reference(model, layer, tail, xs, "integrated_gradients", steps=16)
+    scores = out.column(f"token_scores__{layer}").combine_chunks().to_numpy_ndarray()
+    assert_close(out.column(f"gradient__{layer}").combine_chunks().to_numpy_ndarray(), attributions, rtol=1e-4, atol=1e-6)
+    assert_close(scores, attributions.sum(-1), rtol=1e-4, atol=1e-6)
+    assert_close(out.column("ig_delta").to_numpy(), attributions.sum((1, 2)) - gaps, rtol=1e-3, atol=1e-6)
+    assert out.column(f"tokens__{layer}").combine_chunks().to_numpy_ndarray().tolist() == xs[0].tolist()

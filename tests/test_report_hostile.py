@@ -55,11 +55,13 @@ SUMMARY_BLOCK, SUMMARY_FEATURE = hostile("summary-block", 0), hostile("summary-f
 SUMMARY_GROUP_COLUMN, SUMMARY_GROUP = hostile("summary-group-column", 2), hostile("summary-group", 0)
 SUMMARY_TOP_KEY, SUMMARY_TOP_VALUE = hostile("summary-top-key", 1), hostile("summary-top-value", 2)
 QUERY_KEY, QUERY_VALUE, TRAIN_KEY = hostile("query-key", 0), hostile("query-value", 1), hostile("train-key", 2)
+TOKENS = tuple(hostile(f"token-{i}", i % 3) for i in range(9))  # a --vocab's strings, drawn as the text rows' tokens
+TEXT_KEY_VALUE, TEXT_GROUP = hostile("text-key-value", 1), hostile("text-group", 2)
 
 ALLOWED_TAGS = {"html", "head", "meta", "title", "style", "body", "h1", "nav", "a", "section", "h2", "h3", "p",
-                "figure", "img", "figcaption", "table", "thead", "tbody", "tr", "th", "td", "details", "summary", "pre"}
+                "figure", "img", "figcaption", "table", "thead", "tbody", "tr", "th", "td", "details", "summary", "pre", "div", "span"}
 ALLOWED_ATTRIBUTES = {"lang", "charset", "http-equiv", "content", "href", "id", "class", "data-chart", "data-values",
-                      "data-count", "alt", "src"}
+                      "data-count", "alt", "src", "style", "title", "colspan"}
 ANCHOR = re.compile(r"[a-z0-9][a-z0-9-]*")
 
 
@@ -102,6 +104,19 @@ def hostile_outputs(tmp_path_factory):
     run_job("--input", tmp / "b/in", "--output", tmp / "b/out/g", "--model", save(tabular, tmp / "b"),
             "--feature_columns", f"{FEATURE},{FEATURE_2}", "--keep_columns", TAB_KEY, "--group_column", "grp")
 
+    # Job C: text (--wrt layer at an embedding), a vocabulary of hostile tokens, hostile key and group values.
+    ids_in = keras.Input((5,), dtype="int32", name="ids")
+    embedded = keras.layers.Embedding(len(TOKENS), 3, mask_zero=True, name="emb")(ids_in)
+    text = keras.Model(ids_in, keras.layers.Dense(2)(keras.layers.GlobalAveragePooling1D()(embedded)))
+    ids = rng.integers(1, len(TOKENS), size=(12, 5)).astype(np.int32)
+    ids[::3, -2:] = 0
+    write_parquet(tmp / "c/in/0.parquet", {"doc": [f"{TEXT_KEY_VALUE}{i}" for i in range(12)], "ids": ids,
+                                           "grp": [TEXT_GROUP if i % 2 else "plain" for i in range(12)]})
+    (tmp / "c/vocab.txt").write_text("\n".join(TOKENS) + "\n")
+    run_job("--input", tmp / "c/in", "--output", tmp / "c/out/g", "--model", save(text, tmp / "c"), "--keep_columns", "doc",
+            "--feature_columns", "ids", "--wrt", "layer", "--layer", "emb", "--method", "gradient_x_input",
+            "--group_column", "grp", "--vocab", tmp / "c/vocab.txt")
+
     # Crafted files, as someone who can write beside the output would write them.
     a = str(tmp / "a/out/g")
     shard = glob.glob(a + "-00000-of-*.parquet")[0]
@@ -118,7 +133,8 @@ def hostile_outputs(tmp_path_factory):
         json.dump({**marker, **MARKER}, fh)
 
     b = str(tmp / "b/out/g")
-    pages = {"tabular": write_report(b, output=str(tmp / "b.html"))}  # the job's own summary, then a crafted one
+    pages = {"tabular": write_report(b, output=str(tmp / "b.html")),
+             "text": write_report(str(tmp / "c/out/g"), output=str(tmp / "c.html"), top=4, sample=4)}  # the job's own summary, then a crafted one
     with open(b + "-summary.json") as fh:
         summary = json.load(fh)
     (name, entry), = summary["gradients"].items()
@@ -144,16 +160,16 @@ def hostile_outputs(tmp_path_factory):
     for path in (influence + "-00000-of-00001.parquet", influence + "_self_influence-00000-of-00001.parquet"):
         _rewrite(path, lambda t: t.replace_schema_metadata(columns_metadata(column_entry(c, kinds[c]) for c in t.column_names)))
 
-    # Job C: weight-gradient norms per layer over job A's input (hostile keys); its spec crafted to name the hostile key
+    # Job W: weight-gradient norms per layer over job A's input (hostile keys); its spec crafted to name the hostile key
     # column as the label column, so the largest rows' captions and labels are hostile strings from the input.
-    run_job("--input", tmp / "a/in", "--output", tmp / "c/out/g", "--model", tmp / "a/model.keras", "--keep_columns", KEY,
+    run_job("--input", tmp / "a/in", "--output", tmp / "w/out/g", "--model", tmp / "a/model.keras", "--keep_columns", KEY,
             "--target", "sum", "--output_name", "plain", "--wrt", "weights", "--weight_output", "norm", "--batch_size", "8")
-    c = str(tmp / "c/out/g")
+    c = str(tmp / "w/out/g")
     c_shard = glob.glob(c + "-00000-of-*.parquet")[0]
     _rewrite(c_shard, lambda t: t.replace_schema_metadata(
         {**t.schema.metadata, b"beam_gradients.spec": json.dumps({"label_column": KEY}).encode()}))
-    pages["weights"] = write_report(c, str(tmp / "a/in/*.parquet"), str(tmp / "c.html"), top=3)
-    # An influence output keyed as job A's input (train__<hostile key>), whose --train names job C's shards: its page
+    pages["weights"] = write_report(c, str(tmp / "a/in/*.parquet"), str(tmp / "w.html"), top=3)
+    # An influence output keyed as job A's input (train__<hostile key>), whose --train names job W's shards: its page
     # draws the inputs, captioned with the hostile keys and the hostile labels.
     near = str(tmp / "n/inf")
     keys = [f"{KEY_VALUE}{i}" for i in (0, 1, 2, 5)]
@@ -231,6 +247,7 @@ IMAGE_STRINGS = [INPUT, OUTPUT, KEY, KEY_VALUE, *META.values(), SPEC_KEY, SPEC_V
 TABULAR_STRINGS = [TAB_KEY, FEATURE, FEATURE_2, *GROUP_VALUES]
 WEIGHT_STRINGS = [KEY, KEY_VALUE]
 NEIGHBOUR_STRINGS = [KEY, KEY_VALUE]
+TEXT_STRINGS = [*TOKENS[1:], TEXT_KEY_VALUE, TEXT_GROUP]  # id 0 is padding: named by no table
 CRAFTED_SUMMARY_STRINGS = [TAB_KEY, FEATURE_2, *GROUP_VALUES, SUMMARY_BLOCK, SUMMARY_FEATURE, SUMMARY_GROUP_COLUMN,
                            SUMMARY_GROUP, SUMMARY_TOP_KEY, SUMMARY_TOP_VALUE]
 
@@ -242,6 +259,7 @@ def test_hostile_strings_are_escaped_everywhere_and_anchors_are_slugs(hostile_ou
     assert_safe(pages["crafted-summary"], CRAFTED_SUMMARY_STRINGS)
     assert_safe(pages["weights"], WEIGHT_STRINGS)
     assert_safe(pages["neighbours"], NEIGHBOUR_STRINGS)
+    assert_safe(pages["text"], TEXT_STRINGS)
     image = _Parsed(pages["image"])
     ids = [attrs["id"] for _, attrs in image.tags if "id" in attrs]
     # A section per gradient head, the ig_delta of the hostile head, influence: anchored by a slug and its hash.

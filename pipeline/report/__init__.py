@@ -1,7 +1,8 @@
 """`beam-gradients report OUTPUT_PREFIX`: one self-contained HTML page about a job's output.
 
 Saliency maps for image-shaped gradients (the input beside its heat map, and
-an overlay), feature-importance bars for tabular ones (per output and group),
+an overlay; Grad-CAM maps over their images), token rows coloured by their scores and a
+token table for text, feature-importance bars for tabular ones (per output and group),
 the norm histogram, rejected rows by stage and reason, the run's metadata, and
 where such columns or outputs exist: the weight-gradient ranking, integrated-gradient
 completeness gaps, influence neighbours and self-influence. Which sections a page
@@ -13,7 +14,8 @@ loaded whole; dataset-wide numbers come from the job's `<output>-summary.json`
 
 The package, by role: `passes` (streaming passes over outputs and inputs), `figures`
 (matplotlib), `html` (escaping, anchors, the CSP), one module per page kind (`main`,
-`influence`, `rejected`), `sections` (those every kind shows), `describe` (a run's spec in
+`influence`, `rejected`), `text` (token rows and the token table), `overlay` (Grad-CAM maps
+over their images), `sections` (those every kind shows), `describe` (a run's spec in
 words: which settings apply, what was taken) and `build` (the page and the command).
 """
 

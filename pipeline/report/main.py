@@ -28,8 +28,10 @@ from pipeline.report.passes import (
     stream_output,
 )
 from pipeline.report.classes import class_sections, input_label_column
+from pipeline.report.overlay import cam_method, cam_sections
 from pipeline.report.rejected import rejected_section
 from pipeline.report.sections import ranked_section, run_section
+from pipeline.report.text import text_sections, token_layer_outputs
 from pipeline.report.weights import weight_sections
 from transforms.aggregates import AggregateSpec, summarize
 from transforms.contract import KEY, REJECTED_SUFFIX, columns_of_kind, declared_columns, metadata_key, summary_path
@@ -181,6 +183,7 @@ def main_job_sections(prefix, schema, marker, metadata, input_pattern, top, samp
         spec = AggregateSpec(tuple(blocks), tuple(keys), None, loss, max(top, 1))
         columns = list(dict.fromkeys(keys + [c for b in blocks for c in b.columns] + ([loss] if loss else [])))
         summary = summarize(iter_tables(prefix, columns, require_complete=False), spec)
+    blocks = [b for b in blocks if b.name not in token_layer_outputs(entries)]  # drawn as tokens (text.py)
     ranked = [(Ranked(entry["column"], keys, top), entry) for entry in ranked_columns(entries)]
     classes = [Classes(c) for c in columns_of_kind(entries, CLASS)]
     wanted_by_block = {}
@@ -231,7 +234,9 @@ def main_job_sections(prefix, schema, marker, metadata, input_pattern, top, samp
     parts = [run_section(prefix, marker, metadata, source, problem)]
     if note:
         parts.append(note)
-    parts += gradient_sections(summary, blocks, saliency, words, top)
+    cam = cam_method(metadata)  # Grad-CAM maps: drawn over their images (overlay.py), not as |gradient|
+    parts += gradient_sections(summary, blocks, {} if cam else saliency, words, top) + (cam_sections(cam, saliency) if cam else [])
+    parts += text_sections(prefix, entries, summary, keys, top, sample, seed, complete)
     for r, entry in ranked:
         title, text, plain = ranked_text(entry)
         anchor = None if plain else slug(r.column)  # a head's: a name from data

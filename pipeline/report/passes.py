@@ -165,7 +165,9 @@ def input_column(schema: pa.Schema, block: GradientBlock, keys: Sequence[str]) -
         if field.name in keys:
             continue
         kind = field.type
-        if isinstance(kind, pa.FixedShapeTensorType) and int(np.prod(kind.shape)) == size:
+        if isinstance(kind, pa.FixedShapeTensorType) and (
+            int(np.prod(kind.shape)) == size or tuple(kind.shape[: len(block.shape)]) == tuple(block.shape)
+        ):  # the input's shape, or an image with channels under a channel-less map (Grad-CAM's)
             fits.append(field.name)
         elif pa.types.is_fixed_size_list(kind) and kind.list_size == size:
             fits.append(field.name)
@@ -199,5 +201,7 @@ def stream_inputs(pattern: str, keys: Sequence[str], wanted: set[str], blocks) -
                 values = to_numpy(taken.column(column))
                 block = next(b for b in blocks if b.name == name)
                 for j, i in enumerate(picks):
-                    found.setdefault(ids[i], {})[name] = np.asarray(values[j], np.float64).reshape(block.shape)
+                    value = np.asarray(values[j], np.float64)
+                    shape = block.shape if value.size == int(np.prod(block.shape)) else (*block.shape, -1)  # + channels
+                    found.setdefault(ids[i], {})[name] = value.reshape(shape)
     return found
