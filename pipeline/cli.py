@@ -17,7 +17,7 @@ import traceback
 from typing import Sequence
 
 from pipeline import PROCESS_STARTED, startup
-from pipeline.crashes import WorkerDied, supervised
+from pipeline.crashes import EXIT_WORKER_DIED, WorkerDied, supervised
 from pipeline.interrupts import catching_interrupts, end_worker_processes, uninterrupted, was_interrupted
 from pipeline.options import COMMANDS, GradientOptions, OptionsError, check_prefix, flag_error, help_text, parse
 from pipeline.staged import RowsUnaccounted
@@ -31,7 +31,6 @@ from transforms.feeds.columns import FeedError
 USER_ERRORS = (OptionsError, SpecError, FeedError, ModelError, InputError)
 
 EXIT_OK, EXIT_FAILED, EXIT_OPTIONS, EXIT_TOO_MANY_REJECTED, EXIT_UNACCOUNTED = 0, 1, 2, 3, 4
-EXIT_WORKER_DIED = 5  # a worker process died by a signal (a native crash, the out-of-memory killer)
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a command stopped by Ctrl-C
 INTERRUPTED_LINE = (
     "interrupted: the job was stopped before it finished; nothing was committed, and an earlier output under "

@@ -26,6 +26,7 @@ import time
 
 from transforms.breadcrumbs import Breadcrumbs, Death, signal_name
 
+EXIT_WORKER_DIED = 5  # the exit code (docs/troubleshooting.md); the command line names it too
 POLL = 0.2  # seconds between looks at the breadcrumbs
 DYING_WAIT = 30.0  # seconds a runner's failure waits for a worker that caught a fatal signal to end
 ABORT = signal.SIGUSR1  # the watcher stops the launcher's main thread with it (a real signal ends a blocking wait)
@@ -49,14 +50,14 @@ class WorkerDied(RuntimeError):
     """A worker process died by a signal while it computed a batch; the message is the one line that says so."""
 
 
-def death_line(deaths: list[Death]) -> str:
+def death_line(deaths: list[Death], who: str = "a worker process") -> str:
     """`a worker process died (SIGSEGV: a native crash) while computing rows 400-599 of file a.parquet; ...`"""
     death = deaths[0]
     why = WHY.get(death.signal)
     spans = " and ".join(str(s) for s in death.spans)
     more = f" ({len(deaths) - 1} more worker process(es) died too)" if len(deaths) > 1 else ""
     return (
-        f"a worker process died ({death.signal}{': ' + why if why else ''}) while computing {spans}{more}; "
+        f"{who} died ({death.signal}{': ' + why if why else ''}) while computing {spans}{more}; "
         + NOTHING_COMMITTED
     )
 
@@ -147,8 +148,8 @@ def supervised(run) -> int:
     """Run `run()` (the command) in a forked child; its exit code, or, where it died by a signal, one line and 5.
 
     Only the command line's own process does this, before any thread or TensorFlow exists (fork copies one
-    thread). The child dies with this process (PR_SET_PDEATHSIG). A Ctrl-C reaches both from the terminal, so
-    this process ignores its own and waits; SIGTERM and SIGHUP are passed on to the child.
+    thread). The child dies with this process (PR_SET_PDEATHSIG). SIGINT, SIGTERM and SIGHUP are passed on to
+    the child (a Ctrl-C from the terminal reaches it twice: it takes the first, pipeline/interrupts.py).
     """
     global _supervised_folder
     if not hasattr(os, "fork") or threading.active_count() > 1 or not sys.platform.startswith("linux"):
@@ -163,9 +164,16 @@ def supervised(run) -> int:
         _supervised_folder = folder
         return run()
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, lambda signum, frame: os.kill(child, signum))
+    passed_on: set[int] = set()
+
+    def pass_on(signum, frame):
+        passed_on.add(signum)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signum)
+
+    for sig, handler in previous.items():
+        if handler is not signal.SIG_IGN:  # a signal ignored (a job started in the background) stays ignored
+            signal.signal(sig, pass_on)
     try:
         while True:
             try:
@@ -179,15 +187,18 @@ def supervised(run) -> int:
     try:
         if not os.WIFSIGNALED(status):
             return os.waitstatus_to_exitcode(status)
-        return _report_death(folder, child, signal_name(os.WTERMSIG(status)))
+        number = os.WTERMSIG(status)
+        return _report_death(folder, child, signal_name(number), number in passed_on)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _report_death(folder: str, child: int, name: str) -> int:
-    """The job's process died by signal `name`: remove its staging folders, print one line; exit code 5."""
-    from pipeline.cli import EXIT_WORKER_DIED
+def _report_death(folder: str, child: int, name: str, told: bool) -> int:
+    """The job's process died by signal `name`: remove its staging folders, print one line; exit code 5.
 
+    `told`: the signal came to the command line and was passed on (a scheduler stopping the job): 128 + the signal,
+    as a shell reports a command it stopped.
+    """
     deaths = Breadcrumbs(folder, launcher_pid=child).deaths({child: name})
     committed = os.path.exists(os.path.join(folder, COMMITTED))
     staged = os.path.join(folder, STAGING)
@@ -197,9 +208,13 @@ def _report_death(folder: str, child: int, name: str) -> int:
         with open(staged) as fh:
             described = json.load(fh)
         StagedOutputs(described["prefixes"], described["run_id"], described["files"]).discard()
+    if told:
+        print(f"beam-gradients: stopped by {name}; " + ("its output was committed" if committed else NOTHING_COMMITTED),
+              file=sys.stderr)
+        return 128 + signal.Signals[name].value
     mine = [d for d in deaths if d.pid == child] or deaths
     if mine:
-        line = death_line(mine).replace("a worker process", "the job's process (its in-process worker)", 1)
+        line = death_line(mine, who="the job's process (its in-process worker)")
     else:
         why = WHY.get(name)
         where = "after its output was committed" if committed else "outside any batch's compute"

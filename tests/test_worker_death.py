@@ -116,5 +116,6 @@ def test_dask_the_same_rows_kill_two_workers_the_job_stops_with_one_line(job, tm
     folder, models, source = job
     output = folder / "dask"
     with cluster(tmp_path, workers=2) as c:
-        done = _cli(folder, models[signal.SIGKILL], output, "--runner", "DaskRunner", "--dask_client_address", c.address)
+        dask = ["--runner", "DaskRunner", "--dask_client_address", c.address]
+        done = _cli(folder, models[signal.SIGKILL], output, *dask)
     _assert_one_line_and_nothing_committed(done, signal.SIGKILL, source, output, "a worker process")

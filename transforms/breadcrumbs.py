@@ -63,7 +63,7 @@ class Death:
 
 
 class Breadcrumbs:
-    """Picklable handle on the folder: `computing(spans)` around a batch's compute on workers, `deaths()` in the launcher.
+    """Picklable handle on the folder: `computing(spans)` around a batch's compute, `deaths()` in the launcher.
 
     `launcher_pid`: the process that reads them; it writes breadcrumbs too (an in-process runner) but arms no
     faulthandler of its own (its embedding program's, a test runner's, stays), since its own supervisor, if any,
@@ -144,7 +144,7 @@ class Breadcrumbs:
         return found
 
     def dying(self) -> list[int]:
-        """Processes still alive with a breadcrumb whose fatal signal is written down: on their way out (a core dump)."""
+        """Processes alive, with a breadcrumb and their fatal signal written down: on their way out (dumping core)."""
         pids = set()
         with contextlib.suppress(OSError):
             for name in os.listdir(self.folder):

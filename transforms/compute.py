@@ -263,5 +263,6 @@ class ComputeGradients(beam.PTransform):
 
     def expand(self, batches):
         side = [self._means] if self._means is not None else []
-        fn = beam.ParDo(_GradientsFn(self._plan, self._progress, self._breadcrumbs), *side).with_output_types(ArrowTable)
+        fn = _GradientsFn(self._plan, self._progress, self._breadcrumbs)
+        fn = beam.ParDo(fn, *side).with_output_types(ArrowTable)
         return batches | fn.with_outputs(REJECTED, main=RESULTS)

@@ -286,7 +286,9 @@ def run_options(
     progress = Progress(rows_in, is_local(options) and not job.quiet and not dry_run, **_every(progress_every))
     watch = WorkerWatch(staged, retries=runner_name(options) in DASK_RUNNERS)
     try:
-        return _run_watched(options, job, plan, loaded, inputs, rows_in, prefixes, staged, progress, watch, dry_run, started)
+        return _run_watched(
+            options, job, plan, loaded, inputs, rows_in, prefixes, staged, progress, watch, dry_run, started
+        )
     finally:
         watch.close()
 
