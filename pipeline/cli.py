@@ -17,6 +17,7 @@ import traceback
 from typing import Sequence
 
 from pipeline import PROCESS_STARTED, startup
+from pipeline.crashes import EXIT_WORKER_DIED, WorkerDied, supervised
 from pipeline.interrupts import catching_interrupts, end_worker_processes, uninterrupted, was_interrupted
 from pipeline.options import COMMANDS, GradientOptions, OptionsError, check_prefix, flag_error, help_text, parse
 from pipeline.staged import RowsUnaccounted
@@ -63,15 +64,20 @@ def main(argv: Sequence[str] | None = None, fault=None, progress_every: float | 
     """The console entry point: `beam-gradients` and `python -m pipeline`. Exit codes: docs/troubleshooting.md.
 
     `fault` is for tests only (see JobPlan.fault); `progress_every` sets the seconds between progress lines.
-    Only the process's own command line (argv None) gets the start-up and exit shortcuts (pipeline/startup.py):
+    Only the process's own command line (argv None) gets the start-up and exit shortcuts (pipeline/startup.py),
+    and runs the command in a child it outlives, to say so in one line if the child dies (pipeline/crashes.py):
     a caller passing argv goes on living after.
     """
-    process = argv is None
-    if process:
-        startup.quick_start()
-    code = _main(argv, fault, progress_every)
-    if process:
-        startup.quick_exit()
+    if argv is not None:
+        return _main(argv, fault, progress_every)
+    return supervised(lambda: _process_main(fault, progress_every))
+
+
+def _process_main(fault, progress_every) -> int:
+    """The command line's own process (the supervised child where it forks): start-up and exit shortcuts around it."""
+    startup.quick_start()
+    code = _main(None, fault, progress_every)
+    startup.quick_exit()
     return code
 
 
@@ -119,6 +125,10 @@ def _main(argv: Sequence[str] | None, fault, progress_every: float | None) -> in
         return _fail(f"error: {err}", EXIT_UNACCOUNTED, debug)
     except KeyboardInterrupt:
         return _interrupted(debug)
+    except WorkerDied as err:  # the local runner's other workers are ended; a job service's job was cancelled
+        with uninterrupted():
+            end_worker_processes()
+        return _fail(f"the job failed: {err}", EXIT_WORKER_DIED, debug)
     except Exception as err:  # the job itself failed; keep the cause, not the runner's stack
         if was_interrupted(err):  # a runner may hand a Ctrl-C on as its own error
             return _interrupted(debug)

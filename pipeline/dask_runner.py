@@ -181,6 +181,12 @@ class DaskResult(dask_runner.DaskRunnerResult):
             if self.state in (PipelineState.DONE, PipelineState.FAILED):
                 self.client.close()
 
+    def cancel(self) -> str:
+        try:
+            return super().cancel()
+        finally:
+            self.client.close()
+
 
 def check_scheduler(address: str | None, timeout: float = 5.0) -> None:
     """A --dask_client_address where nothing answers is one line within seconds, not Dask's 30 s connect timeout.

@@ -16,6 +16,8 @@ INTERRUPTED = threading.Event()  # set by the first SIGINT the command line rece
 
 
 def _on_interrupt(signum, frame):
+    if INTERRUPTED.is_set():  # the same Ctrl-C again (the terminal's, then the one the command line passed on)
+        return
     INTERRUPTED.set()
     # Local workers outside this terminal's process group get no Ctrl-C of their own, and a runner would wait for
     # their bundles before the KeyboardInterrupt reaches us: ask them to end now (end_worker_processes makes sure).

@@ -11,6 +11,7 @@ from pipeline.cli import (  # noqa: F401
     EXIT_OPTIONS,
     EXIT_TOO_MANY_REJECTED,
     EXIT_UNACCOUNTED,
+    EXIT_WORKER_DIED,
     INTERRUPTED_LINE,
     USER_ERRORS,
     failure_line,

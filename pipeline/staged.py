@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 from typing import Callable
 
+from pipeline.crashes import WorkerDied
 from pipeline.interrupts import uninterrupted
 from pipeline.outputs import StagedOutputs
 
@@ -29,6 +30,7 @@ def run_staged(
 
     `reconcile(rows)` checks the counts (raising RowsUnaccounted) and returns the marker's contents.
     """
+    result = None
     try:
         with running or contextlib.nullcontext():
             result = pipeline.run()
@@ -37,7 +39,10 @@ def run_staged(
         marker = reconcile(rows)
         with uninterrupted():  # milliseconds of moves that must not stop half-way
             placed = staged.commit(marker)
-    except BaseException:
+    except BaseException as err:
+        if isinstance(err, WorkerDied) and result is not None:  # a job service or cluster would go on with it
+            with contextlib.suppress(Exception):
+                result.cancel()
         with uninterrupted():  # a second Ctrl-C must not leave staging folders behind
             staged.discard()
         raise

@@ -10,6 +10,7 @@ rejected-rows output with their reason, and their neighbours go on.
 
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING
 
 import apache_beam as beam
@@ -22,6 +23,7 @@ from transforms.coders import ArrowTable  # registers the Arrow coders the ParDo
 from transforms.counters import Counters
 from transforms.io.read import UnreadableRows
 from transforms.io.schema import rejected_table
+from transforms.breadcrumbs import Breadcrumbs, Span
 from transforms.progress import ProgressFiles
 from transforms.feeds.row_seeds import RowSeedFeed
 from transforms.feeds.columns import Reasons, decode, merge_reasons
@@ -41,13 +43,16 @@ OUTPUT_BYTES = 64 << 20
 class _GradientsFn(beam.DoFn):
     """(source file, record batch) -> output tables, and rejected-row tables tagged REJECTED."""
 
-    def __init__(self, plan: JobPlan, progress: ProgressFiles | None = None):
+    def __init__(self, plan: JobPlan, progress: ProgressFiles | None = None, breadcrumbs: Breadcrumbs | None = None):
         self._plan = plan
         self._progress = progress
+        self._breadcrumbs = breadcrumbs
         self._counters = Counters()
 
     def setup(self):
         plan = self._plan
+        if self._breadcrumbs is not None:
+            self._breadcrumbs.arm()
         self._loaded = plan.engine.acquire()
         self._engine: GradientEngine = self._loaded.value
         size = plan.batch_size
@@ -154,7 +159,8 @@ class _GradientsFn(beam.DoFn):
                 buffer[rows:] = 0
             self._counters.inc("padded_rows", padding)
         try:
-            result = self._engine(self._inputs, self._extras, self._dataset)
+            with self._breadcrumbs.computing(self._spans()) if self._breadcrumbs else contextlib.nullcontext():
+                result = self._engine(self._inputs, self._extras, self._dataset)
         except Exception as err:  # the model itself failed: one line that keeps the cause, the op and the rows
             raise BatchFailed(f"{op_error_line(err)}, in a batch of {self._where()}") from err
         self._counters.inc("batches")
@@ -184,13 +190,17 @@ class _GradientsFn(beam.DoFn):
         if self._progress is not None and rows:
             self._progress.add(rows)
 
-    def _where(self) -> str:
-        """The rows of the current batch, by file: 'rows 256-511 of data/a.parquet'."""
+    def _spans(self) -> list[Span]:
+        """The rows of the current batch, by file: the lowest and highest row it takes from each."""
         spans: dict[str, list[int]] = {}
         for source, _, first, last in self._sources:
             low, high = spans.get(source, (first, last))
             spans[source] = [min(low, first), max(high, last)]
-        return "; ".join(f"rows {low}-{high} of {source}" for source, (low, high) in spans.items())
+        return [Span(source, low, high) for source, (low, high) in spans.items()]
+
+    def _where(self) -> str:
+        """The rows of the current batch, by file: 'rows 256-511 of data/a.parquet'."""
+        return "; ".join(f"rows {s.first}-{s.last} of {s.source}" for s in self._spans())
 
     def _flush(self, force: bool):
         if self._out and (force or self._out_rows >= OUTPUT_ROWS or self._out_bytes >= OUTPUT_BYTES):
@@ -239,15 +249,20 @@ class ComputeGradients(beam.PTransform):
     `means`: where the plan needs the dataset's mean inputs (`plan.means`), a
     singleton side input of them, as `InputMeans` computes them.
     `progress`: where local workers tell the launcher how many rows they have taken (None: nowhere).
+    `breadcrumbs`: where workers say which rows they compute, for the launcher to name if they die (None: nowhere).
     """
 
-    def __init__(self, plan: JobPlan, means=None, progress: ProgressFiles | None = None):
+    def __init__(
+        self, plan: JobPlan, means=None, progress: ProgressFiles | None = None, breadcrumbs: Breadcrumbs | None = None
+    ):
         super().__init__()
         self._plan = plan
         self._means = means
         self._progress = progress
+        self._breadcrumbs = breadcrumbs
 
     def expand(self, batches):
         side = [self._means] if self._means is not None else []
-        fn = beam.ParDo(_GradientsFn(self._plan, self._progress), *side).with_output_types(ArrowTable)
+        fn = _GradientsFn(self._plan, self._progress, self._breadcrumbs)
+        fn = beam.ParDo(fn, *side).with_output_types(ArrowTable)
         return batches | fn.with_outputs(REJECTED, main=RESULTS)

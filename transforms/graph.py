@@ -24,6 +24,7 @@ from transforms.input_means import InputMeans
 from transforms.io.read import ReadParquetBatches
 from transforms.io.write import write_parquet
 from transforms.feeds.plan import JobPlan
+from transforms.breadcrumbs import Breadcrumbs
 from transforms.progress import ProgressFiles
 
 
@@ -44,7 +45,8 @@ class GradientsGraph(beam.PTransform):
     """Read (or take) rows -> the first pass the plan needs -> compute -> results and rejected rows (-> writes).
 
     `files`: the Parquet files to read when applied to a pipeline (PBegin); `read_batch_rows` bounds
-    a read's record batches. `progress`: where local workers tell the launcher how many rows they took.
+    a read's record batches. `progress`: where local workers tell the launcher how many rows they took;
+    `breadcrumbs`: where workers say which rows they compute (transforms/breadcrumbs.py).
     """
 
     def __init__(
@@ -55,6 +57,7 @@ class GradientsGraph(beam.PTransform):
         read_batch_rows: int | None = None,
         writes: Writes | None = None,
         progress: ProgressFiles | None = None,
+        breadcrumbs: Breadcrumbs | None = None,
     ):
         super().__init__()
         self._plan = plan
@@ -62,6 +65,7 @@ class GradientsGraph(beam.PTransform):
         self._read_rows = read_batch_rows
         self._writes = writes
         self._progress = progress
+        self._breadcrumbs = breadcrumbs
 
     def expand(self, source):
         plan = self._plan
@@ -81,7 +85,7 @@ class GradientsGraph(beam.PTransform):
             else:
                 first = batches
             means = beam.pvalue.AsSingleton(first | "Means/Combine" >> beam.CombineGlobally(InputMeans(feeds)))
-        computed = batches | "Gradients" >> ComputeGradients(plan, means, self._progress)
+        computed = batches | "Gradients" >> ComputeGradients(plan, means, self._progress, self._breadcrumbs)
         if self._writes is not None:
             self._write(computed)
         return computed

@@ -17,7 +17,9 @@ from typing import Sequence
 import apache_beam as beam
 from apache_beam.metrics.metric import MetricsFilter
 
+from pipeline.crashes import WorkerWatch
 from pipeline.options import (
+    DASK_RUNNERS,
     GradientOptions,
     check_required,
     check_values,
@@ -33,7 +35,15 @@ from pipeline.options import (
 )
 from pipeline.outputs import StagedOutputs, check_inputs_untouched, check_no_clash
 from pipeline.progress import Progress
-from pipeline.runners import check_reachable, is_dry_run, is_local, local_worker_output, quiet_native_start, resolve_runner
+from pipeline.runners import (
+    check_reachable,
+    is_dry_run,
+    is_local,
+    local_worker_output,
+    quiet_native_start,
+    resolve_runner,
+    runner_name,
+)
 from pipeline.staged import RowsUnaccounted, run_staged
 from transforms import METRICS
 from transforms.contract import REJECTED_SUFFIX, report_path, summary_path
@@ -277,6 +287,17 @@ def run_options(
             check_writable(prefix, option)
     staged = StagedOutputs(prefixes, files={SUMMARY: summary_path(job.output)})
     progress = Progress(rows_in, is_local(options) and not job.quiet and not dry_run, **_every(progress_every))
+    watch = WorkerWatch(staged, retries=runner_name(options) in DASK_RUNNERS)
+    try:
+        return _run_watched(
+            options, job, plan, loaded, inputs, rows_in, prefixes, staged, progress, watch, dry_run, started
+        )
+    finally:
+        watch.close()
+
+
+def _run_watched(options, job, plan, loaded, inputs, rows_in, prefixes, staged, progress, watch, dry_run, started):
+    """run_options' part from the graph on, with `watch` naming a worker that dies (pipeline/crashes.py)."""
     pipeline = beam.Pipeline(runner=resolve_runner(options), options=options)
     writes = Writes(
         staged.staging[OUTPUT],
@@ -288,7 +309,12 @@ def run_options(
         read_vocabulary(job.vocab) if job.vocab else None,
     )
     pipeline | "Job" >> GradientsGraph(
-        plan, files=inputs.paths, read_batch_rows=job.read_batch_rows, writes=writes, progress=progress.files
+        plan,
+        files=inputs.paths,
+        read_batch_rows=job.read_batch_rows,
+        writes=writes,
+        progress=progress.files,
+        breadcrumbs=watch.breadcrumbs,
     )
     if dry_run:
         result = pipeline.run()
@@ -308,10 +334,11 @@ def run_options(
 
     @contextlib.contextmanager
     def running():
-        with progress, local_worker_output(options):
+        with progress, local_worker_output(options), watch:
             yield
 
     result, written, placed = run_staged(pipeline, staged, reconcile, running())
+    watch.committed()
     rows_out, rows_rejected = written[OUTPUT], written[REJECTED_OPTION]
     counters, pids = read_counters(result)
     reasons, other_reasons = top_reasons(placed[REJECTED_OPTION]) if rows_rejected else ([], 0)
