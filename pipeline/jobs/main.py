@@ -290,14 +290,15 @@ def run_options(
     watch = WorkerWatch(staged, retries=runner_name(options) in DASK_RUNNERS)
     try:
         return _run_watched(
-            options, job, plan, loaded, inputs, rows_in, prefixes, staged, progress, watch, dry_run, started
+            options, job, plan, loaded, inputs, rows_in, prefixes, staged, progress, watch, dry_run, started, made
         )
     finally:
         watch.close()
 
 
-def _run_watched(options, job, plan, loaded, inputs, rows_in, prefixes, staged, progress, watch, dry_run, started):
-    """run_options' part from the graph on, with `watch` naming a worker that dies (pipeline/crashes.py)."""
+def _run_watched(options, job, plan, loaded, inputs, rows_in, prefixes, staged, progress, watch, dry_run, started, made):
+    """run_options' part from the graph on, with `watch` naming a worker that dies (pipeline/crashes.py);
+    `made`: the seconds the demo spent making its model and data, apart from the job's start-up."""
     pipeline = beam.Pipeline(runner=resolve_runner(options), options=options)
     writes = Writes(
         staged.staging[OUTPUT],
