@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
-from transforms.contract import KEY, METADATA_PREFIX, SECONDARY_SUFFIXES, columns_of_kind, declared_columns, summary_path
+from transforms.contract import KEY, MARKER_SUFFIX, METADATA_PREFIX, SECONDARY_SUFFIXES, columns_of_kind, declared_columns, summary_path
 from pipeline.outputs import CorruptMarker, _absolute, _shard_regex, marker_entry, marker_path, output_folder, read_marker
 from transforms.io.files import InputError, open_parquet, output_files, read_footers
 
@@ -57,6 +57,20 @@ def _find(prefix: str) -> tuple[dict, str] | None:
             marker = read_marker(main)
             if marker is not None and _select(marker, main, _of_prefix(prefix)):
                 return marker, main
+    return _find_beside(prefix)
+
+
+def _find_beside(prefix: str) -> tuple[dict, str] | None:
+    """The marker in `prefix`'s folder that lists its shards, where the job named it freely (an influence job's
+    `--self_influence_output` sits in its output's folder under any name); markers that are not a job's are skipped."""
+    for match in FileSystems.match([output_folder(prefix).rstrip("/") + "/*" + MARKER_SUFFIX])[0].metadata_list:
+        main = match.path[: -len(MARKER_SUFFIX)]
+        try:
+            marker = read_marker(main)
+            if marker is not None and _select(marker, main, _of_prefix(prefix)):
+                return marker, main
+        except CorruptMarker:
+            continue
     return None
 
 
