@@ -108,8 +108,10 @@ def influence_section(prefix: str, complete: bool, k: int, input_pattern: str | 
     queries: dict[str, list] = {}
     query_keys: dict[str, dict] = {}
     others = 0  # queries kept that are not preferred: at most MAX_QUERIES
+    deepest = 0  # the largest rank the job wrote: its --top_k
     for table in iter_tables(prefix, require_complete=complete):
         for row in table.to_pylist():
+            deepest = max(deepest, row[rank])
             keys = {n: row[n] for n in query}
             qid = key_text(keys)
             if qid not in query_keys:
@@ -130,7 +132,8 @@ def influence_section(prefix: str, complete: bool, k: int, input_pattern: str | 
     which = (f"the {len(queries)} queries of largest self-influence first" if preferred and set(queries) & set(preferred)
              else f"the first {MAX_QUERIES} queries")
     body = [f"<p>Training rows that pushed each query's prediction toward (proponents) or away from it (opponents); "
-            f"{html.escape(which)}, top {k}.</p>", note]
+            f"{html.escape(which)}, top {min(k, deepest)} of each"
+            + (f" (the influence job kept {deepest} of each: its --top_k)" if deepest < k else "") + ".</p>", note]
     if inputs:
         body.append(f"<p>The inputs of the first {DRAWN_QUERIES} of these queries and of their neighbours are drawn, each with its score.</p>")
     for n, (qid, rows) in enumerate(queries.items()):
