@@ -228,3 +228,22 @@ def test_influence_outputs_declare_query_and_training_keys(tmp_path):
     assert kinds == [("qid", "key"), ("rank", "rank"), ("kind", "influence_kind"), ("train__id", "train_key"), ("score", "score")]
     selfs = [(d["column"], d["kind"]) for d in output_columns(out + "_self_influence")]
     assert selfs == [("train__id", "train_key"), ("self_influence", "self_influence")]
+
+
+def test_a_freely_named_self_influence_output_is_vouched_for_by_the_marker_beside_it(tmp_path):
+    rng = np.random.default_rng(0)
+    write_projections(tmp_path / "train/p", {"id": np.arange(8)}, rng.normal(size=(8, 4)))
+    out, selfs = str(tmp_path / "out/neighbours"), str(tmp_path / "out/ranking")
+    assert main(["influence", RUNNER, "--train", str(tmp_path / "train/*.parquet"), "--query", str(tmp_path / "train/*.parquet"),
+                 "--output", out, "--top_k", "2", "--self_influence", "--self_influence_output", selfs]) == 0
+    # complete: the influence job's marker lists the ranking's shard
+    table = read_arrays(selfs)
+    assert sorted(table["train__id"].tolist()) == list(range(8))
+    page = open(write_report(selfs, output=str(tmp_path / "r.html"))).read()
+    assert "incomplete" not in page and "complete: the marker lists every shard" in page
+    # a shard the marker does not list beside it is not vouched for: the page says the output is incomplete
+    os.remove(out + "_SUCCESS")
+    page = open(write_report(selfs, output=str(tmp_path / "r2.html"))).read()
+    assert "incomplete: no marker" in page
+    with pytest.raises(Exception, match="marker"):
+        read_arrays(selfs)
