@@ -11,27 +11,31 @@
 - Relative links point at files and headings that exist; "how it works" names the registries' answers
   and the files of this tree.
 - The modules' doctests pass, module by module.
-- docs/report.png is the page the demo writes today (see docs/make_screenshots.py).
+- docs/report.png and its sister pictures are the pages the demo makes today (see docs/make_screenshots.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
+import base64
 import doctest
 import functools
 import hashlib
 import importlib
 import importlib.util
+import io
 import os
 import pathlib
 import re
+import shutil
 import shlex
 import subprocess
 import sys
 
 import pyarrow.parquet as pq
 import pytest
+from PIL import Image
 import yaml
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -320,22 +324,53 @@ def test_the_engine_doctest_runs():
 def _screenshots():
     spec = importlib.util.spec_from_file_location("make_screenshots", DOCS / "make_screenshots.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclass looks its module up there
     spec.loader.exec_module(module)
     return module
 
 
-def test_report_png_is_the_page_the_demo_writes_today(demo_folder):
-    """The demo's page, built now, has the fingerprint recorded when docs/report.png was taken of it;
-    and docs/report.png is the picture taken then. Else: run `python docs/make_screenshots.py`."""
+def test_report_pngs_are_the_pages_the_demo_makes_today(demo_folder, tmp_path):
+    """Each page kind, built now from the demo, has the fingerprint recorded when its picture was taken; and each
+    picture is the one taken then. Else: run `python docs/make_screenshots.py`."""
     screenshots = _screenshots()
-    recorded = dict(line.split() for line in screenshots.RECORD.read_text().splitlines())
-    page = (demo_folder / screenshots.PAGE).read_text()
-    assert screenshots.page_fingerprint(page) == recorded["page"], (
-        "the demo's report page changed since docs/report.png was taken: run `python docs/make_screenshots.py`")
-    assert hashlib.sha256(screenshots.PICTURE.read_bytes()).hexdigest() == recorded["png"]
+    recorded = screenshots.recorded()
+    folder = tmp_path / "demo-copy"
+    shutil.copytree(demo_folder, folder)  # the other pages' reports are written here, not in the shared folder
+    pages = screenshots.make_pages(str(folder), demo=False)
+    assert [k.name for k in screenshots.KINDS] == ["main", "influence", "self-influence"]
+    for kind in screenshots.KINDS:
+        page = pathlib.Path(pages[kind.name]).read_text()
+        assert screenshots.page_fingerprint(page) == recorded[("page", kind.name)], (
+            f"the demo's {kind.name} report page changed since {kind.picture.name} was taken: "
+            "run `python docs/make_screenshots.py`")
+        assert hashlib.sha256(kind.picture.read_bytes()).hexdigest() == recorded[("png", kind.name)]
+    main = pathlib.Path(pages["main"]).read_text()
+    fingerprint = recorded[("page", "main")]
     # The fingerprint sees what a reader would: a section more, or a caption changed, changes it.
-    assert screenshots.page_fingerprint(page.replace("Rejected rows", "Rejected rowz")) != recorded["page"]
-    assert screenshots.page_fingerprint(page.replace("</section>", "</section><section></section>", 1)) != recorded["page"]
+    assert screenshots.page_fingerprint(main.replace("Rejected rows", "Rejected rowz")) != fingerprint
+    assert screenshots.page_fingerprint(main.replace("</section>", "</section><section></section>", 1)) != fingerprint
     # ...and not what differs between two runs of the same code.
-    rerun = re.sub(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", "1999-01-01T00:00:00Z", page)
-    assert screenshots.page_fingerprint(rerun) == recorded["page"]
+    rerun = re.sub(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", "1999-01-01T00:00:00Z", main)
+    assert screenshots.page_fingerprint(rerun) == fingerprint
+    # The influence pages show the demo's point: the planted mislabeled rows' inputs beside their neighbours.
+    assert 'data-chart="influence-inputs"' in pathlib.Path(pages["influence"]).read_text()
+    assert 'data-chart="self-influence-inputs"' in pathlib.Path(pages["self-influence"]).read_text()
+    for name, path in pages.items():  # every image of every page kind decodes; Chromium shows each without a word
+        text = pathlib.Path(path).read_text()
+        sources = re.findall(r'<img [^>]*src="([^"]+)"', text)
+        assert len(sources) >= 2, name
+        for source in sources:
+            assert source.startswith("data:image/png;base64,"), (name, source[:40])
+            picture = Image.open(io.BytesIO(base64.b64decode(source.split(",", 1)[1])))
+            picture.load()
+            assert min(picture.size) > 10, name
+        browser = screenshots.chromium()
+        if browser is None:
+            continue
+        done = subprocess.run([browser, "--headless", "--disable-gpu", "--no-sandbox", "--enable-logging=stderr", "--v=0",
+                               "--host-resolver-rules=MAP * ~NOTFOUND", "--dump-dom", f"file://{path}"],
+                              capture_output=True, text=True, timeout=120)
+        noise = [line for line in done.stderr.splitlines() if "CONSOLE" in line or "Content Security Policy" in line
+                 or "Failed to load" in line or "net::ERR" in line]
+        assert done.returncode == 0 and not noise, (name, noise)
+        assert done.stdout.count("<img") == len(sources), name
