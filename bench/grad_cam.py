@@ -17,7 +17,7 @@ import os
 import sys
 
 from measure import BENCH_DIR, CLI, DEFAULT_WORK, Stats, machine, make_cnn, markdown, remove, run_process, tensor_chunk
-from measure import write_parquet
+from measure import publish, write_parquet
 from methods import XPLIQUE_PYTHON, agreement, outputs
 
 METHODS = ("grad_cam", "grad_cam_pp")
@@ -67,10 +67,7 @@ def main(argv_=None) -> int:
     header = f"{args.rows:,} rows, batch {args.batch_size}, median of {args.repeats}; {machine()}."
     text = (f"{header}\n\n{markdown(['method', 'run', 'rows', 'wall s', 'CPU s', 'peak RSS MiB', 'wall / job'], rows)}"
             f"\n\n{markdown(['figure', 'value', 'goal'], figures)}\n")
-    print(text)
-    if args.markdown:
-        with open(args.markdown, "w") as fh:
-            fh.write(text)
+    publish(text, args.markdown)
     return 0
 
 

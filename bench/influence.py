@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from measure import (
+    publish,
     BENCH_DIR,
     CLI,
     DEFAULT_WORK,
@@ -109,10 +110,7 @@ def main(argv=None) -> int:
         print(f"influence.py: {err}", file=sys.stderr)
         return 1
     text = table(results, args, agreement)
-    print(text)
-    if args.markdown:
-        with open(args.markdown, "w") as fh:
-            fh.write(text)
+    publish(text, args.markdown)
     return 0
 
 

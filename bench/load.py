@@ -28,6 +28,7 @@ import shlex
 import sys
 
 from measure import (
+    publish,
     CLI,
     DEFAULT_WORK,
     BenchError,
@@ -134,10 +135,7 @@ def main(argv=None) -> int:
     if args.pipeline_args:
         header += f", job args `{args.pipeline_args}`"
     text = f"{header}; {machine()}.\n\n{table}\n\n{markdown(['figure', 'value', 'target', 'met?'], figures)}\n"
-    print(text)
-    if args.markdown:
-        with open(args.markdown, "w") as fh:
-            fh.write(text)
+    publish(text, args.markdown)
     return 0
 
 

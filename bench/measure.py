@@ -275,6 +275,14 @@ def expected_bad(rows: int) -> int:
 # ---------------------------------------------------------------- tables
 
 
+def publish(text: str, path: str | None) -> None:
+    """Print a benchmark's tables, and write them to `path` (its --markdown) where given."""
+    print(text)
+    if path:
+        with open(path, "w") as fh:
+            fh.write(text)
+
+
 def markdown(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     """A markdown table, padded so it also reads well in a terminal."""
     cells = [[str(c) for c in header]] + [[str(c) for c in row] for row in rows]

@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from measure import BENCH_DIR, CLI, DEFAULT_WORK, Stats, machine, make_cnn, markdown, remove, run_process, tensor_chunk
-from measure import write_parquet
+from measure import publish, write_parquet
 from speed import first_gradients
 
 XPLIQUE_PYTHON = os.path.join(BENCH_DIR, ".xplique-venv", "bin", "python")
@@ -103,10 +103,7 @@ def main(argv_=None) -> int:
     header = (f"{args.rows:,} rows, {args.points} steps/samples, batch {args.batch_size}, median of {args.repeats}; "
               f"{machine()}.")
     text = f"{header}\n\n{table}\n\n{markdown(['figure', 'value', 'goal'], figures)}\n"
-    print(text)
-    if args.markdown:
-        with open(args.markdown, "w") as fh:
-            fh.write(text)
+    publish(text, args.markdown)
     return 0
 
 

@@ -43,6 +43,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from measure import (
+    publish,
     BENCH_DIR,
     CLI,
     DEFAULT_WORK,
@@ -315,10 +316,7 @@ def main(argv=None) -> int:
         print(f"speed.py: {err}", file=sys.stderr)
         return 1
     text = tables(all_results, rows, args)
-    print(text)
-    if args.markdown:
-        with open(args.markdown, "w") as fh:
-            fh.write(text)
+    publish(text, args.markdown)
     dump = {
         name: {
             part: (value if not isinstance(value, Stats) else [dataclasses.asdict(r) for r in value.runs])
