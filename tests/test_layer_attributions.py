@@ -262,7 +262,7 @@ def test_token_baseline_needs_wrt_layer():
 
 
 @pytest.mark.parametrize("name", [n for n in MODELS if n != "transformer"])  # the transformer: its own test below
-def test_every_model_kind_runs_through_the_job_with_identical_bytes_across_batch_sizes(tmp_path, name):
+def test_every_model_kind_runs_through_the_job_with_identical_bytes_across_batch_sizes_runners_and_reruns(tmp_path, name):
     import pyarrow as pa
 
     from tests.conftest import by_key, read_output, run_job, save, write_parquet
@@ -275,12 +275,15 @@ def test_every_model_kind_runs_through_the_job_with_identical_bytes_across_batch
     write_parquet(tmp_path / "in/a.parquet", columns, row_group_size=5)
     path = save(model, tmp_path)
     results = []
-    for batch in (3, 5):
-        run_job("--input", tmp_path / "in/a.parquet", "--output", tmp_path / f"b{batch}/g", "--model", path,
+    # in-process at two batch sizes, in two worker processes (a third batch size), and the first run again
+    multi = ["--direct_num_workers", "2", "--direct_running_mode", "multi_processing"]
+    for run, (batch, extra) in enumerate([(3, []), (5, []), (4, multi), (3, [])]):
+        run_job("--input", tmp_path / "in/a.parquet", "--output", tmp_path / f"r{run}/g", "--model", path,
                 "--keep_columns", "id", "--wrt", "layer", "--layer", layer, "--method", "integrated_gradients",
-                "--steps", "8", "--target", "predicted", "--batch_size", batch)
-        results.append(by_key(read_output(tmp_path / f"b{batch}/g")))
-    assert results[0].drop(["id"]).equals(results[1].drop(["id"]))
+                "--steps", "8", "--target", "predicted", "--batch_size", batch, *extra)
+        results.append(by_key(read_output(tmp_path / f"r{run}/g")))
+    for other in results[1:]:  # identical bytes across batch sizes, runners and reruns
+        assert results[0].drop(["id"]).equals(other.drop(["id"]))
     spec = GradientSpec(wrt="layer", layer=layer, method="integrated_gradients", steps=8, target="predicted")
     want = GradientEngine(from_keras(model), spec, batch_size=12)(xs)
     got = results[0].column(f"gradient__{layer}").combine_chunks().to_numpy_ndarray()
