@@ -332,3 +332,36 @@ def test_self_influence_finds_the_flipped_labels_with_either_construction(tmp_pa
     auc = self_influence_auc(tmp_path, tmp_path / "g/out-?????-of-?????.parquet", flipped)
     print(f"self-influence ROC AUC, {construction}: {auc:.3f}")
     assert auc >= 0.8, auc
+
+
+@keras.saving.register_keras_serializable("test_fast_weights")
+class TiedOutput(keras.layers.Layer):
+    """Logits over the vocabulary from the embedding's own matrix (weight tying), read outside the embedding's call."""
+
+    def __init__(self, embedding, **kwargs):
+        super().__init__(**kwargs)
+        self.embedding = embedding
+
+    def call(self, h):
+        return keras.ops.matmul(h, keras.ops.transpose(self.embedding.embeddings))
+
+
+def test_tied_weights_read_outside_their_layer_send_the_model_to_the_general_path():
+    keras.utils.set_random_seed(3)
+    ids = keras.Input((6,), dtype="int32", name="tokens")
+    embedding = keras.layers.Embedding(20, 4, name="emb")
+    h = keras.layers.Dense(4, name="mid")(keras.layers.GlobalAveragePooling1D()(embedding(ids)))
+    model = keras.Model(ids, keras.layers.Softmax()(TiedOutput(embedding, name="tied")(h)))
+    inputs = [np.random.default_rng(0).integers(0, 20, size=(ROWS, 6)).astype(np.int32)]
+    labels = np.eye(20, dtype=np.float32)[np.arange(ROWS) % 20]  # the tests' loss is mse
+    want = _eager(model, inputs, labels)  # the recipe: the embedding's gradient holds both of its uses
+    for form, path in (("norm", "per_example"), ("full", "per_example")):
+        got, taken = _run(model, _spec(weight_output=(form,)), inputs, labels)
+        assert taken == path  # the fast path would miss the tied use: it is refused while tracing
+        if form == "norm":
+            assert_close(got["weight_norm"], [np.sqrt(sum(np.sum(g**2) for g in row)) for row in want], rtol=1e-4)
+        else:
+            assert_close(got["weight_gradient__emb/embeddings"], np.stack([row[0] for row in want]), rtol=1e-4, atol=1e-6)
+    # the same model untied takes the fast path: the check refuses only what it must
+    untied = keras.Model(ids, keras.layers.Dense(20, activation="softmax", name="out")(h))
+    assert _run(untied, _spec(weight_output=("norm",)), inputs, labels)[1] == "ghost_norms"

@@ -63,11 +63,17 @@ class LayerGradients:
         records = {}
         layers = list(dict.fromkeys(layer for layer, _ in self.owners))
         kinds = {id(layer): kind for layer, kind in self.owners}
-        with tf.GradientTape() as tape, self._recording(layers, kinds, tape, records):
+        # `outside` sees the variables read outside the selected layers' own calls (it stops inside them).
+        with tf.GradientTape() as tape, tf.GradientTape() as outside, self._recording(layers, kinds, tape, records, outside):
             extras = dict(zip(names, tensors[points:]))
             total = tf.reduce_sum(forward_fn(tensors[:points], extras).scalars[0])
         if any(len(records[id(layer)]) != 1 or records[id(layer)][0] is None for layer in layers):
             raise NotCovered("a selected layer ran other than once, or on an input its kind does not cover")
+        read_elsewhere = {id(v) for v in outside.watched_variables()}
+        if any(id(_tf_variable(w.variable)) in read_elsewhere for w in self.selection.weights):
+            # tied weights: another layer reads this one's variable (an output layer that multiplies by the
+            # embedding's matrix); its gradient has a part the layer's own factors do not hold
+            raise NotCovered("a selected variable is read outside its own layer's call")
         zs = [records[id(layer)][0].z for layer in layers]
         deltas = tape.gradient(total, zs, unconnected_gradients=tf.UnconnectedGradients.NONE)
         if any(d is None for d in deltas):
@@ -104,12 +110,12 @@ class LayerGradients:
         )
 
     @contextlib.contextmanager
-    def _recording(self, layers, kinds, tape, records):
+    def _recording(self, layers, kinds, tape, records, outside):
         """Each selected layer's `call` replaced, on the instance, by its kind's arithmetic that keeps what the
-        factors need and watches z, in this thread only; the class's call is back afterwards."""
+        factors need and watches z, in this thread only, with `outside` stopped; the class's call is back afterwards."""
         with _RECORDING:
             for layer in layers:
-                layer.call = _recording_call(layer, kinds[id(layer)], tape, records.setdefault(id(layer), []))
+                layer.call = _recording_call(layer, kinds[id(layer)], tape, records.setdefault(id(layer), []), outside)
             try:
                 yield
             finally:
@@ -117,14 +123,15 @@ class LayerGradients:
                     del layer.call
 
 
-def _recording_call(layer, kind, tape, seen):
+def _recording_call(layer, kind, tape, seen, outside):
     original = type(layer).call.__get__(layer)
     thread = threading.get_ident()
 
     def call(inputs, *args, **kwargs):
         if threading.get_ident() != thread:  # another thread's forward pass through the same model
             return original(inputs, *args, **kwargs)
-        result = kind.call(layer, inputs, *args, **kwargs)
+        with outside.stop_recording():
+            result = kind.call(layer, inputs, *args, **kwargs)
         if result is None:
             seen.append(None)  # counted, so the layer is not covered
             return original(inputs, *args, **kwargs)
@@ -134,6 +141,11 @@ def _recording_call(layer, kind, tape, seen):
         return out
 
     return call
+
+
+def _tf_variable(variable):
+    """The tf.Variable under a Keras variable (what a tape's watched_variables() holds)."""
+    return getattr(variable, "_value", variable)
 
 
 def clip_squares(squares: list[tf.Tensor], clip_norm: float | None, per_tensor: bool) -> list[tf.Tensor]:
