@@ -241,6 +241,10 @@ def test_a_freely_named_self_influence_output_is_vouched_for_by_the_marker_besid
     assert sorted(table["train__id"].tolist()) == list(range(8))
     page = open(write_report(selfs, output=str(tmp_path / "r.html"))).read()
     assert "incomplete" not in page and "complete: the marker lists every shard" in page
+    # the influence page's Run section counts what the influence job's marker holds: its queries and training rows
+    shown = open(write_report(out, output=str(tmp_path / "i.html"))).read()
+    for label, count in (("query rows", 8), ("training rows", 8), ("rows out", 8 * 2 * 2), ("self-influence rows", 8)):
+        assert f"<td>{label}</td><td>{count}</td>" in shown, label
     # a shard the marker does not list beside it is not vouched for: the page says the output is incomplete
     os.remove(out + "_SUCCESS")
     page = open(write_report(selfs, output=str(tmp_path / "r2.html"))).read()

@@ -64,6 +64,19 @@ def _indented(text: str) -> str:
     return json.dumps(value, indent=1, sort_keys=True) if isinstance(value, dict) else text
 
 
+# The counts a marker may hold, in the order shown: the main job's, and the influence job's (it reads no `rows_in`).
+MARKER_COUNTS = (
+    ("rows_in", "rows in"),
+    ("query_rows", "query rows"),
+    ("train_rows", "training rows"),
+    ("train_rows_scored", "training rows scored"),
+    ("train_rows_rejected", "training rows rejected"),
+    ("rows_out", "rows out"),
+    ("self_influence_rows", "self-influence rows"),
+    ("rows_rejected", "rows rejected"),
+)
+
+
 def run_section(prefix: str, marker: dict | None, metadata: dict[str, str], summary_source: str, problem=None) -> str:
     """The run: the marker's status and counts, the model, what was taken and the settings that apply to it (from
     the settings' declarations, pipeline/report/describe.py); the raw metadata in a <details> block.
@@ -72,12 +85,9 @@ def run_section(prefix: str, marker: dict | None, metadata: dict[str, str], summ
     status, warning = marker_status(prefix, marker, problem)
     rows = [("status", status)]
     if marker is not None:
-        rows += [
-            ("rows in", count_text(marker.get("rows_in", 0))),
-            ("rows out", count_text(marker.get("rows_out", 0))),
-            ("rows rejected", count_text(marker.get("rows_rejected", 0))),
-            ("finished", marker.get("finished", "")),
-        ]
+        counts = [(label, marker[key]) for key, label in MARKER_COUNTS if marker.get(key) is not None]
+        rows += [(label, count_text(n) if type(n) is int else str(n)) for label, n in counts]  # a crafted one as text
+        rows.append(("finished", marker.get("finished", "")))
     for key in ("model_path", "model_sha256", "version", "batch_size"):
         if metadata_key(key) in metadata:
             rows.append((key.replace("_", " "), metadata[metadata_key(key)]))
