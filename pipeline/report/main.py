@@ -15,7 +15,7 @@ import pyarrow as pa
 from pipeline.reader import iter_tables, read_summary
 import pipeline.report.figures as figures  # the module, so tests can patch its functions
 from pipeline.report.describe import Words, parse_spec, spec_words
-from pipeline.report.figures import bars, histogram, quantile_text, sketch_histogram
+from pipeline.report.figures import bars, quantile_text, sketch_histogram
 from pipeline.report.html import Section, count_text, figure, key_text, section, slug, table_html
 from pipeline.report.passes import (
     Classes,
@@ -30,7 +30,7 @@ from pipeline.report.passes import (
 from pipeline.report.classes import class_sections, input_label_column
 from pipeline.report.overlay import cam_method, cam_sections
 from pipeline.report.rejected import rejected_section
-from pipeline.report.sections import ranked_section, run_section
+from pipeline.report.sections import norm_histogram, ranked_section, run_section
 from pipeline.report.text import text_sections, token_layer_outputs
 from pipeline.report.weights import weight_sections
 from transforms.aggregates import AggregateSpec, summarize
@@ -70,19 +70,6 @@ def ranked_text(entry: dict) -> tuple[str, str, bool]:
     if head is None and not plain:  # the engine does not declare heads yet: the column's name after its kind's
         head = entry["column"].split("__", 1)[-1]
     return (title + (f": {head}" if head else ""), text, plain)
-
-
-def norm_histogram(entry: dict, name: str, words: Words) -> str:
-    """The per-row norm histogram: from the job's quantile sketch (bins follow the data), or for a summary written
-    before the sketch, its fixed log bins."""
-    what = f"L2 norm of the row's {words.quantity}"
-    if "norm_sketch" in entry:
-        url, drawn = sketch_histogram(QuantileSketch.from_json(entry["norm_sketch"]), f"{name}: per-row L2 norm", what)
-        caption = f"{name}: histogram of per-row {words.quantity} norms, all {count_text(entry['count'])} rows ({quantile_text(drawn)})"
-        return figure(url, caption, "norm-histogram", drawn)
-    counts = entry["norm_histogram"]
-    return figure(histogram(counts, f"{name}: per-row L2 norm", what), f"{name}: histogram of per-row {words.quantity} norms",
-                  "norm-histogram", {"counts": counts, "edges": None, "axis": "log"})
 
 
 def image_maps(name: str, entry: dict, saliency: list, words: Words) -> list[str]:
@@ -235,8 +222,8 @@ def main_job_sections(prefix, schema, marker, metadata, input_pattern, top, samp
     if note:
         parts.append(note)
     cam = cam_method(metadata)  # Grad-CAM maps: drawn over their images (overlay.py), not as |gradient|
-    parts += gradient_sections(summary, blocks, {} if cam else saliency, words, top) + (cam_sections(cam, saliency) if cam else [])
-    parts += text_sections(prefix, entries, summary, keys, top, sample, seed, complete)
+    parts += gradient_sections(summary, blocks, {} if cam else saliency, words, top) + (cam_sections(words.method, saliency) if cam else [])
+    parts += text_sections(prefix, entries, summary, keys, top, sample, seed, complete, words)
     for r, entry in ranked:
         title, text, plain = ranked_text(entry)
         anchor = None if plain else slug(r.column)  # a head's: a name from data

@@ -11,10 +11,11 @@ from a column's name.
 
 from __future__ import annotations
 
-import json
+import html
 
 import numpy as np
 
+from pipeline.report.describe import parse_spec
 from pipeline.report.figures import _image, _matplotlib, png
 from pipeline.report.html import Section, figure, section, slug
 from transforms.contract import metadata_key
@@ -25,10 +26,7 @@ CMAP, ALPHA = "jet", 0.5
 
 def cam_method(metadata: dict[str, str]) -> str | None:
     """The run's method where it maps a layer onto the input image (grad_cam, grad_cam_pp), else None."""
-    try:
-        method = json.loads(metadata.get(metadata_key("spec")) or "{}").get("method")
-    except (ValueError, AttributeError):
-        return None
+    method = (parse_spec(metadata.get(metadata_key("spec"))) or {}).get("method")
     return method if method in CAM_METHODS else None
 
 
@@ -60,8 +58,10 @@ def cam_sections(method: str, saliency: dict[str, list[tuple[str, list[dict]]]])
     """A section per Grad-CAM output: its rows (top by norm, by loss, a seeded sample) as overlays."""
     parts = []
     for name, groups in saliency.items():
-        body = [f"<p>{method} maps over the input images ({CMAP} at alpha {ALPHA}; one scale from 0 to the largest "
-                "value shown; run the report with --input to see the images under the maps).</p>"]
+        with_inputs = any(r.get("input") is not None for _, rows in groups for r in rows)
+        body = [f"<p>{html.escape(method)} maps over the input images ({CMAP} at alpha {ALPHA}; one scale from 0 to the "
+                "largest value shown" + ("" if with_inputs else "; run the report with --input to see the images under "
+                                         "the maps") + ").</p>"]
         for title, rows in groups:
             if not rows:
                 continue

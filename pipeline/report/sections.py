@@ -5,11 +5,12 @@ from __future__ import annotations
 import html
 import json
 
-from pipeline.report.describe import applicable_settings, parse_spec, spec_words
-from pipeline.report.figures import quantile_text, sketch_histogram
+from pipeline.report.describe import Words, applicable_settings, parse_spec, spec_words
+from pipeline.report.figures import histogram, quantile_text, sketch_histogram
 from pipeline.report.html import count_text, figure, key_text, section, table_html
 from pipeline.report.passes import Ranked
 from transforms.contract import MARKER_SUFFIX, metadata_key
+from transforms.sketch import QuantileSketch
 
 MAX_VARIABLES = 12  # weight variables named in the Run table; all of them are in the raw metadata
 
@@ -111,3 +112,16 @@ def ranked_section(ranked: Ranked, title: str, text: str, name: str, anchor: str
     rows = [(i + 1, f"{v:.4g}", key_text(k)) for i, (v, k) in enumerate(ranked.best)]
     body += table_html(["rank", ranked.shown, "row"], rows, name)
     return section(title, body, anchor or name)
+
+
+def norm_histogram(entry: dict, name: str, words: Words) -> str:
+    """The per-row norm histogram: from the job's quantile sketch (bins follow the data), or for a summary written
+    before the sketch, its fixed log bins."""
+    what = f"L2 norm of the row's {words.quantity}"
+    if "norm_sketch" in entry:
+        url, drawn = sketch_histogram(QuantileSketch.from_json(entry["norm_sketch"]), f"{name}: per-row L2 norm", what)
+        caption = f"{name}: histogram of per-row {words.quantity} norms, all {count_text(entry['count'])} rows ({quantile_text(drawn)})"
+        return figure(url, caption, "norm-histogram", drawn)
+    counts = entry["norm_histogram"]
+    return figure(histogram(counts, f"{name}: per-row L2 norm", what), f"{name}: histogram of per-row {words.quantity} norms",
+                  "norm-histogram", {"counts": counts, "edges": None, "axis": "log"})

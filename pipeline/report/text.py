@@ -22,8 +22,9 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.reader import iter_tables, to_numpy
-from pipeline.report.figures import histogram
-from pipeline.report.html import Section, figure, key_text, section, slug
+from pipeline.report.describe import Words
+from pipeline.report.sections import norm_histogram
+from pipeline.report.html import Section, key_text, section, slug
 from pipeline.report.passes import key_id, sample_rank
 from transforms.aggregates import AggregatesFn, AggregateSpec, TokenBlock
 
@@ -171,8 +172,9 @@ def token_table_html(entries: list, names: dict[int, str], caption: str) -> str:
 
 
 def text_sections(prefix: str, entries, summary: dict | None, keys, top: int, sample: int, seed: int,
-                  complete: bool) -> list[Section]:
-    """One section per token-scores column: the top rows and a sample drawn as tokens, and the token table."""
+                  complete: bool, words: Words) -> list[Section]:
+    """One section per token-scores column: the top rows and a sample drawn as tokens, the token table, and the
+    layer gradient's norm histogram in the run's `words`."""
     views = token_views(entries)
     if not views:
         return []
@@ -218,10 +220,7 @@ def text_sections(prefix: str, entries, summary: dict | None, keys, top: int, sa
             body.append("<p>No token table: the job could not name the tokens at this layer's positions "
                         "(it needs one integer model input of the layer's length).</p>")
         gradient = ((summary or {}).get("gradients") or {}).get(view.gradient)
-        if isinstance(gradient, dict) and gradient.get("norm_histogram"):
-            body.append(figure(histogram(gradient["norm_histogram"], f"{view.gradient}: per-row L2 norm",
-                                         "L2 norm of the row's gradient at the layer"),
-                               f"{view.gradient}: histogram of per-row gradient norms", "norm-histogram",
-                               gradient["norm_histogram"]))
+        if isinstance(gradient, dict) and ("norm_sketch" in gradient or gradient.get("norm_histogram")):
+            body.append(norm_histogram(gradient, view.gradient, words))
         parts.append(section(f"Tokens: {view.scores}", "".join(body), slug(f"tokens-{view.scores}")))
     return parts
