@@ -7,13 +7,14 @@ numpy and runs one `tf.function` per batch computing the same IG (the embedding 
 the path through the rest of the network, all steps of the batch at once), then writes
 `id`, `gradient__emb` and `token_scores__emb` to Parquet, as the job does. Both are timed as whole processes, one after the other.
 
-    PYTHONPATH=. python bench/text_layer.py --rows 100000      # prints job, limit and job/limit
+    PYTHONPATH=. python bench/text_layer.py --rows 100000      # prints job, limit and job/limit (wall and CPU)
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -91,10 +92,17 @@ def limit(model_path: str, data: str, output: str, batch_size: int) -> None:
     }), output)
 
 
-def timed(argv: list[str]) -> float:
-    start = time.perf_counter()
+def timed(argv: list[str]) -> tuple[float, float, float]:
+    """(wall s, CPU s, the 1-minute load average when it ended) of a whole child process.
+
+    Why CPU seconds too: on a machine shared with other work the wall time of either side
+    grows with the load at its moment, the CPU time it needs much less.
+    """
+    before, start = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
     subprocess.run(argv, cwd=ROOT, check=True, env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True)
-    return time.perf_counter() - start
+    wall, after = time.perf_counter() - start, resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    return wall, cpu, os.getloadavg()[0]
 
 
 def main() -> None:
@@ -114,7 +122,9 @@ def main() -> None:
                      "--target", "predicted", "--batch_size", str(args.batch_size)])
         bound = timed([sys.executable, __file__, "--batch_size", str(args.batch_size), "--limit", model, data,
                        os.path.join(folder, "limit.parquet")])
-    print(f"rows {args.rows}: job {job:.1f} s, limit {bound:.1f} s, job/limit {job / bound:.2f}")
+    print(f"rows {args.rows}: job {job[0]:.1f} s, limit {bound[0]:.1f} s, job/limit {job[0] / bound[0]:.2f}; "
+          f"CPU job {job[1]:.1f} s, limit {bound[1]:.1f} s, job/limit {job[1] / bound[1]:.2f}; "
+          f"load average at their ends {job[2]:.1f}, {bound[2]:.1f} ({os.cpu_count()} CPUs)")
 
 
 if __name__ == "__main__":
