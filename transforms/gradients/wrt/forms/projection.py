@@ -24,8 +24,10 @@ inner products of the rows' a_t (and of their d_t) across positions: docs/fast-w
 
 Why the bytes are the same on any runner, batch size or rerun: S depends only
 on the seed, the paths and k; each variable's sum runs in parameter order
-(a sorted segment sum), variables are added in the model's order, and the
-per-example gradients come from micro-batches of a fixed size.
+(a sorted segment sum), variables are added in the model's order (the factored
+form's formed parts: in one segment sum, a bucket over the first variable's
+parameters, then the next one's), and the per-example gradients come from
+micro-batches of a fixed size.
 """
 
 from __future__ import annotations
