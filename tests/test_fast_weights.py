@@ -17,6 +17,12 @@ from transforms.gradients.wrt.per_example import unsafe_matmul
 ROWS = 7
 
 
+def _mlp():
+    x = keras.Input((6,), name="x")  # Dense layers over one position: their kernels share one fused group
+    h = keras.layers.Dense(5, activation="tanh")(keras.layers.Dense(4, activation="tanh")(x))
+    return keras.Model(x, keras.layers.Dense(2)(h))
+
+
 def _sequence_dense():
     x = keras.Input((5, 3), name="x")
     h = keras.layers.Dense(4, activation="tanh")(x)  # each of 5 positions: a sum of 5 outer products per row
@@ -68,6 +74,7 @@ def _attention(tokens=24, width=32):
 
 
 MODELS = {
+    "mlp": _mlp,
     "sequence_dense": _sequence_dense,
     "einsum_dense": _einsum_dense,
     "conv1d": _conv1d,
@@ -233,7 +240,7 @@ def route(request, monkeypatch):
 
 
 @pytest.mark.parametrize("clip", [None, "together", "per_tensor"])
-@pytest.mark.parametrize("kind", ["conv2d", "sequence_dense", "conv1d"])
+@pytest.mark.parametrize("kind", ["conv2d", "sequence_dense", "conv1d", "mlp"])
 def test_factored_projection_is_the_documented_construction_on_the_eager_gradients(kind, clip, route):
     keras.utils.set_random_seed(5)
     model = MODELS[kind]()

@@ -24,8 +24,10 @@ inner products of the rows' a_t (and of their d_t) across positions: docs/fast-w
 
 Why the bytes are the same on any runner, batch size or rerun: S depends only
 on the seed, the paths and k; each variable's sum runs in parameter order
-(a sorted segment sum), variables are added in the model's order, and the
-per-example gradients come from micro-batches of a fixed size.
+(a sorted segment sum), variables are added in the model's order (the factored
+form's formed parts: in one segment sum, a bucket over the first variable's
+parameters, then the next one's), and the per-example gradients come from
+micro-batches of a fixed size.
 """
 
 from __future__ import annotations
@@ -122,11 +124,16 @@ class Projection(WeightForm):
 
     def prepare(self):
         """Per variable: its parameters ordered by bucket (stably), their buckets so ordered, and their signs;
-        for a factored kernel, also each side's own plan (for `from_factors`).
+        for a factored kernel, also each side's own plan and size (for `from_factors`).
 
-        Made once per batch, outside the micro-batches; sorted, a variable's sum is a segment sum over
-        contiguous rows, in parameter order within each bucket (several times faster than an unsorted one).
+        Made once per trace, eagerly (`tf.init_scope`: constants of the traced function, not ops that sort every
+        batch again); sorted, a variable's sum is a segment sum over contiguous rows, in parameter order within each
+        bucket (several times faster than an unsorted one).
         """
+        with tf.init_scope():
+            return self._plans()
+
+    def _plans(self):
         k = self.spec.projection_dim
         plans = []
         for weight, size, split in zip(self.selection.weights, self.selection.sizes, self.splits):
@@ -142,7 +149,8 @@ class Projection(WeightForm):
             bucket, sign = (tf.reshape(t, split.grouped) for t in (bucket, sign))
             if split.perm is not None:
                 bucket, sign = (tf.transpose(t, split.perm) for t in (bucket, sign))
-            plans.append((*_sorted(tf.reshape(bucket, (-1,)), tf.reshape(sign, (-1,))), [_side(*s, k) for s in sides]))
+            sides = [(*_sorted(*s), n) for s, n in zip(sides, (split.inputs, split.outputs))]
+            plans.append((*_sorted(tf.reshape(bucket, (-1,)), tf.reshape(sign, (-1,))), sides))
         return plans
 
     def compute(self, gradients, plans):
@@ -155,36 +163,63 @@ class Projection(WeightForm):
 
     def from_factors(self, factors, scales, plans):
         """The same sketch from the layers' factors (wrt/layers): a factored kernel's part by FFT from its a and d,
-        every other part from its factor's whole gradient; each part times its rows' clipping factors."""
+        every other part from its factor's whole gradient; each part times its rows' clipping factors.
+
+        Fused, because on a small model each op's fixed cost, not its arithmetic, dominated (docs/fast-weights.md):
+        per group of parts over the same number of positions t (up to FUSED_BYTES), one segment sum count-sketches
+        every FFT kernel's two sides side by side (and, at t = 1, the formed gradients, into one more block of k
+        buckets: `_merged`), and one rfft transforms the sides; the kernels' spectra add (the map is linear) and
+        leave by one irfft."""
         k = self.spec.projection_dim
-        total = None
-        for j, (factor, (order, bucket, sign, sides)) in enumerate(zip(factors, plans)):
-            if sides is not None and hasattr(factor, "a") and _fft_is_cheaper(factor, sides, k, self.spec.weight_memory_mb):
-                rows, positions = factor.a.shape[0], factor.a.shape[1]
-                a, d = (_side_sketch(tf.reshape(t, (rows * positions, -1)), side, k)
-                        for t, side in zip((factor.a, factor.d), sides))
-                a, d = (tf.signal.rfft(tf.reshape(t, (rows, positions, k))) for t in (a, d))
-                sketch = tf.signal.irfft(tf.reduce_sum(a * d, axis=1), [k])  # the circular convolution, summed over t
-            else:
-                gradient = factor.full()
-                sketch = _count_sketch(tf.reshape(gradient, (gradient.shape[0], -1)), order, bucket, sign, k)
-            if scales is not None:
-                sketch = sketch * scales[j][:, None]
+        groups = []  # [positions, FFT kernels [(factor, side plans, scale)], formed parts [(gradient, plan)]]
+        for j, (factor, plan) in enumerate(zip(factors, plans)):
+            scale = None if scales is None else scales[j][:, None]
+            sides = plan[3]
+            fft = sides is not None and hasattr(factor, "a")
+            if fft and _fft_is_cheaper(factor, sides, k, self.spec.weight_memory_mb):
+                rows, positions = (int(n) for n in factor.a.shape[:2])
+                _group(groups, rows, positions, 2, k)[1].append((factor, sides, scale))
+                continue
+            gradient = factor.full()
+            gradient = tf.reshape(gradient, (gradient.shape[0], -1))
+            gradient = gradient if scale is None else gradient * scale
+            _group(groups, int(gradient.shape[0]), 1, 1, k)[2].append((gradient, plan[:3]))
+        total, spectrum = None, None
+        for positions, kernels, whole in groups:
+            rows = int(whole[0][0].shape[0] if whole else kernels[0][0].a.shape[0])
+            columns = [tf.reshape(t, (rows * positions, -1)) for f, _, _ in kernels for t in (f.a, f.d)]
+            columns += [g for g, _ in whole]
+            with tf.init_scope():  # the plans are eager constants: joined once per trace
+                blocks = [s for _, sides, _ in kernels for s in sides]
+                blocks += [_merged([(*p, int(g.shape[1])) for g, p in whole])] if whole else []
+                plan = _joined(blocks, k)
+            x = tf.concat(columns, 1) if len(columns) > 1 else columns[0]
+            sketch = tf.reshape(_count_sketch(x, *plan, len(blocks) * k), (rows, positions, len(blocks), k))
+            if whole:  # positions is 1: the formed parts' one block
+                total = sketch[:, 0, -1] if total is None else total + sketch[:, 0, -1]
+            if kernels:
+                sides = sketch[:, :, : 2 * len(kernels)] if whole else sketch
+                f = tf.signal.rfft(tf.reshape(sides, (rows, positions, len(kernels), 2, k)))
+                product = tf.reduce_sum(f[:, :, :, 0] * f[:, :, :, 1], axis=1)  # [rows, kernels, k/2+1], summed over t
+                if scales is not None:
+                    product = product * tf.complex(tf.concat([s for _, _, s in kernels], 1), 0.0)[:, :, None]
+                product = tf.reduce_sum(product, axis=1)  # the circular convolutions add as their spectra
+                spectrum = product if spectrum is None else spectrum + product
+        if spectrum is not None:
+            sketch = tf.signal.irfft(spectrum, [k])
             total = sketch if total is None else total + sketch
         return [tf.cast(total, self.spec.projection_dtype)]
 
 
 def _fft_is_cheaper(factor, sides, k: int, memory_mb: int) -> bool:
     """Whether the FFT route costs less than forming the rows' gradient (T I O) and count-sketching it: per position
-    it sketches both sides (n k / 16 by a dense matmul, which BLAS runs some 16 times faster per number than the
-    gathers of a segment sum, else about 8 n) and transforms them (about 3 k log2 k). Also
-    taken where the micro-batch's copies of the formed gradient would not fit the memory budget."""
+    it sketches both sides (about 8 n each, the gathers of a segment sum) and transforms them (about 3 k log2 k).
+    Also taken where the micro-batch's copies of the formed gradient would not fit the memory budget."""
     rows, positions, inputs = (int(n) for n in factor.a.shape)
     outputs = int(factor.d.shape[2])
     if GRADIENT_COPIES * 4 * rows * inputs * outputs > memory_mb << 20:
         return True
-    side = [n * k // 16 if isinstance(s, tf.Tensor) else 8 * n for n, s in zip((inputs, outputs), sides)]
-    fft = positions * (sum(side) + 3 * k * max(1, k.bit_length() - 1))
+    fft = positions * (8 * (inputs + outputs) + 3 * k * max(1, k.bit_length() - 1))
     return fft < positions * inputs * outputs + 8 * inputs * outputs
 
 
@@ -197,21 +232,45 @@ def _draw(seed: int, path: str, size: int, k: int):
     return tf.cast(draw % k, tf.int32), tf.cast(draw // k, tf.float32) * 2 - 1
 
 
-# A side of at most this many inputs (or outputs) times k is count-sketched by a matmul with its dense [n, k] matrix
-# of one +-1 per row (fast on any CPU); beyond, by the sorted segment sum (no n x k matrix in memory).
-DENSE_SIDE = 1 << 22
+# The most bytes one fused segment sum may write ([rows x positions, blocks x k] float32): blocks join a group
+# until then, so fusing never holds much more than one layer's sketches did.
+FUSED_BYTES = 64 << 20
 
 
-def _side(bucket, sign, k: int):
-    """One side's plan: the dense sketch matrix when small (DENSE_SIDE), else the sorted segment sum's."""
-    if int(bucket.shape[0]) * k <= DENSE_SIDE:
-        return tf.one_hot(bucket, k, dtype=tf.float32) * sign[:, None]
-    return _sorted(bucket, sign)
+def _group(groups: list, rows: int, positions: int, blocks: int, k: int) -> list:
+    """The group (`Projection.from_factors`) of `positions` that `blocks` more blocks of k buckets fit
+    (FUSED_BYTES; a formed part counted as a block), or a new one (a group holds one part at least)."""
+    for group in groups:
+        used = 2 * len(group[1]) + len(group[2])
+        if group[0] == positions and 4 * rows * positions * (used + blocks) * k <= FUSED_BYTES:
+            return group
+    groups.append([positions, [], []])
+    return groups[-1]
 
 
-def _side_sketch(x: tf.Tensor, side, k: int) -> tf.Tensor:
-    """[n, inputs] -> [n, k], by the side's plan (`_side`)."""
-    return tf.matmul(x, side) if isinstance(side, tf.Tensor) else _count_sketch(x, *side, k)
+def _joined(plans, k: int):
+    """Sorted plans (`_sorted`, each with its number of columns) of consecutive column blocks, as one plan whose
+    block m sums into buckets [m k, (m + 1) k): a segment sum over the blocks' concatenated columns gives each
+    block's sketch side by side, each summed exactly as alone (its own parameters, in their order)."""
+    if len(plans) == 1:
+        return plans[0][:3]
+    orders, buckets, signs, offset = [], [], [], 0
+    for m, (order, bucket, sign, size) in enumerate(plans):
+        orders.append(order + offset)
+        buckets.append(bucket + m * k)
+        signs.append(sign)
+        offset += size
+    return tf.concat(orders, 0), tf.concat(buckets, 0), tf.concat(signs, 0)
+
+
+def _merged(plans):
+    """Sorted plans of consecutive column blocks (each with its number of columns), as one plan of all their columns
+    into the same k buckets: a bucket sums the first block's parameters in order, then the next block's."""
+    if len(plans) == 1:
+        return plans[0]
+    order, bucket, sign = _joined([(*p[:3], p[3]) for p in plans], 0)  # offset columns, buckets kept
+    merge = tf.argsort(bucket, stable=True)
+    return (*(tf.gather(t, merge) for t in (order, bucket, sign)), sum(p[3] for p in plans))
 
 
 def _sorted(bucket, sign):
