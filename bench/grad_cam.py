@@ -16,9 +16,8 @@ import argparse
 import os
 import sys
 
-from measure import BENCH_DIR, CLI, DEFAULT_WORK, Stats, machine, make_cnn, markdown, remove, run_process, tensor_chunk
-from measure import publish, write_parquet
-from methods import XPLIQUE_PYTHON, agreement, outputs
+from measure import BENCH_DIR, CLI, DEFAULT_WORK, machine, markdown, publish
+from methods import XPLIQUE_PYTHON, agreement, run_variants
 
 METHODS = ("grad_cam", "grad_cam_pp")
 
@@ -40,21 +39,7 @@ def main(argv_=None) -> int:
     parser.add_argument("--work", default=DEFAULT_WORK)
     parser.add_argument("--markdown")
     args = parser.parse_args(argv_)
-    model = make_cnn(os.path.join(args.work, "cnn.keras"))
-    data = write_parquet(os.path.join(args.work, f"cnn-{args.rows}.parquet"), args.rows, max(1, args.rows // 6),
-                         tensor_chunk((32, 32, 3)))
-    out_dir, logs = os.path.join(args.work, "out", "grad_cam"), os.path.join(args.work, "logs", "grad_cam")
-    os.makedirs(out_dir, exist_ok=True)
-    results, written = {}, {}
-    for method in METHODS:
-        for i in range(args.repeats):
-            for variant in ("job", "xplique"):
-                output = os.path.join(out_dir, f"{method}-{variant}" + ("" if variant == "job" else ".parquet"))
-                remove(output + "*")
-                print(f"  {method} {variant} run {i + 1}/{args.repeats} ...", file=sys.stderr, flush=True)
-                run = run_process(argv(variant, method, args, data, model, output), f"{logs}/{method}-{variant}-{i}.log")
-                results.setdefault((method, variant), Stats([])).runs.append(run)
-                written[(method, variant)] = outputs(output)
+    results, written = run_variants("grad_cam", METHODS, ("job", "xplique"), args, argv)
     rows, figures = [], []
     for (method, variant), stats in results.items():
         ratio = stats.wall / results[(method, "job")].wall

@@ -20,7 +20,6 @@ import os
 import sys
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from measure import BENCH_DIR, CLI, DEFAULT_WORK, Stats, machine, make_cnn, markdown, remove, run_process, tensor_chunk
 from measure import publish, write_parquet
@@ -40,7 +39,7 @@ def argv(variant: str, method: str, args, data: str, model: str, output: str) ->
     if variant == "job":
         return [CLI, "--runner=DirectRunner", f"--input={data}", f"--output={output}", f"--model={model}",
                 "--feature_columns=x", "--keep_columns=id", "--target=predicted", f"--method={method}",
-                f"{METHODS.get(method, '--steps')}={args.points}", f"--batch_size={args.batch_size}"]
+                f"--batch_size={args.batch_size}"] + ([f"{METHODS[method]}={args.points}"] if method in METHODS else [])
     script, python = ("methods_limit.py", sys.executable) if variant == "limit" else ("xplique_explain.py", XPLIQUE_PYTHON)
     return [python, os.path.join(BENCH_DIR, script), f"--input={data}", f"--output={output}", f"--model={model}",
             f"--method={method}", f"--points={args.points}", f"--batch_size={args.batch_size}"]
@@ -49,6 +48,27 @@ def argv(variant: str, method: str, args, data: str, model: str, output: str) ->
 def agreement(a: list[str], b: list[str], rows: int) -> float:
     ours, theirs = first_gradients(a, rows), first_gradients(b, rows)
     return float(np.abs(ours - theirs).max() / np.abs(theirs).max())
+
+
+def run_variants(name: str, methods, variants, args, make_argv) -> tuple[dict, dict]:
+    """Each method's variants as whole processes, `args.repeats` times, on the CNN benchmark's images (made once in
+    `args.work`): ({(method, variant): Stats}, {(method, variant): the files the last run wrote})."""
+    model = make_cnn(os.path.join(args.work, "cnn.keras"))
+    data = write_parquet(os.path.join(args.work, f"cnn-{args.rows}.parquet"), args.rows, max(1, args.rows // 6),
+                         tensor_chunk((32, 32, 3)))
+    out_dir, logs = os.path.join(args.work, "out", name), os.path.join(args.work, "logs", name)
+    os.makedirs(out_dir, exist_ok=True)
+    results, written = {}, {}
+    for method in methods:
+        for i in range(args.repeats):
+            for variant in variants:
+                output = os.path.join(out_dir, f"{method}-{variant}" + ("" if variant == "job" else ".parquet"))
+                remove(output + "*")
+                print(f"  {method} {variant} run {i + 1}/{args.repeats} ...", file=sys.stderr, flush=True)
+                run = run_process(make_argv(variant, method, args, data, model, output), f"{logs}/{method}-{variant}-{i}.log")
+                results.setdefault((method, variant), Stats([])).runs.append(run)
+                written[(method, variant)] = outputs(output)
+    return results, written
 
 
 def main(argv_=None) -> int:
@@ -61,31 +81,15 @@ def main(argv_=None) -> int:
     parser.add_argument("--work", default=DEFAULT_WORK)
     parser.add_argument("--markdown")
     args = parser.parse_args(argv_)
-    model = make_cnn(os.path.join(args.work, "cnn.keras"))
-    data = write_parquet(os.path.join(args.work, f"cnn-{args.rows}.parquet"), args.rows, max(1, args.rows // 6),
-                         tensor_chunk((32, 32, 3)))
     variants = ["job", "limit"] + ([] if args.skip_xplique else ["xplique"])
-    out_dir, logs = os.path.join(args.work, "out", "methods"), os.path.join(args.work, "logs", "methods")
-    os.makedirs(out_dir, exist_ok=True)
-    results, written = {}, {}
-    for method in METHODS:
-        for i in range(args.repeats):
-            for variant in variants:
-                output = os.path.join(out_dir, f"{method}-{variant}" + ("" if variant == "job" else ".parquet"))
-                remove(output + "*")
-                print(f"  {method} {variant} run {i + 1}/{args.repeats} ...", file=sys.stderr, flush=True)
-                run = run_process(argv(variant, method, args, data, model, output), f"{logs}/{method}-{variant}-{i}.log")
-                results.setdefault((method, variant), Stats([])).runs.append(run)
-                written[(method, variant)] = outputs(output)
+    results, written = run_variants("methods", METHODS, variants, args, argv)
     agree = {}
     if not args.skip_xplique:
-        for method in ("integrated_gradients", "gradient_x_input"):
-            for variant in ("job", "xplique"):
-                output = os.path.join(out_dir, f"agree-{method}-{variant}" + ("" if variant == "job" else ".parquet"))
-                remove(output + "*")
-                run_process(argv(variant, method, args, data, model, output), f"{logs}/agree-{method}-{variant}.log")
-                written[("agree", method, variant)] = outputs(output)
-            agree[method] = agreement(written[("agree", method, "job")], written[("agree", method, "xplique")], args.rows)
+        once = argparse.Namespace(**{**vars(args), "repeats": 1})
+        methods = ("integrated_gradients", "gradient_x_input")
+        _, agreeing = run_variants("methods-agree", methods, ("job", "xplique"), once, argv)
+        for method in methods:
+            agree[method] = agreement(agreeing[(method, "job")], agreeing[(method, "xplique")], args.rows)
     rows = []
     for (method, variant), stats in results.items():
         ratio = stats.wall / results[(method, "job")].wall
