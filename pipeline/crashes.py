@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import shutil
 import signal
@@ -62,6 +63,21 @@ def death_line(deaths: list[Death], who: str = "a worker process") -> str:
     )
 
 
+def _quiet_runner_threads() -> None:
+    """Once a worker has died the job ends with one line: the runner's own threads, which then find their other
+    workers gone (Beam's `run_worker`: "Worker subprocess exited with return code -15"), log at debug level
+    instead of printing a traceback under it."""
+    previous = threading.excepthook
+
+    def hook(args):
+        if args.exc_type is SystemExit:
+            return previous(args)
+        name = args.thread.name if args.thread is not None else "?"
+        logging.getLogger(__name__).debug("after a worker died, thread %s: %r", name, args.exc_value)
+
+    threading.excepthook = hook
+
+
 class WorkerWatch:
     """The job's breadcrumb folder and, while the job runs (a context manager), the thread that watches it.
 
@@ -95,6 +111,7 @@ class WorkerWatch:
             line = self._fatal(self.breadcrumbs.deaths())
             if line:
                 self.died = line
+                _quiet_runner_threads()
                 if self._main:
                     signal.pthread_kill(threading.main_thread().ident, ABORT)
                 return
