@@ -31,15 +31,21 @@ METHOD_NAMES = {
 SIGNED_METHODS = ("gradient_x_input", "integrated_gradients")
 
 
-def parse_spec(text: str | None) -> dict | None:
-    """The metadata's spec as a dict, or None where absent or not a JSON object (an older or crafted output)."""
+def json_object(text: str | None) -> dict | None:
+    """A metadata value as a dict, or None where absent or not a JSON object (an older or crafted output)."""
     if not text:
         return None
     try:
-        spec = json.loads(text)
+        value = json.loads(text)
     except ValueError:
         return None
-    if not isinstance(spec, dict):
+    return value if isinstance(value, dict) else None
+
+
+def parse_spec(text: str | None) -> dict | None:
+    """The metadata's spec as a dict, or None where absent or not a JSON object (an older or crafted output)."""
+    spec = json_object(text)
+    if spec is None:
         return None
     # A crafted file may hold anything: the answers as text, the lists as lists of text.
     for name in ("target", "method", "wrt"):

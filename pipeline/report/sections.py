@@ -5,7 +5,7 @@ from __future__ import annotations
 import html
 import json
 
-from pipeline.report.describe import Words, applicable_settings, parse_spec, spec_words
+from pipeline.report.describe import Words, applicable_settings, json_object, parse_spec, spec_words
 from pipeline.report.figures import histogram, quantile_text, sketch_histogram
 from pipeline.report.html import count_text, figure, key_text, section, table_html
 from pipeline.report.passes import Ranked
@@ -29,11 +29,8 @@ def marker_status(prefix: str, marker: dict | None, problem=None) -> tuple[str, 
 
 def weights_rows(text: str | None) -> list[tuple[str, str]]:
     """The weights' provenance (`beam_gradients.weights`) as rows: how many variables and parameters, which."""
-    try:
-        weights = json.loads(text) if text else None
-    except ValueError:
-        weights = None
-    if not isinstance(weights, dict):
+    weights = json_object(text)
+    if weights is None:
         return []  # absent or not an object: only the raw metadata shows it
     rows = []
     variables = weights.get("variables")
