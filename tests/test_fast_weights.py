@@ -130,6 +130,41 @@ def test_fast_norms_and_full_gradients_match_the_eager_recipe_and_the_general_pa
                 assert_close(norms[name], oracle[name], rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize(
+    "layer, shape",
+    [
+        (lambda: keras.layers.Conv2D(3, 3, strides=2, padding="same"), (9, 9, 2)),  # padding split 1 + 1
+        (lambda: keras.layers.Conv2D(3, 4, strides=(3, 2), padding="same"), (10, 11, 2)),  # padding 3: 1 before, 2 after
+        (lambda: keras.layers.Conv2D(2, (2, 3), dilation_rate=2, padding="same"), (8, 7, 3)),
+        (lambda: keras.layers.Conv2D(4, 2, strides=2), (7, 7, 2)),  # the last input row never read
+        (lambda: keras.layers.Conv1D(3, 4, strides=3, padding="same"), (13, 2)),
+        (lambda: keras.layers.Conv1D(3, 3, dilation_rate=2), (12, 2)),
+    ],
+)
+def test_conv_kernel_gradients_by_kernel_offset_match_each_rows_tape(layer, shape):
+    """The conv kind's kernel factor (`conv.Shifted`: one matmul per kernel offset over slices of the padded
+    input) on strides, dilations and paddings the models above do not reach: whole gradients and both norm
+    routes (direct, and the ghost norm over the im2col patches) against each row's own tape."""
+    from transforms.gradients.wrt.layers import kind_of
+
+    layer = layer()
+    rng = np.random.default_rng(3)
+    a = tf.constant(rng.normal(size=(5, *shape)), tf.float32)
+    d = tf.constant(rng.normal(size=layer(a).shape), tf.float32)
+    want = []
+    for i in range(5):
+        with tf.GradientTape() as tape:
+            total = tf.reduce_sum(layer.convolution_op(a[i : i + 1], layer.kernel) * d[i : i + 1])
+        want.append(tape.gradient(total, layer.kernel).numpy())
+    want = np.stack(want)
+    factor = kind_of(layer).factors(layer, type("Recorded", (), {"a": a}), d)[id(layer.kernel)]
+    assert_close(factor.full(), want, rtol=1e-5, atol=1e-5)
+    squares = np.sum(want.astype(np.float64).reshape(5, -1) ** 2, axis=1)
+    assert_close(factor.squares(), squares, rtol=1e-5)
+    aa, dd = (tf.cast(tf.matmul(t, t, transpose_b=True), tf.float64) for t in (factor.a, factor.d))
+    assert_close(tf.reduce_sum(aa * dd, axis=(1, 2)), squares, rtol=1e-5)  # the ghost norm
+
+
 def test_the_projection_of_the_fast_path_is_the_general_paths():
     keras.utils.set_random_seed(2)
     model = _attention()

@@ -40,6 +40,7 @@ from transforms.gradients.errors import SpecError
 from transforms.gradients.outputs import Output
 from transforms.gradients.settings import Setting
 from transforms.gradients.wrt.forms.base import WeightForm
+from transforms.gradients.wrt.layers.base import Outer
 from transforms.gradients.wrt.per_example import GRADIENT_COPIES
 
 CONSTRUCTION = "countsketch-v1"
@@ -175,7 +176,7 @@ class Projection(WeightForm):
         for j, (factor, plan) in enumerate(zip(factors, plans)):
             scale = None if scales is None else scales[j][:, None]
             sides = plan[3]
-            fft = sides is not None and hasattr(factor, "a")
+            fft = sides is not None and isinstance(factor, Outer)
             if fft and _fft_is_cheaper(factor, sides, k, self.spec.weight_memory_mb):
                 rows, positions = (int(n) for n in factor.a.shape[:2])
                 _group(groups, rows, positions, 2, k)[1].append((factor, sides, scale))
@@ -215,8 +216,8 @@ def _fft_is_cheaper(factor, sides, k: int, memory_mb: int) -> bool:
     """Whether the FFT route costs less than forming the rows' gradient (T I O) and count-sketching it: per position
     it sketches both sides (about 8 n each, the gathers of a segment sum) and transforms them (about 3 k log2 k).
     Also taken where the micro-batch's copies of the formed gradient would not fit the memory budget."""
-    rows, positions, inputs = (int(n) for n in factor.a.shape)
-    outputs = int(factor.d.shape[2])
+    rows = int(factor.d.shape[0])
+    positions, inputs, outputs = factor.sizes()  # not factor.a: a conv's patches are built only for this route
     if GRADIENT_COPIES * 4 * rows * inputs * outputs > memory_mb << 20:
         return True
     fft = positions * (8 * (inputs + outputs) + 3 * k * max(1, k.bit_length() - 1))

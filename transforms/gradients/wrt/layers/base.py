@@ -39,8 +39,16 @@ class Outer:
         self.a, self.d = a, d
         self.grouped, self.perm = grouped, perm
 
+    def sizes(self) -> tuple[int, int, int]:
+        """(positions T, inputs I, outputs O)."""
+        return tuple(int(n) for n in (self.a.shape[1], self.a.shape[2], self.d.shape[2]))
+
+    def product(self) -> tf.Tensor:
+        """[rows, I, O]: each row's gradient as a matrix."""
+        return tf.matmul(self.a, self.d, transpose_a=True)
+
     def full(self) -> tf.Tensor:
-        g = tf.matmul(self.a, self.d, transpose_a=True)  # [rows, I, O]
+        g = self.product()
         if self.grouped is not None:
             g = tf.reshape(g, (g.shape[0], *self.grouped))
         if self.perm is not None:
@@ -50,9 +58,9 @@ class Outer:
     def squares(self) -> tf.Tensor:
         """||sum_t a_t d_t^T||_F^2, directly (T I O) or as the ghost norm sum_{t,t'} (a_t.a_t')(d_t.d_t') (T^2 (I + O)),
         whichever costs less; float64 sums."""
-        t, i, o = (int(n) for n in (self.a.shape[1], self.a.shape[2], self.d.shape[2]))
+        t, i, o = self.sizes()
         if t * i * o <= t * t * (i + o):
-            g = tf.matmul(self.a, self.d, transpose_a=True)
+            g = self.product()
             return tf.reduce_sum(tf.square(tf.cast(g, tf.float64)), axis=(1, 2))
         aa = tf.matmul(self.a, self.a, transpose_b=True)  # [rows, T, T]
         dd = tf.matmul(self.d, self.d, transpose_b=True)

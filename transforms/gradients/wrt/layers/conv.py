@@ -1,5 +1,8 @@
 """Conv1D and Conv2D (channels last, one group, valid or same padding): z = patches(a) W + b, so per row
-g_W = sum_p patch_p^T d_p over output positions p (im2col), one batched matmul, no loop over rows."""
+g_W = sum_p patch_p^T d_p over output positions p (im2col), no loop over rows.
+
+The product is taken one kernel offset at a time (`Shifted`), not over the patches: tf.image.extract_patches
+was most of the fast path's time on a small CNN (docs/fast-weights.md)."""
 
 from __future__ import annotations
 
@@ -44,19 +47,69 @@ class ConvKind(LayerKind):
     def factors(cls, layer, record, d):
         a = tf.cast(record.a, tf.float32)
         if layer.rank == 1:  # a row of height 1
-            a = a[:, None]
-        size = (1, *layer.kernel_size) if layer.rank == 1 else tuple(layer.kernel_size)
-        strides = (1, *layer.strides) if layer.rank == 1 else tuple(layer.strides)
-        rates = (1, *layer.dilation_rate) if layer.rank == 1 else tuple(layer.dilation_rate)
-        patches = tf.image.extract_patches(
-            a, (1, *size, 1), (1, *strides, 1), (1, *rates, 1), layer.padding.upper()
-        )  # [rows, out h, out w, kh * kw * channels], in the kernel's row-major order
-        inner = int(layer.kernel.shape[:-1].num_elements())
+            a, d = a[:, None], d[:, None]
+        geometry = [(1, *g) if layer.rank == 1 else tuple(g) for g in (layer.kernel_size, layer.strides, layer.dilation_rate)]
+        out = {id(layer.kernel): Shifted(a, d, *geometry, layer.padding.upper(), tuple(layer.kernel.shape))}
         d = rows_by_positions(d, layer.filters)
-        out = {id(layer.kernel): Outer(rows_by_positions(patches, inner), d, grouped=tuple(layer.kernel.shape))}
         if layer.use_bias:
             out[id(layer.bias)] = Outer(tf.ones_like(d[:, :, :1]), d, grouped=tuple(layer.bias.shape))
         return out
+
+
+class Shifted(Outer):
+    """A kernel's `Outer` over im2col patches [rows, T, kh kw C] (kernel row-major order), whose product is taken
+    one kernel offset (i, j) at a time: g[i, j] = x_ij^T d, x_ij the input seen by that offset at every output
+    position (a slice of the zero-padded input), kh kw rank-3 batched matmuls [rows, T, C]^T [rows, T, O].
+    Each is the patches' matmul restricted to that offset's columns, so the numbers are the same. Building the
+    patches themselves took most of the fast path's time (docs/fast-weights.md); they are built only when asked
+    for (`a`: the ghost norm, the factored projection's FFT route)."""
+
+    def __init__(self, image, d, size, strides, rates, padding, grouped):
+        self.image, self.size, self.strides, self.rates, self.padding = image, size, strides, rates, padding
+        self.d, self.grouped, self.perm = rows_by_positions(d, int(d.shape[-1])), grouped, None
+        self.out = tuple(int(n) for n in d.shape[1:3])  # output height, width
+        self._patches = None
+
+    @property
+    def a(self) -> tf.Tensor:
+        if self._patches is None:
+            patches = tf.image.extract_patches(
+                self.image, (1, *self.size, 1), (1, *self.strides, 1), (1, *self.rates, 1), self.padding
+            )
+            self._patches = rows_by_positions(patches, self.sizes()[1])
+        return self._patches
+
+    def sizes(self):
+        return self.out[0] * self.out[1], self.size[0] * self.size[1] * int(self.image.shape[-1]), int(self.d.shape[2])
+
+    def product(self):
+        rows, channels = int(self.image.shape[0]), int(self.image.shape[-1])
+        blocks = [
+            tf.matmul(tf.reshape(x, (rows, -1, channels)), self.d, transpose_a=True) for x in self._offsets()
+        ]  # each [rows, C, O]
+        return tf.reshape(tf.stack(blocks, 1), (rows, -1, int(self.d.shape[2])))
+
+    def _offsets(self) -> list:
+        """Per kernel offset (i, j) in row-major order, [rows, out h, out w, C]: the padded input at rows
+        i r_h + h s_h and columns j r_w + w s_w. Unit-stride slices only (a strided slice took several times as
+        long): with stride s an axis is first split into s phases, [n, s] (zero-padded to a multiple of s)."""
+        x, (ho, wo) = self.image, self.out
+        extents = [(k - 1) * r + 1 for k, r in zip(self.size, self.rates)]
+        if self.padding == "SAME":  # TensorFlow's: the odd one after
+            pads = [max((o - 1) * s + e - n, 0) for o, s, e, n in zip(self.out, self.strides, extents, x.shape[1:3])]
+            x = tf.pad(x, [[0, 0], [pads[0] // 2, pads[0] - pads[0] // 2], [pads[1] // 2, pads[1] - pads[1] // 2], [0, 0]])
+        (kh, kw), (rh, rw), (sh, sw) = self.size, self.rates, self.strides
+        if (sh, sw) == (1, 1):
+            return [x[:, i * rh : i * rh + ho, j * rw : j * rw + wo] for i in range(kh) for j in range(kw)]
+        hq, wq = (kh - 1) * rh // sh + ho, (kw - 1) * rw // sw + wo  # phases' lengths that every offset fits
+        x = x[:, : hq * sh, : wq * sw]  # rows past the last offset's reach: never read
+        x = tf.pad(x, [[0, 0], [0, hq * sh - x.shape[1]], [0, wq * sw - x.shape[2]], [0, 0]])
+        x = tf.reshape(x, (x.shape[0], hq, sh, wq, sw, x.shape[3]))
+        return [
+            x[:, i * rh // sh : i * rh // sh + ho, i * rh % sh, j * rw // sw : j * rw // sw + wo, j * rw % sw]
+            for i in range(kh)
+            for j in range(kw)
+        ]
 
 
 class Conv1DKind(ConvKind):
