@@ -134,7 +134,7 @@ def test_fast_norms_and_full_gradients_match_the_eager_recipe_and_the_general_pa
     "layer, shape",
     [
         (lambda: keras.layers.Conv2D(3, 3, strides=2, padding="same"), (9, 9, 2)),  # padding split 1 + 1
-        (lambda: keras.layers.Conv2D(3, 4, strides=(3, 2), padding="same"), (10, 11, 2)),  # padding 3: 1 before, 2 after
+        (lambda: keras.layers.Conv2D(3, 4, strides=(3, 2), padding="same"), (10, 11, 2)),  # padding 3: 1, then 2
         (lambda: keras.layers.Conv2D(2, (2, 3), dilation_rate=2, padding="same"), (8, 7, 3)),
         (lambda: keras.layers.Conv2D(4, 2, strides=2), (7, 7, 2)),  # the last input row never read
         (lambda: keras.layers.Conv1D(3, 4, strides=3, padding="same"), (13, 2)),

@@ -48,7 +48,9 @@ class ConvKind(LayerKind):
         a = tf.cast(record.a, tf.float32)
         if layer.rank == 1:  # a row of height 1
             a, d = a[:, None], d[:, None]
-        geometry = [(1, *g) if layer.rank == 1 else tuple(g) for g in (layer.kernel_size, layer.strides, layer.dilation_rate)]
+        geometry = [
+            (1, *g) if layer.rank == 1 else tuple(g) for g in (layer.kernel_size, layer.strides, layer.dilation_rate)
+        ]
         out = {id(layer.kernel): Shifted(a, d, *geometry, layer.padding.upper(), tuple(layer.kernel.shape))}
         d = rows_by_positions(d, layer.filters)
         if layer.use_bias:
@@ -97,7 +99,7 @@ class Shifted(Outer):
         extents = [(k - 1) * r + 1 for k, r in zip(self.size, self.rates)]
         if self.padding == "SAME":  # TensorFlow's: the odd one after
             pads = [max((o - 1) * s + e - n, 0) for o, s, e, n in zip(self.out, self.strides, extents, x.shape[1:3])]
-            x = tf.pad(x, [[0, 0], [pads[0] // 2, pads[0] - pads[0] // 2], [pads[1] // 2, pads[1] - pads[1] // 2], [0, 0]])
+            x = tf.pad(x, [[0, 0], *([p // 2, p - p // 2] for p in pads), [0, 0]])
         (kh, kw), (rh, rw), (sh, sw) = self.size, self.rates, self.strides
         if (sh, sw) == (1, 1):
             return [x[:, i * rh : i * rh + ho, j * rw : j * rw + wo] for i in range(kh) for j in range(kw)]
