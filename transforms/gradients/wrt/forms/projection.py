@@ -212,16 +212,23 @@ class Projection(WeightForm):
         return [tf.cast(total, self.spec.projection_dtype)]
 
 
+# The routes' costs in units of one multiply-add of the formed route's batched matmul, fitted to both routes timed
+# on 19 kernel shapes (convs over 4 to 1,024 positions, sequence and one-position Dense; docs/fast-weights.md): a
+# side's number costs about 250 per position (its gathers and segment sum into 2k buckets), the transforms about
+# 11 k log2 k per position (k = 2048: about 20 us a row and position), a formed parameter's count sketch about 50.
+SIDE_COST, TRANSFORM_COST, SKETCH_COST = 250, 11, 50
+
+
 def _fft_is_cheaper(factor, sides, k: int, memory_mb: int) -> bool:
-    """Whether the FFT route costs less than forming the rows' gradient (T I O) and count-sketching it: per position
-    it sketches both sides (about 8 n each, the gathers of a segment sum) and transforms them (about 3 k log2 k).
-    Also taken where the micro-batch's copies of the formed gradient would not fit the memory budget."""
+    """Whether the FFT route costs less than forming the rows' gradient (T I O) and count-sketching it (per parameter:
+    SKETCH_COST): per position it sketches both sides (SIDE_COST per number) and transforms them (TRANSFORM_COST
+    k log2 k). Also taken where the micro-batch's copies of the formed gradient would not fit the memory budget."""
     rows = int(factor.d.shape[0])
     positions, inputs, outputs = factor.sizes()  # not factor.a: a conv's patches are built only for this route
     if GRADIENT_COPIES * 4 * rows * inputs * outputs > memory_mb << 20:
         return True
-    fft = positions * (8 * (inputs + outputs) + 3 * k * max(1, k.bit_length() - 1))
-    return fft < positions * inputs * outputs + 8 * inputs * outputs
+    fft = positions * (SIDE_COST * (inputs + outputs) + TRANSFORM_COST * k * max(1, k.bit_length() - 1))
+    return fft < positions * inputs * outputs + SKETCH_COST * inputs * outputs
 
 
 def _draw(seed: int, path: str, size: int, k: int):
