@@ -8,7 +8,6 @@ from transforms.gradients.errors import SpecError
 from transforms.gradients.ops import clip
 from transforms.gradients.settings import Setting
 from transforms.gradients.wrt.base import Wrt
-from transforms.gradients.wrt.layer_gradients import ROWS as FAST_ROWS
 from transforms.gradients.wrt.layer_gradients import LayerGradients, NotCovered, covered_layers
 from transforms.gradients.wrt.forms import FORMS
 from transforms.gradients.wrt.per_example import in_micro_batches, micro_batch_rows, vectorized_or_looped
@@ -112,9 +111,12 @@ class Weights(Wrt):
 
         if self.fast:
             try:
+                whole = any(form.name != "norm" and not getattr(form, "factored", False) for form in self.forms)
+                # no row's whole gradient held: as many rows as its factors allow
+                rows = self.rows if whole else self.fast.rows(forward_fn, tensors, len(points), names, self.spec.weight_memory_mb)
                 if [form.name for form in self.forms] == ["norm"]:
                     self.path = "ghost_norms"
-                    return [self.fast.norms(forward_fn, tensors, len(points), names, self.forms[0])], None
+                    return [self.fast.norms(forward_fn, tensors, len(points), names, self.forms[0], rows)], None
                 self.path = "layer_gradients"
 
                 def per_batch(ts):
@@ -131,8 +133,6 @@ class Weights(Wrt):
                         out += form.compute(grads, p)
                     return out
 
-                whole = any(form.name != "norm" and not getattr(form, "factored", False) for form in self.forms)
-                rows = self.rows if whole else FAST_ROWS  # no row's whole gradient held: as many rows as the norms
                 return [in_micro_batches(per_batch, tensors, rows, results)], None
             except NotCovered:
                 pass  # the ops traced so far are unused, so pruned
