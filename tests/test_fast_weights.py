@@ -230,12 +230,15 @@ def _factored_reference(model, rows, k, seed):
     return out
 
 
-@pytest.fixture(params=["fft", "formed"])
+@pytest.fixture(params=["factors", "formed"])
 def route(request, monkeypatch):
-    """The factored kernels' route, forced (by cost, the tiny test kernels would always form the gradient)."""
+    """The factored kernels' route, forced both ways (by cost it is chosen per kernel; the tiny test kernels would
+    always form the gradient): the TensorSketch by FFT or the Kronecker sides, against forming the gradient."""
     from transforms.gradients.wrt.forms import projection
+    from transforms.gradients.wrt.forms.kronecker import Kronecker
 
-    monkeypatch.setattr(projection, "_fft_is_cheaper", lambda *args: request.param == "fft")
+    monkeypatch.setattr(projection, "_fft_is_cheaper", lambda *args: request.param == "factors")
+    monkeypatch.setattr(Kronecker, "factors_are_cheaper", lambda *args: request.param == "factors")
     return request.param
 
 
@@ -258,11 +261,12 @@ def test_factored_projection_is_the_documented_construction_on_the_eager_gradien
     assert_close(got["weight_projection"] / scale, oracle["weight_projection"] / scale, rtol=1e-4, atol=1e-5)
 
 
-def test_factored_projection_of_attention_equals_the_general_path_and_ignores_the_batch_size(route):
+@pytest.mark.parametrize("construction", ["factored", "kronecker"])
+def test_factored_projection_of_attention_equals_the_general_path_and_ignores_the_batch_size(route, construction):
     keras.utils.set_random_seed(6)
     model = _attention(tokens=6, width=8)
     inputs, labels = _data(model, rows=9)
-    spec = _spec(weight_output=("projection", "norm"), projection="factored", projection_dim=64, projection_seed=2)
+    spec = _spec(weight_output=("projection", "norm"), projection=construction, projection_dim=64, projection_seed=2)
     got, path = _run(model, spec, inputs, labels)
     assert path == "layer_gradients"
     oracle, _ = _run(model, spec, inputs, labels, general=True)
@@ -277,17 +281,118 @@ def test_factored_projection_of_attention_equals_the_general_path_and_ignores_th
         parts.append(engine(padded[:-1], padded[-1:])["weight_projection"][:n])
     assert np.concatenate(parts).tobytes() == got["weight_projection"].tobytes()
     record = engine.wrt.provenance()["projection"]
-    assert record["construction"] == "factored-tensorsketch-v1"
     biases = [v.path for v in model.trainable_variables if not v.path.endswith("kernel")]
-    assert record["countsketch_variables"] == biases  # embeddings, biases, the normalization's scale and offset
+    if construction == "factored":
+        assert record["construction"] == "factored-tensorsketch-v1"
+        assert record["countsketch_variables"] == biases  # embeddings, biases, the normalization's scale and offset
+    else:  # the attention's 8 x 32 kernels keep their 8 side whole; the classifier's 8 x 2 has k parameters or fewer
+        assert (record["construction"], record["sides"]) == ("kronecker-gaussian-v1", [8, 8])
+        classifier = model.trainable_variables[-2].path
+        assert record["countsketch_variables"] == [v.path for v in model.trainable_variables
+                                                   if v.path in biases or v.path == classifier]
 
 
-def test_influence_refuses_to_mix_constructions():
+# ---------------------------------------------------------------- projection kronecker
+
+
+def _kronecker_reference(model, rows, k, seed):
+    """The documented construction with numpy on the eager gradients: a Dense/Conv kernel as G [inputs, outputs],
+    its sketch P_in^T G P_out (Gaussian N(0, 1/side) from the seed and path + "/in" and "/out", a side kept whole
+    as the identity) in the first k_in k_out buckets, k_in-major; every other variable countsketch."""
+    from transforms.gradients.wrt.forms.kronecker import kernel_sides
+    from transforms.gradients.wrt.forms.projection import sketch_seed
+
+    def side(path, n, columns):
+        if n == columns:
+            return np.eye(n)
+        draw = tf.random.stateless_normal((n, columns), tf.constant(sketch_seed(seed, path), tf.int64), alg="philox")
+        return draw.numpy() / np.sqrt(columns)
+
+    out = _factored_reference(model, [[np.zeros_like(g) if v.path.endswith("kernel") else g
+                                       for g, v in zip(row, model.trainable_variables)] for row in rows], k, seed)
+    for j, v in enumerate(model.trainable_variables):
+        inputs, outputs = int(np.prod(v.shape[:-1])), int(v.shape[-1])
+        if not v.path.endswith("kernel") or kernel_sides(inputs, outputs, k) is None:
+            if v.path.endswith("kernel"):  # a small kernel: countsketch, as _factored_reference does not do
+                from transforms.gradients.wrt.forms.projection import _draw
+                bucket, sign = (t.numpy() for t in _draw(seed, v.path, inputs * outputs, k))
+                for r, row in enumerate(rows):
+                    np.add.at(out[r], bucket, sign * row[j].ravel())
+            continue
+        k_in, k_out = kernel_sides(inputs, outputs, k)
+        p_in, p_out = side(v.path + "/in", inputs, k_in), side(v.path + "/out", outputs, k_out)
+        for r, row in enumerate(rows):
+            out[r, : k_in * k_out] += (p_in.T @ row[j].reshape(inputs, outputs) @ p_out).ravel()
+    return out
+
+
+def test_kronecker_sides_compress_and_never_spread():
+    from transforms.gradients.wrt.forms.kronecker import kernel_sides, sides
+
+    assert sides(2048) == (32, 64) and sides(8) == (2, 4) and sides(509) is None
+    assert kernel_sides(256, 256, 2048) == (32, 64)  # both compressed, the longer sketch side on outputs
+    assert kernel_sides(1024, 256, 2048) == (64, 32)
+    assert kernel_sides(256, 10, 2048) == (204, 10)  # 10 outputs kept whole (exact), inputs get k // 10
+    assert kernel_sides(144, 32, 2048) == (64, 32)
+    assert kernel_sides(27, 16, 2048) is None  # 432 parameters: countsketch
+    for i, o in [(256, 256), (1024, 256), (256, 10), (144, 32), (9, 1000), (3000, 40)]:
+        k_in, k_out = kernel_sides(i, o, 2048)
+        assert k_in * k_out <= 2048 and k_in <= i and k_out <= o
+
+
+def test_kronecker_projection_keeps_inner_products_on_average():
+    """E <P_in^T G P_out, P_in^T G' P_out> = <G, G'> (E[P P^T] = I on each side): over 300 seeds the means of a
+    projected inner product and of a projected squared norm are within 4 standard errors of the exact ones."""
+    from transforms.gradients.wrt.forms.kronecker import Kronecker
+    from transforms.gradients.wrt.layers.base import Split
+
+    rng = np.random.default_rng(0)
+    g = rng.standard_normal((2, 40, 50)).astype(np.float32)
+    g[1] = 0.6 * g[0] + 0.8 * g[1]  # two rows' gradients, inner product about 0.6 of their norms
+    exact = float(np.sum(g[0] * g[1])), float(np.sum(g[0] ** 2))
+    found = []
+    for seed in range(300):
+        p = Kronecker(([seed, 1], [seed, 2]), Split(40, 50, (40, 50)), 64).of_gradient(tf.constant(g)).numpy()
+        found.append((p[0] @ p[1], p[0] @ p[0]))
+    found = np.array(found, np.float64)
+    mean, error = found.mean(0), found.std(0) / np.sqrt(len(found))
+    assert np.all(np.abs(mean - exact) < 4 * error), (mean, exact, error)
+    assert np.all(error < 0.05 * np.abs(exact))  # and the test can tell: its standard errors are small
+
+
+@pytest.mark.parametrize("clip", [None, "together", "per_tensor"])
+@pytest.mark.parametrize("kind", ["conv2d", "sequence_dense", "conv1d", "mlp"])
+def test_kronecker_projection_is_the_documented_construction_on_the_eager_gradients(kind, clip, route):
+    keras.utils.set_random_seed(5)
+    model = MODELS[kind]()
+    inputs, labels = _data(model)
+    clip_norm = None if clip is None else 0.05
+    options = dict(clip_norm=clip_norm, clip_per_tensor=clip == "per_tensor")
+    spec = _spec(weight_output=("projection",), projection="kronecker", projection_dim=8, projection_seed=9, **options)
+    want = _kronecker_reference(model, _eager(model, inputs, labels, clip_norm, clip == "per_tensor"), 8, 9)
+    got, path = _run(model, spec, inputs, labels)
+    assert path == "layer_gradients"
+    scale = np.abs(want).max()
+    assert_close(got["weight_projection"] / scale, want / scale, rtol=1e-4, atol=1e-5)
+    oracle, path = _run(model, spec, inputs, labels, general=True)
+    assert path == "per_example"
+    assert_close(got["weight_projection"] / scale, oracle["weight_projection"] / scale, rtol=1e-4, atol=1e-5)
+
+
+def test_kronecker_needs_a_dimension_with_a_balanced_split():
+    from transforms.gradients.errors import SpecError
+
+    with pytest.raises(SpecError, match=r"projection kronecker splits projection_dim into two sides .* 509 has no"):
+        _spec(weight_output=("projection",), projection="kronecker", projection_dim=509)
+
+
+@pytest.mark.parametrize("other", ["factored-tensorsketch-v1", "kronecker-gaussian-v1"])
+def test_influence_refuses_to_mix_constructions(other):
     from transforms.influence.projections import ProjectionMeta
 
     a = ProjectionMeta("sha", ("d/kernel",), 0, 64, "float32", "countsketch-v1")
-    b = ProjectionMeta("sha", ("d/kernel",), 0, 64, "float32", "factored-tensorsketch-v1")
-    assert a.differences(b) == ["projection construction countsketch-v1 vs factored-tensorsketch-v1"]
+    b = ProjectionMeta("sha", ("d/kernel",), 0, 64, "float32", other)
+    assert a.differences(b) == [f"projection construction countsketch-v1 vs {other}"]
 
 
 @pytest.mark.parametrize("output", ["norm", "full", "projection"])
@@ -321,7 +426,7 @@ def test_the_issues_attention_job_runs_through_the_cli_and_matches_the_eager_rec
                 assert_close(tensor_column(table, f"weight_gradient__{p}")[i], g, rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("construction", ["countsketch", "factored"])
+@pytest.mark.parametrize("construction", ["countsketch", "factored", "kronecker"])
 def test_self_influence_finds_the_flipped_labels_with_either_construction(tmp_path, construction):
     """The mislabeled-rows example end to end (main job, then influence): ROC AUC at least 0.8 with each."""
     from pipeline.run import main
