@@ -1,15 +1,15 @@
 """Construction `kronecker-gaussian-v1` of the weight projection (`projection kronecker`), after LoGra (Choe et al.
 2024): a kernel that its layer kind gives as a matrix W [inputs, outputs] is projected by P_in (x) P_out, with
-P_in [inputs, k_in] and P_out [outputs, k_out] Gaussian, entries N(0, 1/side), k_in * k_out = k. A row's gradient
+P_in [inputs, k_in] and P_out [outputs, k_out] Gaussian, entries N(0, 1/side), k_in * k_out <= k. A row's gradient
 there is G = sum_t a_t d_t^T, so its sketch P_in^T G P_out = sum_t (P_in^T a_t) (P_out^T d_t)^T comes from the
 layer's inputs and output gradients by matrix products alone: no FFT, no scatter, and never the gradient.
 
 Why it exists beside the TensorSketch (`factored`): a TensorSketch needs a k-point FFT per side and position, which
 bounds its speed on CPUs (docs/fast-weights.md); this costs two small matrix products per position. Its price is
 variance: two independent projections multiply, so its error is about that of a k_in- or k_out-dimensional one
-times how alike rows' inputs (or output gradients) are. Only kernels whose both sides are at least as long as
-their side of the sketch are so projected (a smaller side would be spread, not compressed); every other variable
-keeps countsketch. E<v, v'> = <g, g'> exactly, since E[P P^T] = I on each side.
+times how alike rows' inputs (or output gradients) are. Only kernels of more than k parameters are so projected,
+a side no longer than sqrt(k) kept whole (`kernel_sides`: never spread); every other variable keeps countsketch.
+E<v, v'> = <g, g'> exactly, since E[P P^T] = I on each side.
 """
 
 from __future__ import annotations
