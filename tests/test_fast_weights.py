@@ -130,6 +130,33 @@ def test_fast_norms_and_full_gradients_match_the_eager_recipe_and_the_general_pa
                 assert_close(norms[name], oracle[name], rtol=1e-4, atol=1e-6)
 
 
+def test_the_fast_paths_micro_batch_is_what_the_budget_holds_of_a_rows_factors():
+    """A row's factors (a conv's patches over 4,096 pixels: about 1.8 MB with their copies) set the rows per
+    micro-batch, between 64 and 256, the same for every batch size; the norms stay the recipe's at every size."""
+    keras.utils.set_random_seed(4)
+    x = keras.Input((64, 64, 3), name="x")
+    h = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(x)
+    model = keras.Model(x, keras.layers.Dense(2)(keras.layers.GlobalAveragePooling2D()(h)))
+    inputs, labels = _data(model)
+    want = [np.sqrt(sum(np.sum(g**2) for g in row)) for row in _eager(model, inputs, labels)]
+    found = {}
+    for budget in (1, 200, 1024):
+        spec = _spec(weight_output=("norm",), weight_memory_mb=budget)
+        for batch in (ROWS, 3):
+            engine = GradientEngine(from_keras(model), spec, batch_size=batch)
+            got = engine([t[:batch] for t in inputs], [labels[:batch]])
+            assert_close(got["weight_norm"], want[:batch], rtol=1e-4)
+            found.setdefault(budget, set()).add(engine.wrt.micro_batch)
+    assert found[1] == {64} and found[1024] == {256}, found  # the floor and the ceiling
+    (middle,) = found[200]
+    assert 64 < middle < 256, middle
+    mlp = MODELS["mlp"]()  # a row's factors: a few hundred bytes, so 256 rows even in 1 MiB
+    engine = GradientEngine(from_keras(mlp), _spec(weight_output=("norm",), weight_memory_mb=1), batch_size=ROWS)
+    mlp_inputs, mlp_labels = _data(mlp)
+    engine(mlp_inputs, [mlp_labels])
+    assert engine.wrt.micro_batch == 256
+
+
 def test_the_projection_of_the_fast_path_is_the_general_paths():
     keras.utils.set_random_seed(2)
     model = _attention()

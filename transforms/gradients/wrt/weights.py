@@ -90,6 +90,7 @@ class Weights(Wrt):
         owners = covered_layers(model, self.selection)
         self.fast = owners and LayerGradients(owners, self.selection, spec.clip_norm, spec.clip_per_tensor)
         self.path = None  # "ghost_norms", "layer_gradients" or "per_example", once traced
+        self.micro_batch = self.rows  # its rows per micro-batch, once traced
 
     def declare(self):
         return [o for form in self.forms for o in form.declare()]
@@ -114,6 +115,7 @@ class Weights(Wrt):
                 whole = any(form.name != "norm" and not getattr(form, "factored", False) for form in self.forms)
                 # no row's whole gradient held: as many rows as its factors allow
                 rows = self.rows if whole else self.fast.rows(forward_fn, tensors, len(points), names, self.spec.weight_memory_mb)
+                self.micro_batch = rows
                 if [form.name for form in self.forms] == ["norm"]:
                     self.path = "ghost_norms"
                     return [self.fast.norms(forward_fn, tensors, len(points), names, self.forms[0], rows)], None
@@ -136,7 +138,7 @@ class Weights(Wrt):
                 return [in_micro_batches(per_batch, tensors, rows, results)], None
             except NotCovered:
                 pass  # the ops traced so far are unused, so pruned
-        self.path = "per_example"
+        self.path, self.micro_batch = "per_example", self.rows
         variables = [w.variable for w in self.selection.weights]
 
         def per_row(row):
