@@ -112,30 +112,36 @@ class Weights(Wrt):
 
         if self.fast:
             try:
+                # one row, traced and never run (nothing uses it): what a row's factors keep, the outputs' specs
+                factors, probe = self.fast.factors(forward_fn, [t[:1] for t in tensors], len(points), names)
+                outputs = [tf.TensorSpec(o.shape[1:], o.dtype) for o in probe.outputs]
                 whole = any(form.name != "norm" and not getattr(form, "factored", False) for form in self.forms)
                 # no row's whole gradient held: as many rows as its factors allow
-                rows = self.rows if whole else self.fast.rows(forward_fn, tensors, len(points), names, self.spec.weight_memory_mb)
-                self.micro_batch = rows
+                self.micro_batch = self.rows if whole else self.fast.rows(factors, self.spec.weight_memory_mb)
                 if [form.name for form in self.forms] == ["norm"]:
                     self.path = "ghost_norms"
-                    return [self.fast.norms(forward_fn, tensors, len(points), names, self.forms[0], rows)], None
-                self.path = "layer_gradients"
+                    values = self.fast.norms(forward_fn, tensors, len(points), names, self.forms[0], self.micro_batch, outputs)
+                else:
+                    self.path = "layer_gradients"
 
-                def per_batch(ts):
-                    factors = self.fast.factors(forward_fn, ts, len(points), names)
-                    grads, out = None, []
-                    for form, p in zip(self.forms, prepared):
-                        if getattr(form, "factored", False):  # never forms a row's gradient
-                            out += form.from_factors(factors, self.fast.clip_scales(factors), p)
-                            continue
-                        if form.name == "norm":
-                            out += form.from_squares(self.fast.clipped_squares(factors))
-                            continue
-                        grads = grads or self.fast.clipped(factors)
-                        out += form.compute(grads, p)
-                    return out
+                    def per_batch(ts):
+                        factors, forward = self.fast.factors(forward_fn, ts, len(points), names)
+                        grads, out = None, []
+                        for form, p in zip(self.forms, prepared):
+                            if getattr(form, "factored", False):  # never forms a row's gradient
+                                out += form.from_factors(factors, self.fast.clip_scales(factors), p)
+                                continue
+                            if form.name == "norm":
+                                out += form.from_squares(self.fast.clipped_squares(factors))
+                                continue
+                            grads = grads or self.fast.clipped(factors)
+                            out += form.compute(grads, p)
+                        return out + list(forward.outputs)
 
-                return [in_micro_batches(per_batch, tensors, rows, results)], None
+                    values = in_micro_batches(per_batch, tensors, self.micro_batch, results + outputs)
+                # the engine reuses the micro-batches' forward passes instead of running the model once more
+                columns = len(values) - len(outputs)
+                return [values[:columns]], probe.at(values[columns:], extras)
             except NotCovered:
                 pass  # the ops traced so far are unused, so pruned
         self.path, self.micro_batch = "per_example", self.rows
