@@ -314,6 +314,7 @@ def test_factored_projection_of_attention_equals_the_general_path_and_ignores_th
         assert record["countsketch_variables"] == biases  # embeddings, biases, the normalization's scale and offset
     else:  # the attention's 8 x 32 kernels keep their 8 side whole; the classifier's 8 x 2 has k parameters or fewer
         assert (record["construction"], record["sides"]) == ("kronecker-gaussian-v1", [8, 8])
+        assert record["biases_with_kernels"] == []  # EinsumDense biases are summed over letters: countsketch
         classifier = model.trainable_variables[-2].path
         assert record["countsketch_variables"] == [v.path for v in model.trainable_variables
                                                    if v.path in biases or v.path == classifier]
@@ -325,31 +326,39 @@ def test_factored_projection_of_attention_equals_the_general_path_and_ignores_th
 def _kronecker_reference(model, rows, k, seed):
     """The documented construction with numpy on the eager gradients: a Dense/Conv kernel as G [inputs, outputs],
     its sketch P_in^T G P_out (Gaussian N(0, 1/side) from the seed and path + "/in" and "/out", a side kept whole
-    as the identity) in the first k_in k_out buckets, k_in-major; every other variable countsketch."""
+    as the identity) in the first k_in k_out buckets, k_in-major; its bias s as u (x) P_out^T s (u a unit vector
+    from the bias's path); every other variable countsketch."""
     from transforms.gradients.wrt.forms.kronecker import kernel_sides
-    from transforms.gradients.wrt.forms.projection import sketch_seed
+    from transforms.gradients.wrt.forms.projection import _draw, sketch_seed
+
+    def normal(path, shape):
+        return tf.random.stateless_normal(shape, tf.constant(sketch_seed(seed, path), tf.int64), alg="philox").numpy()
 
     def side(path, n, columns):
-        if n == columns:
-            return np.eye(n)
-        draw = tf.random.stateless_normal((n, columns), tf.constant(sketch_seed(seed, path), tf.int64), alg="philox")
-        return draw.numpy() / np.sqrt(columns)
+        return np.eye(n) if n == columns else normal(path, (n, columns)) / np.sqrt(columns)
 
-    out = _factored_reference(model, [[np.zeros_like(g) if v.path.endswith("kernel") else g
-                                       for g, v in zip(row, model.trainable_variables)] for row in rows], k, seed)
-    for j, v in enumerate(model.trainable_variables):
+    variables = model.trainable_variables
+    sides = {}  # kernel path -> (k_in, k_out, P_out)
+    out = np.zeros((len(rows), k))
+    for j, v in enumerate(variables):
         inputs, outputs = int(np.prod(v.shape[:-1])), int(v.shape[-1])
-        if not v.path.endswith("kernel") or kernel_sides(inputs, outputs, k) is None:
-            if v.path.endswith("kernel"):  # a small kernel: countsketch, as _factored_reference does not do
-                from transforms.gradients.wrt.forms.projection import _draw
-                bucket, sign = (t.numpy() for t in _draw(seed, v.path, inputs * outputs, k))
-                for r, row in enumerate(rows):
-                    np.add.at(out[r], bucket, sign * row[j].ravel())
-            continue
-        k_in, k_out = kernel_sides(inputs, outputs, k)
-        p_in, p_out = side(v.path + "/in", inputs, k_in), side(v.path + "/out", outputs, k_out)
-        for r, row in enumerate(rows):
-            out[r, : k_in * k_out] += (p_in.T @ row[j].reshape(inputs, outputs) @ p_out).ravel()
+        found = v.path.endswith("kernel") and kernel_sides(inputs, outputs, k)
+        if found:
+            k_in, k_out = found
+            p_in, p_out = side(v.path + "/in", inputs, k_in), side(v.path + "/out", outputs, k_out)
+            sides[v.path] = k_in, k_out, p_out
+            for r, row in enumerate(rows):
+                out[r, : k_in * k_out] += (p_in.T @ row[j].reshape(inputs, outputs) @ p_out).ravel()
+        elif v.path.endswith("bias") and v.path[: -len("bias")] + "kernel" in sides:
+            k_in, k_out, p_out = sides[v.path[: -len("bias")] + "kernel"]
+            u = normal(v.path, (k_in,))
+            u /= np.linalg.norm(u)
+            for r, row in enumerate(rows):
+                out[r, : k_in * k_out] += np.outer(u, row[j] @ p_out).ravel()
+        else:
+            bucket, sign = (t.numpy() for t in _draw(seed, v.path, int(np.prod(v.shape)), k))
+            for r, row in enumerate(rows):
+                np.add.at(out[r], bucket, sign * row[j].ravel())
     return out
 
 
@@ -368,18 +377,21 @@ def test_kronecker_sides_compress_and_never_spread():
 
 
 def test_kronecker_projection_keeps_inner_products_on_average():
-    """E <P_in^T G P_out, P_in^T G' P_out> = <G, G'> (E[P P^T] = I on each side): over 300 seeds the means of a
-    projected inner product and of a projected squared norm are within 4 standard errors of the exact ones."""
-    from transforms.gradients.wrt.forms.kronecker import Kronecker
+    """E <v, v'> = <g, g'> for a kernel G and its folded bias s (E[P P^T] = I on each side, ||u|| = 1, and P_in's
+    zero mean for the cross terms): over 300 seeds the means of a projected inner product and of a projected
+    squared norm are within 4 standard errors of the exact ones."""
+    from transforms.gradients.wrt.forms.kronecker import Bias, Kronecker
     from transforms.gradients.wrt.layers.base import Split
 
     rng = np.random.default_rng(0)
-    g = rng.standard_normal((2, 40, 50)).astype(np.float32)
-    g[1] = 0.6 * g[0] + 0.8 * g[1]  # two rows' gradients, inner product about 0.6 of their norms
-    exact = float(np.sum(g[0] * g[1])), float(np.sum(g[0] ** 2))
+    g, b = rng.standard_normal((2, 40, 50)).astype(np.float32), 6 * rng.standard_normal((2, 50)).astype(np.float32)
+    g[1], b[1] = 0.6 * g[0] + 0.8 * g[1], 0.6 * b[0] + 0.8 * b[1]  # two rows, inner products about 0.6 of the norms;
+    # the bias as large as the kernel, so that a wrong bias part would show
+    exact = float(np.sum(g[0] * g[1]) + b[0] @ b[1]), float(np.sum(g[0] ** 2) + b[0] @ b[0])
     found = []
     for seed in range(300):
-        p = Kronecker(([seed, 1], [seed, 2]), Split(40, 50, (40, 50)), 64).of_gradient(tf.constant(g)).numpy()
+        kernel = Kronecker(([seed, 1], [seed, 2]), Split(40, 50, (40, 50)), 64)
+        p = (kernel.of_gradient(tf.constant(g)) + Bias([seed, 3], 0, kernel).of_gradient(tf.constant(b))).numpy()
         found.append((p[0] @ p[1], p[0] @ p[0]))
     found = np.array(found, np.float64)
     mean, error = found.mean(0), found.std(0) / np.sqrt(len(found))

@@ -92,6 +92,49 @@ class Kronecker:
         return left, right
 
 
+class Bias:
+    """A bias folded into its kernel's sketch (`LayerKind.bias_of`): its gradient s = sum_t d_t is sketched as
+    u (x) P_out^T s, u a random unit vector of the kernel's input side (from the bias's path), which is the kernel's
+    sketch with one more input, the constant 1, projected by u (LoGra's). It costs nothing on the fast path (u is
+    added to every position's input side) where a countsketch of a small vector cost as much as the rest
+    (docs/fast-weights.md). ||u|| = 1 keeps its inner products unbiased, and P_in's zero mean the cross terms."""
+
+    def __init__(self, seed: list[int], kernel: int, plan: Kronecker):
+        self.kernel, self.plan = kernel, plan  # the kernel's index among the selected variables, its plan
+        u = tf.random.stateless_normal((plan.k_in,), tf.constant(seed, tf.int64), alg="philox")
+        self.u = u / tf.norm(u)
+
+    def of_gradient(self, gradient: tf.Tensor) -> tf.Tensor:
+        """[rows, outputs] -> [rows, k]: u (x) P_out^T s for each row's bias gradient s."""
+        rows = int(gradient.shape[0])
+        right = _times(tf.reshape(gradient, (rows, -1)), self.plan.p_out)
+        return _padded(tf.reshape(self.u[None, :, None] * right[:, None, :], (rows, -1)), self.plan.k)
+
+
+def from_factors(factors: list, scales: list | None, plans: list, k: int) -> tf.Tensor | None:
+    """The Kronecker kernels' and their biases' part of a micro-batch's sketch ([rows, k], None without any), each
+    times its rows' clipping factor (on the input side: a bias's may differ from its kernel's)."""
+    sides, total = {}, None
+    for j, (factor, plan) in enumerate(zip(factors, plans)):
+        if not isinstance(plan, Kronecker):
+            continue
+        scale = None if scales is None else scales[j]
+        if plan.factors_are_cheaper(int(factor.a.shape[1])):
+            left, right = plan.sides_of(factor.a, factor.d)
+            sides[j] = [left if scale is None else left * scale[:, None, None], right]
+        else:
+            total = _sum(total, plan.of_gradient(_scaled(factor.full(), scale)))
+    for j, (factor, plan) in enumerate(zip(factors, plans)):
+        if not isinstance(plan, Bias):
+            continue
+        scale = None if scales is None else scales[j]
+        if plan.kernel in sides:  # one more input, the constant 1, at every position
+            sides[plan.kernel][0] += plan.u[None, None, :] if scale is None else plan.u[None, None, :] * scale[:, None, None]
+        else:
+            total = _sum(total, plan.of_gradient(_scaled(factor.full(), scale)))
+    return _sum(total, outer_sum([tuple(s) for s in sides.values()], k)) if sides else total
+
+
 def outer_sum(sides: list[tuple[tf.Tensor, tf.Tensor]], k: int) -> tf.Tensor:
     """Every kernel's sum_t (P_in^T a_t) (P_out^T d_t)^T, added: per shape (k_in, k_out), one rank-3 batched product
     over all their positions side by side (the rows its batch axis, never a broadcast one:
@@ -106,6 +149,15 @@ def outer_sum(sides: list[tuple[tf.Tensor, tf.Tensor]], k: int) -> tf.Tensor:
         sketch = _padded(tf.reshape(tf.matmul(left, right, transpose_a=True), (int(left.shape[0]), -1)), k)
         total = sketch if total is None else total + sketch
     return total
+
+
+def _sum(total: tf.Tensor | None, part: tf.Tensor) -> tf.Tensor:
+    return part if total is None else total + part
+
+
+def _scaled(gradient: tf.Tensor, scale: tf.Tensor | None) -> tf.Tensor:
+    """[rows, ...] times each row's factor ([rows]), or as it is."""
+    return gradient if scale is None else gradient * tf.reshape(scale, (-1, *[1] * (gradient.shape.rank - 1)))
 
 
 def _times(x: tf.Tensor, side: tf.Tensor | None) -> tf.Tensor:

@@ -45,7 +45,8 @@ from transforms.gradients.outputs import Output
 from transforms.gradients.settings import Setting
 from transforms.gradients.wrt.forms.base import WeightForm
 from transforms.gradients.wrt.forms.kronecker import NAME as KRONECKER
-from transforms.gradients.wrt.forms.kronecker import Kronecker, outer_sum
+from transforms.gradients.wrt.forms import kronecker
+from transforms.gradients.wrt.forms.kronecker import Bias, Kronecker
 from transforms.gradients.wrt.forms.kronecker import sides as kronecker_sides
 from transforms.gradients.wrt.per_example import GRADIENT_COPIES
 
@@ -87,6 +88,7 @@ class Projection(WeightForm):
         super().__init__(model, spec, selection)
         self.factored = spec.projection != "countsketch"  # built from the layers' factors (`from_factors`)
         self.splits = [None] * len(selection.weights)
+        self.biases = [None] * len(selection.weights)  # kronecker: a bias's kernel (its index), folded in
         if self.factored:
             from transforms.gradients.wrt.layer_gradients import owners_of
 
@@ -94,6 +96,11 @@ class Projection(WeightForm):
             self.splits = [o and o[1].split(o[0], w.variable) for o, w in zip(owners, selection.weights)]
         if spec.projection == "kronecker":
             self.splits = [s if s and Kronecker.covers(s, spec.projection_dim) else None for s in self.splits]
+            index = {id(w.variable): j for j, w in enumerate(selection.weights)}
+            for j, (owner, weight) in enumerate(zip(owners, selection.weights)):
+                kernel = owner and owner[1].bias_of(owner[0], weight.variable)
+                if kernel is not None and self.splits[index.get(id(kernel), j)] is not None:
+                    self.biases[j] = index[id(kernel)]
 
     @classmethod
     def check_spec(cls, spec):
@@ -134,9 +141,11 @@ class Projection(WeightForm):
                 "dim": spec.projection_dim,
                 "dtype": spec.projection_dtype,
                 "construction": CONSTRUCTIONS[spec.projection],
-                **({"countsketch_variables": [w.path for w, s in zip(self.selection.weights, self.splits) if s is None]}
-                   if self.factored else {}),
-                **({"sides": list(kronecker_sides(spec.projection_dim))} if spec.projection == "kronecker" else {}),
+                **({"countsketch_variables": [w.path for w, s, b in zip(self.selection.weights, self.splits, self.biases)
+                                               if s is None and b is None]} if self.factored else {}),
+                **({"sides": list(kronecker_sides(spec.projection_dim)),
+                    "biases_with_kernels": [w.path for w, b in zip(self.selection.weights, self.biases) if b is not None]}
+                   if spec.projection == "kronecker" else {}),
             }
         }
 
@@ -173,13 +182,16 @@ class Projection(WeightForm):
                 bucket, sign = (tf.transpose(t, split.perm) for t in (bucket, sign))
             sides = [(*_sorted(*s), n) for s, n in zip(sides, (split.inputs, split.outputs))]
             plans.append((*_sorted(tf.reshape(bucket, (-1,)), tf.reshape(sign, (-1,))), sides))
+        for j, kernel in enumerate(self.biases):
+            if kernel is not None:
+                plans[j] = Bias(sketch_seed(self.spec.projection_seed, self.selection.weights[j].path), kernel, plans[kernel])
         return plans
 
     def compute(self, gradients, plans):
         k = self.spec.projection_dim
         total = None
         for size, gradient, plan in zip(self.selection.sizes, gradients, plans):
-            if isinstance(plan, Kronecker):
+            if isinstance(plan, (Kronecker, Bias)):
                 sketch = plan.of_gradient(gradient)
             else:
                 sketch = _count_sketch(tf.reshape(gradient, (-1, size)), *plan[:3], k)
@@ -197,18 +209,11 @@ class Projection(WeightForm):
         leave by one irfft."""
         k = self.spec.projection_dim
         groups = []  # [positions, FFT kernels [(factor, side plans, scale)], formed parts [(gradient, plan)]]
-        total = None  # the Kronecker kernels formed, then every group's formed parts
-        products = []  # the Kronecker kernels' two sides, each row's right side times its clipping factor
+        total = kronecker.from_factors(factors, scales, plans, k) if self.spec.projection == "kronecker" else None
         for j, (factor, plan) in enumerate(zip(factors, plans)):
             scale = None if scales is None else scales[j][:, None]
-            if isinstance(plan, Kronecker) and plan.factors_are_cheaper(int(factor.a.shape[1])):
-                left, right = plan.sides_of(factor.a, factor.d)
-                products.append((left, right if scale is None else right * scale[:, :, None]))
-                continue
-            if isinstance(plan, Kronecker):
-                sketch = plan.of_gradient(factor.full() if scale is None else _scaled(factor.full(), scale))
-                total = sketch if total is None else total + sketch
-                continue
+            if isinstance(plan, (Kronecker, Bias)):
+                continue  # in `total` already
             sides = plan[3]
             fft = sides is not None and hasattr(factor, "a")
             if fft and _fft_is_cheaper(factor, sides, k, self.spec.weight_memory_mb):
@@ -243,15 +248,7 @@ class Projection(WeightForm):
         if spectrum is not None:
             sketch = tf.signal.irfft(spectrum, [k])
             total = sketch if total is None else total + sketch
-        if products:
-            sketch = outer_sum(products, k)
-            total = sketch if total is None else total + sketch
         return [tf.cast(total, self.spec.projection_dtype)]
-
-
-def _scaled(gradient: tf.Tensor, scale: tf.Tensor) -> tf.Tensor:
-    """[rows, ...] times each row's factor ([rows, 1])."""
-    return gradient * tf.reshape(scale, (-1, *[1] * (gradient.shape.rank - 1)))
 
 
 def _fft_is_cheaper(factor, sides, k: int, memory_mb: int) -> bool:
