@@ -1,7 +1,7 @@
 """Where the CNN's fast weight path spends its time (issue 20): per piece, ms per 256 rows, in one process.
 
 The CNN of bench/weights.py (32x32x3, Conv2D 16 and 32, global average pooling, Dense 10), batch 256 in the fast
-path's micro-batches of 64 rows (`layer_gradients.ROWS`, one `tf.map_fn` step each, as the engine runs them):
+path's micro-batches (as many rows as the engine takes, `Weights.micro_batch`; one `tf.map_fn` step each):
 
   ceiling          the batched loss gradient w.r.t. the weights (one backward pass, not per example)
   engine norm      GradientEngine's per-example weight norms (the fast path, what bench/weights.py times)
@@ -33,7 +33,6 @@ def main():
     import tensorflow as tf
 
     from transforms.gradients import GradientEngine, GradientSpec, from_keras
-    from transforms.gradients.wrt.layer_gradients import ROWS
     from transforms.gradients.wrt.layers.base import Outer
     from transforms.gradients.wrt.layers.conv import ConvKind, Shifted
 
@@ -53,6 +52,8 @@ def main():
 
     spec = GradientSpec(target="loss", loss="sparse_categorical_crossentropy", wrt="weights", weight_output=("norm",))
     engine = GradientEngine(from_keras(model), spec, BATCH)
+    engine([x], [y])
+    ROWS = engine.wrt.micro_batch  # noqa: N806 (the rows per micro-batch, as the engine chose)
 
     def factors(xm, ym):
         """The conv kernels' factors (conv.Shifted) of one micro-batch: recording forward, one backward pass."""

@@ -15,6 +15,7 @@ Engine alone, in this process (rows/s over --engine_rows rows, batch 256, best o
   norm       the engine, `--wrt weights --weight_output norm`
   projection the engine, `--weight_output projection --projection_dim 2048` (countsketch)
   factored   the engine, `--weight_output projection --projection factored` (issue 20, docs/fast-weights.md)
+  kronecker  the engine, `--weight_output projection --projection kronecker` (issue 20, docs/fast-weights.md)
 Projection quality (--quality_rows rows): per construction, the median over row pairs of
   |<p_i, p_j> - <g_i, g_j>| / (|g_i| |g_j|) at k = 2048, g the exact per-example gradients (`full`), the mean of
   |p_i|^2 / |g_i|^2 (unbiased: about 1) and the correlation of projected with exact inner products.
@@ -161,6 +162,7 @@ def engine_rates(name, path, shape, rows, recipe_rows):
         "norm": best_rate(engine("norm"), done),
         "projection": best_rate(engine("projection"), done),
         "factored": best_rate(engine("projection", "factored"), done),
+        "kronecker": best_rate(engine("projection", "kronecker"), done),
     }
 
 
@@ -174,7 +176,7 @@ def quality(name, path, shape, rows, k=2048):
     model = keras.models.load_model(path, compile=False)
     x, y = inputs_for(name, shape, rows), (np.arange(rows) % 10).astype(np.float32)
     out = {}
-    for construction in ("countsketch", "factored"):
+    for construction in ("countsketch", "factored", "kronecker"):
         spec = GradientSpec(target="loss", loss=LOSS, wrt="weights", weight_output=("projection", "full"),
                             projection=construction, projection_dim=k, allow_large_rows=True, weight_memory_mb=4096)
         result = GradientEngine(from_keras(model), spec, rows)([x], [y])

@@ -165,6 +165,33 @@ def test_conv_kernel_gradients_by_kernel_offset_match_each_rows_tape(layer, shap
     assert_close(tf.reduce_sum(aa * dd, axis=(1, 2)), squares, rtol=1e-5)  # the ghost norm
 
 
+def test_the_fast_paths_micro_batch_is_what_the_budget_holds_of_a_rows_factors():
+    """A row's factors (a conv's patches over 4,096 pixels: about 1.8 MB with their copies) set the rows per
+    micro-batch, between 64 and 256, the same for every batch size; the norms stay the recipe's at every size."""
+    keras.utils.set_random_seed(4)
+    x = keras.Input((64, 64, 3), name="x")
+    h = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(x)
+    model = keras.Model(x, keras.layers.Dense(2)(keras.layers.GlobalAveragePooling2D()(h)))
+    inputs, labels = _data(model)
+    want = [np.sqrt(sum(np.sum(g**2) for g in row)) for row in _eager(model, inputs, labels)]
+    found = {}
+    for budget in (1, 200, 1024):
+        spec = _spec(weight_output=("norm",), weight_memory_mb=budget)
+        for batch in (ROWS, 3):
+            engine = GradientEngine(from_keras(model), spec, batch_size=batch)
+            got = engine([t[:batch] for t in inputs], [labels[:batch]])
+            assert_close(got["weight_norm"], want[:batch], rtol=1e-4)
+            found.setdefault(budget, set()).add(engine.wrt.micro_batch)
+    assert found[1] == {64} and found[1024] == {256}, found  # the floor and the ceiling
+    (middle,) = found[200]
+    assert 64 < middle < 256, middle
+    mlp = MODELS["mlp"]()  # a row's factors: a few hundred bytes, so 256 rows even in 1 MiB
+    engine = GradientEngine(from_keras(mlp), _spec(weight_output=("norm",), weight_memory_mb=1), batch_size=ROWS)
+    mlp_inputs, mlp_labels = _data(mlp)
+    engine(mlp_inputs, [mlp_labels])
+    assert engine.wrt.micro_batch == 256
+
+
 def test_the_projection_of_the_fast_path_is_the_general_paths():
     keras.utils.set_random_seed(2)
     model = _attention()
@@ -265,12 +292,15 @@ def _factored_reference(model, rows, k, seed):
     return out
 
 
-@pytest.fixture(params=["fft", "formed"])
+@pytest.fixture(params=["factors", "formed"])
 def route(request, monkeypatch):
-    """The factored kernels' route, forced (by cost, the tiny test kernels would always form the gradient)."""
+    """The factored kernels' route, forced both ways (by cost it is chosen per kernel; the tiny test kernels would
+    always form the gradient): the TensorSketch by FFT or the Kronecker sides, against forming the gradient."""
     from transforms.gradients.wrt.forms import projection
+    from transforms.gradients.wrt.forms.kronecker import Kronecker
 
-    monkeypatch.setattr(projection, "_fft_is_cheaper", lambda *args: request.param == "fft")
+    monkeypatch.setattr(projection, "_fft_is_cheaper", lambda *args: request.param == "factors")
+    monkeypatch.setattr(Kronecker, "factors_are_cheaper", lambda *args: request.param == "factors")
     return request.param
 
 
@@ -293,11 +323,12 @@ def test_factored_projection_is_the_documented_construction_on_the_eager_gradien
     assert_close(got["weight_projection"] / scale, oracle["weight_projection"] / scale, rtol=1e-4, atol=1e-5)
 
 
-def test_factored_projection_of_attention_equals_the_general_path_and_ignores_the_batch_size(route):
+@pytest.mark.parametrize("construction", ["factored", "kronecker"])
+def test_factored_projection_of_attention_equals_the_general_path_and_ignores_the_batch_size(route, construction):
     keras.utils.set_random_seed(6)
     model = _attention(tokens=6, width=8)
     inputs, labels = _data(model, rows=9)
-    spec = _spec(weight_output=("projection", "norm"), projection="factored", projection_dim=64, projection_seed=2)
+    spec = _spec(weight_output=("projection", "norm"), projection=construction, projection_dim=64, projection_seed=2)
     got, path = _run(model, spec, inputs, labels)
     assert path == "layer_gradients"
     oracle, _ = _run(model, spec, inputs, labels, general=True)
@@ -312,17 +343,130 @@ def test_factored_projection_of_attention_equals_the_general_path_and_ignores_th
         parts.append(engine(padded[:-1], padded[-1:])["weight_projection"][:n])
     assert np.concatenate(parts).tobytes() == got["weight_projection"].tobytes()
     record = engine.wrt.provenance()["projection"]
-    assert record["construction"] == "factored-tensorsketch-v1"
     biases = [v.path for v in model.trainable_variables if not v.path.endswith("kernel")]
-    assert record["countsketch_variables"] == biases  # embeddings, biases, the normalization's scale and offset
+    if construction == "factored":
+        assert record["construction"] == "factored-tensorsketch-v1"
+        assert record["countsketch_variables"] == biases  # embeddings, biases, the normalization's scale and offset
+    else:  # the attention's 8 x 32 kernels keep their 8 side whole; the classifier's 8 x 2 has k parameters or fewer
+        assert (record["construction"], record["sides"]) == ("kronecker-gaussian-v1", [8, 8])
+        assert record["biases_with_kernels"] == []  # EinsumDense biases are summed over letters: countsketch
+        classifier = model.trainable_variables[-2].path
+        assert record["countsketch_variables"] == [v.path for v in model.trainable_variables
+                                                   if v.path in biases or v.path == classifier]
 
 
-def test_influence_refuses_to_mix_constructions():
+# ---------------------------------------------------------------- projection kronecker
+
+
+def _kronecker_reference(model, rows, k, seed):
+    """The documented construction with numpy on the eager gradients: a Dense/Conv kernel as G [inputs, outputs],
+    its sketch P_in^T G P_out (Gaussian N(0, 1/side) from the seed and path + "/in" and "/out", a side kept whole
+    as the identity) in the first k_in k_out buckets, k_in-major; its bias s as u (x) P_out^T s (u a unit vector
+    from the bias's path); every other variable countsketch."""
+    from transforms.gradients.wrt.forms.kronecker import kernel_sides
+    from transforms.gradients.wrt.forms.projection import _draw, sketch_seed
+
+    def normal(path, shape):
+        return tf.random.stateless_normal(shape, tf.constant(sketch_seed(seed, path), tf.int64), alg="philox").numpy()
+
+    def side(path, n, columns):
+        return np.eye(n) if n == columns else normal(path, (n, columns)) / np.sqrt(columns)
+
+    variables = model.trainable_variables
+    sides = {}  # kernel path -> (k_in, k_out, P_out)
+    out = np.zeros((len(rows), k))
+    for j, v in enumerate(variables):
+        inputs, outputs = int(np.prod(v.shape[:-1])), int(v.shape[-1])
+        found = v.path.endswith("kernel") and kernel_sides(inputs, outputs, k)
+        if found:
+            k_in, k_out = found
+            p_in, p_out = side(v.path + "/in", inputs, k_in), side(v.path + "/out", outputs, k_out)
+            sides[v.path] = k_in, k_out, p_out
+            for r, row in enumerate(rows):
+                out[r, : k_in * k_out] += (p_in.T @ row[j].reshape(inputs, outputs) @ p_out).ravel()
+        elif v.path.endswith("bias") and v.path[: -len("bias")] + "kernel" in sides:
+            k_in, k_out, p_out = sides[v.path[: -len("bias")] + "kernel"]
+            u = normal(v.path, (k_in,))
+            u /= np.linalg.norm(u)
+            for r, row in enumerate(rows):
+                out[r, : k_in * k_out] += np.outer(u, row[j] @ p_out).ravel()
+        else:
+            bucket, sign = (t.numpy() for t in _draw(seed, v.path, int(np.prod(v.shape)), k))
+            for r, row in enumerate(rows):
+                np.add.at(out[r], bucket, sign * row[j].ravel())
+    return out
+
+
+def test_kronecker_sides_compress_and_never_spread():
+    from transforms.gradients.wrt.forms.kronecker import kernel_sides, sides
+
+    assert sides(2048) == (32, 64) and sides(8) == (2, 4) and sides(509) is None
+    assert kernel_sides(256, 256, 2048) == (32, 64)  # both compressed, the longer sketch side on outputs
+    assert kernel_sides(1024, 256, 2048) == (64, 32)
+    assert kernel_sides(256, 10, 2048) == (204, 10)  # 10 outputs kept whole (exact), inputs get k // 10
+    assert kernel_sides(144, 32, 2048) == (64, 32)
+    assert kernel_sides(27, 16, 2048) is None  # 432 parameters: countsketch
+    for i, o in [(256, 256), (1024, 256), (256, 10), (144, 32), (9, 1000), (3000, 40)]:
+        k_in, k_out = kernel_sides(i, o, 2048)
+        assert k_in * k_out <= 2048 and k_in <= i and k_out <= o
+
+
+def test_kronecker_projection_keeps_inner_products_on_average():
+    """E <v, v'> = <g, g'> for a kernel G and its folded bias s (E[P P^T] = I on each side, ||u|| = 1, and P_in's
+    zero mean for the cross terms): over 300 seeds the means of a projected inner product and of a projected
+    squared norm are within 4 standard errors of the exact ones."""
+    from transforms.gradients.wrt.forms.kronecker import Bias, Kronecker
+    from transforms.gradients.wrt.layers.base import Split
+
+    rng = np.random.default_rng(0)
+    g, b = rng.standard_normal((2, 40, 50)).astype(np.float32), 6 * rng.standard_normal((2, 50)).astype(np.float32)
+    g[1], b[1] = 0.6 * g[0] + 0.8 * g[1], 0.6 * b[0] + 0.8 * b[1]  # two rows, inner products about 0.6 of the norms;
+    # the bias as large as the kernel, so that a wrong bias part would show
+    exact = float(np.sum(g[0] * g[1]) + b[0] @ b[1]), float(np.sum(g[0] ** 2) + b[0] @ b[0])
+    found = []
+    for seed in range(300):
+        kernel = Kronecker(([seed, 1], [seed, 2]), Split(40, 50, (40, 50)), 64)
+        p = (kernel.of_gradient(tf.constant(g)) + Bias([seed, 3], 0, kernel).of_gradient(tf.constant(b))).numpy()
+        found.append((p[0] @ p[1], p[0] @ p[0]))
+    found = np.array(found, np.float64)
+    mean, error = found.mean(0), found.std(0) / np.sqrt(len(found))
+    assert np.all(np.abs(mean - exact) < 4 * error), (mean, exact, error)
+    assert np.all(error < 0.05 * np.abs(exact))  # and the test can tell: its standard errors are small
+
+
+@pytest.mark.parametrize("clip", [None, "together", "per_tensor"])
+@pytest.mark.parametrize("kind", ["conv2d", "sequence_dense", "conv1d", "mlp"])
+def test_kronecker_projection_is_the_documented_construction_on_the_eager_gradients(kind, clip, route):
+    keras.utils.set_random_seed(5)
+    model = MODELS[kind]()
+    inputs, labels = _data(model)
+    clip_norm = None if clip is None else 0.05
+    options = dict(clip_norm=clip_norm, clip_per_tensor=clip == "per_tensor")
+    spec = _spec(weight_output=("projection",), projection="kronecker", projection_dim=8, projection_seed=9, **options)
+    want = _kronecker_reference(model, _eager(model, inputs, labels, clip_norm, clip == "per_tensor"), 8, 9)
+    got, path = _run(model, spec, inputs, labels)
+    assert path == "layer_gradients"
+    scale = np.abs(want).max()
+    assert_close(got["weight_projection"] / scale, want / scale, rtol=1e-4, atol=1e-5)
+    oracle, path = _run(model, spec, inputs, labels, general=True)
+    assert path == "per_example"
+    assert_close(got["weight_projection"] / scale, oracle["weight_projection"] / scale, rtol=1e-4, atol=1e-5)
+
+
+def test_kronecker_needs_a_dimension_with_a_balanced_split():
+    from transforms.gradients.errors import SpecError
+
+    with pytest.raises(SpecError, match=r"projection kronecker splits projection_dim into two sides .* 509 has no"):
+        _spec(weight_output=("projection",), projection="kronecker", projection_dim=509)
+
+
+@pytest.mark.parametrize("other", ["factored-tensorsketch-v1", "kronecker-gaussian-v1"])
+def test_influence_refuses_to_mix_constructions(other):
     from transforms.influence.projections import ProjectionMeta
 
     a = ProjectionMeta("sha", ("d/kernel",), 0, 64, "float32", "countsketch-v1")
-    b = ProjectionMeta("sha", ("d/kernel",), 0, 64, "float32", "factored-tensorsketch-v1")
-    assert a.differences(b) == ["projection construction countsketch-v1 vs factored-tensorsketch-v1"]
+    b = ProjectionMeta("sha", ("d/kernel",), 0, 64, "float32", other)
+    assert a.differences(b) == [f"projection construction countsketch-v1 vs {other}"]
 
 
 @pytest.mark.parametrize("output", ["norm", "full", "projection"])
@@ -356,7 +500,7 @@ def test_the_issues_attention_job_runs_through_the_cli_and_matches_the_eager_rec
                 assert_close(tensor_column(table, f"weight_gradient__{p}")[i], g, rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("construction", ["countsketch", "factored"])
+@pytest.mark.parametrize("construction", ["countsketch", "factored", "kronecker"])
 def test_self_influence_finds_the_flipped_labels_with_either_construction(tmp_path, construction):
     """The mislabeled-rows example end to end (main job, then influence): ROC AUC at least 0.8 with each."""
     from pipeline.run import main

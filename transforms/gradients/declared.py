@@ -35,6 +35,6 @@ SETTINGS = (
     Setting('projection_dim', int, 2048, "Length k of each row's weight projection.", minimum=1, owner='weight_output projection'),
     Setting('projection_dtype', str, 'float32', 'Type of the projection.', choices=('float32', 'float16'), owner='weight_output projection'),
     Setting('projection_seed', int, 0, 'Seed of the projection: equal seeds, comparable rows.', owner='weight_output projection'),
-    Setting('projection', str, 'countsketch', "How the projection is built: countsketch of each row's gradient, or factored (a TensorSketch of each layer's inputs and output gradients, never forming the gradient; docs/fast-weights.md).", choices=('countsketch', 'factored'), owner='weight_output projection'),
+    Setting('projection', str, 'countsketch', "How the projection is built: countsketch of each row's gradient; factored, a TensorSketch of each layer's inputs and output gradients, never forming the gradient; or kronecker, two small Gaussian projections of them, faster and a little less exact (docs/fast-weights.md).", choices=('countsketch', 'factored', 'kronecker'), owner='weight_output projection'),
     Setting('allow_large_rows', bool, False, 'Allow {weight_output} full beyond 1,000,000 numbers per row.', owner='weight_output full'),
 )

@@ -22,6 +22,10 @@ class Forward:
         self._loss_fn = loss_fn
         self.scalars: list[tf.Tensor] = []
 
+    def at(self, outputs: list[tf.Tensor], extras: dict[str, tf.Tensor]) -> "Forward":
+        """The same loss at other outputs: a batch's forward pass put together from its micro-batches'."""
+        return Forward(outputs, extras, self._loss_fn)
+
     @functools.cached_property
     def loss(self) -> tf.Tensor:
         return self._loss_fn(self.outputs, self.extras["label"])

@@ -20,9 +20,15 @@ from transforms.gradients.ops import clip
 from transforms.gradients.wrt.layers import kind_of
 from transforms.gradients.wrt.per_example import in_micro_batches
 
-# Rows per micro-batch of the norms alone, fixed so that a row's bytes do not depend on the batch size (see
-# `in_micro_batches`); bigger than the general path's: a row costs its activations here, not a copy of its gradient.
-ROWS = 64
+# Rows per micro-batch of the fast path (`LayerGradients.rows`), fixed by the model and the spec, never by the batch
+# size, so that a row's bytes do not depend on it (see `in_micro_batches`); more than the general path's: a row costs
+# its layers' inputs and output gradients here, not a copy of its gradient. On a small model each op's fixed cost
+# dominates, and 256 rows per op ran the MLP's norms at 0.72 of the backward pass against 0.37 at 64
+# (docs/fast-weights.md); a model whose rows' factors outgrow the budget keeps the floor, what every model had before.
+ROWS = (64, 256)
+# What the budget counts per row: this many copies of the tensors its factors keep (the factors, the forward pass's
+# activations, the backward pass's temporaries).
+FACTOR_COPIES = 3
 # One recording at a time per process: a patched layer is shared by every thread that holds the model.
 _RECORDING = threading.Lock()
 
@@ -58,15 +64,17 @@ class LayerGradients:
         self.clip_norm = clip_norm
         self.per_tensor = per_tensor
 
-    def factors(self, forward_fn, tensors: list[tf.Tensor], points: int, names: list[str]) -> list:
-        """A micro-batch's rows -> per selected variable, its factor (`layers.base`): one forward, one backward."""
+    def factors(self, forward_fn, tensors: list[tf.Tensor], points: int, names: list[str]) -> tuple[list, object]:
+        """A micro-batch's rows -> (per selected variable, its factor (`layers.base`); the forward pass, whose outputs
+        the engine reuses rather than run the model again): one forward, one backward."""
         records = {}
         layers = list(dict.fromkeys(layer for layer, _ in self.owners))
         kinds = {id(layer): kind for layer, kind in self.owners}
         # `outside` sees the variables read outside the selected layers' own calls (it stops inside them).
         with tf.GradientTape() as tape, tf.GradientTape() as outside, self._recording(layers, kinds, tape, records, outside):
             extras = dict(zip(names, tensors[points:]))
-            total = tf.reduce_sum(forward_fn(tensors[:points], extras).scalars[0])
+            forward = forward_fn(tensors[:points], extras)
+            total = tf.reduce_sum(forward.scalars[0])
         if any(len(records[id(layer)]) != 1 or records[id(layer)][0] is None for layer in layers):
             raise NotCovered("a selected layer ran other than once, or on an input its kind does not cover")
         read_elsewhere = {id(v) for v in outside.watched_variables()}
@@ -81,7 +89,17 @@ class LayerGradients:
         factors = {}
         for layer, delta in zip(layers, deltas):
             factors.update(kinds[id(layer)].factors(layer, records[id(layer)][0], tf.cast(delta, tf.float32)))
-        return [factors[id(w.variable)] for w in self.selection.weights]
+        return [factors[id(w.variable)] for w in self.selection.weights], forward
+
+    @staticmethod
+    def rows(factors: list, memory_mb: int) -> int:
+        """Rows per micro-batch: as many as `memory_mb` holds of what a row's factors keep, within ROWS, from one row's
+        factors (traced on one row, ops nothing uses, so pruned): a conv's patches or a sequence's positions count."""
+        kept = {id(t): t for f in factors for t in vars(f).values() if isinstance(t, tf.Tensor)}
+        working = sum(f.working_bytes() for f in factors if hasattr(f, "working_bytes"))  # built while it runs
+        per_row = FACTOR_COPIES * (sum(t.shape.num_elements() * t.dtype.size for t in kept.values()) + working)
+        low, high = ROWS
+        return max(low, min(high, (memory_mb << 20) // max(1, per_row)))
 
     def clip_scales(self, factors) -> list[tf.Tensor] | None:
         """Per selected variable, each row's float32 clipping factor (min(1, c / norm)), from the factors' squares;
@@ -99,15 +117,16 @@ class LayerGradients:
         """Per selected variable, each row's whole gradient [rows, *shape] (clipped as asked)."""
         return clip([f.full() for f in factors], self.clip_norm, self.per_tensor)
 
-    def norms(self, forward_fn, tensors, points, names, norm_form) -> list[tf.Tensor]:
-        """The norm form's columns for the whole batch, in fixed micro-batches of ROWS rows."""
-        results = [tf.TensorSpec(o.shape, o.dtype) for o in norm_form.declare()]
-        return in_micro_batches(
-            lambda ts: norm_form.from_squares(self.clipped_squares(self.factors(forward_fn, ts, points, names))),
-            tensors,
-            ROWS,
-            results,
-        )
+    def norms(self, forward_fn, tensors, points, names, norm_form, rows: int, outputs: list) -> list[tf.Tensor]:
+        """The norm form's columns for the whole batch, in fixed micro-batches of `rows` rows, then the model's
+        `outputs` (per-row specs) from the same forward passes."""
+        results = [tf.TensorSpec(o.shape, o.dtype) for o in norm_form.declare()] + outputs
+
+        def micro_batch(ts):
+            factors, forward = self.factors(forward_fn, ts, points, names)
+            return norm_form.from_squares(self.clipped_squares(factors)) + list(forward.outputs)
+
+        return in_micro_batches(micro_batch, tensors, rows, results)
 
     @contextlib.contextmanager
     def _recording(self, layers, kinds, tape, records, outside):

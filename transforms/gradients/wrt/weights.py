@@ -8,7 +8,6 @@ from transforms.gradients.errors import SpecError
 from transforms.gradients.ops import clip
 from transforms.gradients.settings import Setting
 from transforms.gradients.wrt.base import Wrt
-from transforms.gradients.wrt.layer_gradients import ROWS as FAST_ROWS
 from transforms.gradients.wrt.layer_gradients import LayerGradients, NotCovered, covered_layers
 from transforms.gradients.wrt.forms import FORMS
 from transforms.gradients.wrt.per_example import in_micro_batches, micro_batch_rows, vectorized_or_looped
@@ -91,6 +90,7 @@ class Weights(Wrt):
         owners = covered_layers(model, self.selection)
         self.fast = owners and LayerGradients(owners, self.selection, spec.clip_norm, spec.clip_per_tensor)
         self.path = None  # "ghost_norms", "layer_gradients" or "per_example", once traced
+        self.micro_batch = self.rows  # its rows per micro-batch, once traced
 
     def declare(self):
         return [o for form in self.forms for o in form.declare()]
@@ -112,31 +112,39 @@ class Weights(Wrt):
 
         if self.fast:
             try:
+                # one row, traced and never run (nothing uses it): what a row's factors keep, the outputs' specs
+                factors, probe = self.fast.factors(forward_fn, [t[:1] for t in tensors], len(points), names)
+                outputs = [tf.TensorSpec(o.shape[1:], o.dtype) for o in probe.outputs]
+                whole = any(form.name != "norm" and not getattr(form, "factored", False) for form in self.forms)
+                # no row's whole gradient held: as many rows as its factors allow
+                self.micro_batch = self.rows if whole else self.fast.rows(factors, self.spec.weight_memory_mb)
                 if [form.name for form in self.forms] == ["norm"]:
                     self.path = "ghost_norms"
-                    return [self.fast.norms(forward_fn, tensors, len(points), names, self.forms[0])], None
-                self.path = "layer_gradients"
+                    values = self.fast.norms(forward_fn, tensors, len(points), names, self.forms[0], self.micro_batch, outputs)
+                else:
+                    self.path = "layer_gradients"
 
-                def per_batch(ts):
-                    factors = self.fast.factors(forward_fn, ts, len(points), names)
-                    grads, out = None, []
-                    for form, p in zip(self.forms, prepared):
-                        if getattr(form, "factored", False):  # never forms a row's gradient
-                            out += form.from_factors(factors, self.fast.clip_scales(factors), p)
-                            continue
-                        if form.name == "norm":
-                            out += form.from_squares(self.fast.clipped_squares(factors))
-                            continue
-                        grads = grads or self.fast.clipped(factors)
-                        out += form.compute(grads, p)
-                    return out
+                    def per_batch(ts):
+                        factors, forward = self.fast.factors(forward_fn, ts, len(points), names)
+                        grads, out = None, []
+                        for form, p in zip(self.forms, prepared):
+                            if getattr(form, "factored", False):  # never forms a row's gradient
+                                out += form.from_factors(factors, self.fast.clip_scales(factors), p)
+                                continue
+                            if form.name == "norm":
+                                out += form.from_squares(self.fast.clipped_squares(factors))
+                                continue
+                            grads = grads or self.fast.clipped(factors)
+                            out += form.compute(grads, p)
+                        return out + list(forward.outputs)
 
-                whole = any(form.name != "norm" and not getattr(form, "factored", False) for form in self.forms)
-                rows = self.rows if whole else FAST_ROWS  # no row's whole gradient held: as many rows as the norms
-                return [in_micro_batches(per_batch, tensors, rows, results)], None
+                    values = in_micro_batches(per_batch, tensors, self.micro_batch, results + outputs)
+                # the engine reuses the micro-batches' forward passes instead of running the model once more
+                columns = len(values) - len(outputs)
+                return [values[:columns]], probe.at(values[columns:], extras)
             except NotCovered:
                 pass  # the ops traced so far are unused, so pruned
-        self.path = "per_example"
+        self.path, self.micro_batch = "per_example", self.rows
         variables = [w.variable for w in self.selection.weights]
 
         def per_row(row):

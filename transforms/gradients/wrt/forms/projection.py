@@ -22,6 +22,10 @@ countsketch is, so no split of k over layers (the split that minimizes variance 
 E<v, v'> = <g, g'>; the variance of a kernel's part is about that of countsketch plus a term that grows with the
 inner products of the rows' a_t (and of their d_t) across positions: docs/fast-weights.md has the measurements.
 
+Construction `kronecker-gaussian-v1` (`projection kronecker`, forms/kronecker.py): the same factors, each kernel
+projected by two small Gaussian matrices P_in (x) P_out (LoGra), by matrix products alone; the faster, with more
+variance. Its kernels and the variables that keep countsketch follow the same rules as above.
+
 Why the bytes are the same on any runner, batch size or rerun: S depends only
 on the seed, the paths and k; each variable's sum runs in parameter order
 (a sorted segment sum), variables are added in the model's order (the factored
@@ -40,6 +44,10 @@ from transforms.gradients.errors import SpecError
 from transforms.gradients.outputs import Output
 from transforms.gradients.settings import Setting
 from transforms.gradients.wrt.forms.base import WeightForm
+from transforms.gradients.wrt.forms.kronecker import NAME as KRONECKER
+from transforms.gradients.wrt.forms import kronecker
+from transforms.gradients.wrt.forms.kronecker import Bias, Kronecker
+from transforms.gradients.wrt.forms.kronecker import sides as kronecker_sides
 from transforms.gradients.wrt.layers.base import Outer
 from transforms.gradients.wrt.per_example import GRADIENT_COPIES
 
@@ -47,7 +55,8 @@ CONSTRUCTION = "countsketch-v1"
 FACTORED = "factored-tensorsketch-v1"
 MAX_DIM = 2**31 - 1  # buckets are int32 indices
 DTYPES = ("float32", "float16")
-CONSTRUCTIONS = ("countsketch", "factored")  # `projection`: CONSTRUCTION, or FACTORED
+# `projection` -> the construction's name in the metadata
+CONSTRUCTIONS = {"countsketch": CONSTRUCTION, "factored": FACTORED, "kronecker": KRONECKER}
 
 
 def _size(nbytes: int) -> str:
@@ -69,21 +78,30 @@ class Projection(WeightForm):
             "projection",
             str,
             "countsketch",
-            "How the projection is built: countsketch of each row's gradient, or factored (a TensorSketch of each "
-            "layer's inputs and output gradients, never forming the gradient; docs/fast-weights.md).",
-            choices=CONSTRUCTIONS,
+            "How the projection is built: countsketch of each row's gradient; factored, a TensorSketch of each "
+            "layer's inputs and output gradients, never forming the gradient; or kronecker, two small Gaussian "
+            "projections of them, faster and a little less exact (docs/fast-weights.md).",
+            choices=tuple(CONSTRUCTIONS),
         ),
     )
 
     def __init__(self, model, spec, selection):
         super().__init__(model, spec, selection)
-        self.factored = spec.projection == "factored"
+        self.factored = spec.projection != "countsketch"  # built from the layers' factors (`from_factors`)
         self.splits = [None] * len(selection.weights)
+        self.biases = [None] * len(selection.weights)  # kronecker: a bias's kernel (its index), folded in
         if self.factored:
             from transforms.gradients.wrt.layer_gradients import owners_of
 
             owners = owners_of(model, selection)
             self.splits = [o and o[1].split(o[0], w.variable) for o, w in zip(owners, selection.weights)]
+        if spec.projection == "kronecker":
+            self.splits = [s if s and Kronecker.covers(s, spec.projection_dim) else None for s in self.splits]
+            index = {id(w.variable): j for j, w in enumerate(selection.weights)}
+            for j, (owner, weight) in enumerate(zip(owners, selection.weights)):
+                kernel = owner and owner[1].bias_of(owner[0], weight.variable)
+                if kernel is not None and self.splits[index.get(id(kernel), j)] is not None:
+                    self.biases[j] = index[id(kernel)]
 
     @classmethod
     def check_spec(cls, spec):
@@ -99,6 +117,12 @@ class Projection(WeightForm):
         if spec.jit_compile:
             raise SpecError("{weight_output} projection cannot run under {jit_compile}: XLA has no sorted segment sum")
         cls.check_declared(spec, "projection")
+        if spec.projection == "kronecker" and kronecker_sides(spec.projection_dim) is None:
+            raise SpecError(
+                "{projection} kronecker splits {projection_dim} into two sides that multiply to it, and {value:,} has "
+                "no divisor near its square root; use one that has (a power of two: 1024, 2048, 4096)",
+                value=spec.projection_dim,
+            )
         if spec.projection_dtype not in DTYPES:
             raise SpecError(
                 "{projection_dtype} must be one of {choices}, not {value!r}",
@@ -117,9 +141,12 @@ class Projection(WeightForm):
                 "seed": spec.projection_seed,
                 "dim": spec.projection_dim,
                 "dtype": spec.projection_dtype,
-                "construction": FACTORED if self.factored else CONSTRUCTION,
-                **({"countsketch_variables": [w.path for w, s in zip(self.selection.weights, self.splits) if s is None]}
-                   if self.factored else {}),
+                "construction": CONSTRUCTIONS[spec.projection],
+                **({"countsketch_variables": [w.path for w, s, b in zip(self.selection.weights, self.splits, self.biases)
+                                               if s is None and b is None]} if self.factored else {}),
+                **({"sides": list(kronecker_sides(spec.projection_dim)),
+                    "biases_with_kernels": [w.path for w, b in zip(self.selection.weights, self.biases) if b is not None]}
+                   if spec.projection == "kronecker" else {}),
             }
         }
 
@@ -142,6 +169,10 @@ class Projection(WeightForm):
                 bucket, sign = _draw(self.spec.projection_seed, weight.path, size, k)
                 plans.append((*_sorted(bucket, sign), None))
                 continue
+            if self.spec.projection == "kronecker":
+                seeds = tuple(sketch_seed(self.spec.projection_seed, weight.path + end) for end in ("/in", "/out"))
+                plans.append(Kronecker(seeds, split, k))
+                continue
             sides = [_draw(self.spec.projection_seed, weight.path + end, n, k) for end, n in
                      (("/in", split.inputs), ("/out", split.outputs))]
             (b1, s1), (b2, s2) = sides
@@ -152,13 +183,19 @@ class Projection(WeightForm):
                 bucket, sign = (tf.transpose(t, split.perm) for t in (bucket, sign))
             sides = [(*_sorted(*s), n) for s, n in zip(sides, (split.inputs, split.outputs))]
             plans.append((*_sorted(tf.reshape(bucket, (-1,)), tf.reshape(sign, (-1,))), sides))
+        for j, kernel in enumerate(self.biases):
+            if kernel is not None:
+                plans[j] = Bias(sketch_seed(self.spec.projection_seed, self.selection.weights[j].path), kernel, plans[kernel])
         return plans
 
     def compute(self, gradients, plans):
         k = self.spec.projection_dim
         total = None
-        for size, gradient, (order, bucket, sign, _) in zip(self.selection.sizes, gradients, plans):
-            sketch = _count_sketch(tf.reshape(gradient, (-1, size)), order, bucket, sign, k)
+        for size, gradient, plan in zip(self.selection.sizes, gradients, plans):
+            if isinstance(plan, (Kronecker, Bias)):
+                sketch = plan.of_gradient(gradient)
+            else:
+                sketch = _count_sketch(tf.reshape(gradient, (-1, size)), *plan[:3], k)
             total = sketch if total is None else total + sketch
         return [tf.cast(total, self.spec.projection_dtype)]
 
@@ -173,8 +210,11 @@ class Projection(WeightForm):
         leave by one irfft."""
         k = self.spec.projection_dim
         groups = []  # [positions, FFT kernels [(factor, side plans, scale)], formed parts [(gradient, plan)]]
+        total = kronecker.from_factors(factors, scales, plans, k) if self.spec.projection == "kronecker" else None
         for j, (factor, plan) in enumerate(zip(factors, plans)):
             scale = None if scales is None else scales[j][:, None]
+            if isinstance(plan, (Kronecker, Bias)):
+                continue  # in `total` already
             sides = plan[3]
             fft = sides is not None and isinstance(factor, Outer)
             if fft and _fft_is_cheaper(factor, sides, k, self.spec.weight_memory_mb):
@@ -185,7 +225,7 @@ class Projection(WeightForm):
             gradient = tf.reshape(gradient, (gradient.shape[0], -1))
             gradient = gradient if scale is None else gradient * scale
             _group(groups, int(gradient.shape[0]), 1, 1, k)[2].append((gradient, plan[:3]))
-        total, spectrum = None, None
+        spectrum = None
         for positions, kernels, whole in groups:
             rows = int(whole[0][0].shape[0] if whole else kernels[0][0].a.shape[0])
             columns = [tf.reshape(t, (rows * positions, -1)) for f, _, _ in kernels for t in (f.a, f.d)]

@@ -117,6 +117,12 @@ class LayerKind:
         return None
 
     @classmethod
+    def bias_of(cls, layer, variable):
+        """The kernel whose factor's d a bias shares, its own factor `Outer(ones, d)` (Dense, Conv): a Kronecker
+        projection takes the bias as its kernel's one more, constant, input (LoGra). None for any other variable."""
+        return None
+
+    @classmethod
     def call(cls, layer, inputs, *args, **kwargs) -> tuple:
         raise NotImplementedError
 

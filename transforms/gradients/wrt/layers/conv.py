@@ -34,6 +34,10 @@ class ConvKind(LayerKind):
         return None
 
     @classmethod
+    def bias_of(cls, layer, variable):
+        return layer.kernel if layer.use_bias and variable is layer.bias else None
+
+    @classmethod
     def call(cls, layer, inputs, *args, **kwargs):
         from keras import ops
 
@@ -80,6 +84,12 @@ class Shifted(Outer):
             )
             self._patches = rows_by_positions(patches, self.sizes()[1])
         return self._patches
+
+    def working_bytes(self) -> int:
+        """What its product builds besides what it keeps (`LayerGradients.rows`): the offsets' slices of the input,
+        as many numbers as the patches."""
+        positions, inputs, _ = self.sizes()
+        return int(self.image.shape[0]) * positions * inputs * 4
 
     def sizes(self):
         return self.out[0] * self.out[1], self.size[0] * self.size[1] * int(self.image.shape[-1]), int(self.d.shape[2])

@@ -21,6 +21,10 @@ class DenseKind(LayerKind):
         return None
 
     @classmethod
+    def bias_of(cls, layer, variable):
+        return layer.kernel if layer.bias is not None and variable is layer.bias else None
+
+    @classmethod
     def call(cls, layer, inputs, *args, **kwargs):
         from keras import ops
 
