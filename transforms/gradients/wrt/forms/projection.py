@@ -134,17 +134,17 @@ class Projection(WeightForm):
         return [Output("weight_projection", "weight_projection", (spec.projection_dim,), spec.projection_dtype)]
 
     def provenance(self):
-        spec = self.spec
+        spec, weights = self.spec, self.selection.weights
         return {
             "projection": {
                 "seed": spec.projection_seed,
                 "dim": spec.projection_dim,
                 "dtype": spec.projection_dtype,
                 "construction": CONSTRUCTIONS[spec.projection],
-                **({"countsketch_variables": [w.path for w, s, b in zip(self.selection.weights, self.splits, self.biases)
+                **({"countsketch_variables": [w.path for w, s, b in zip(weights, self.splits, self.biases)
                                                if s is None and b is None]} if self.factored else {}),
                 **({"sides": list(kronecker_sides(spec.projection_dim)),
-                    "biases_with_kernels": [w.path for w, b in zip(self.selection.weights, self.biases) if b is not None]}
+                    "biases_with_kernels": [w.path for w, b in zip(weights, self.biases) if b is not None]}
                    if spec.projection == "kronecker" else {}),
             }
         }
@@ -184,7 +184,8 @@ class Projection(WeightForm):
             plans.append((*_sorted(tf.reshape(bucket, (-1,)), tf.reshape(sign, (-1,))), sides))
         for j, kernel in enumerate(self.biases):
             if kernel is not None:
-                plans[j] = Bias(sketch_seed(self.spec.projection_seed, self.selection.weights[j].path), kernel, plans[kernel])
+                seed = sketch_seed(self.spec.projection_seed, self.selection.weights[j].path)
+                plans[j] = Bias(seed, kernel, plans[kernel])
         return plans
 
     def compute(self, gradients, plans):
