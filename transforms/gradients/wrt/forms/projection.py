@@ -45,8 +45,8 @@ from transforms.gradients.outputs import Output
 from transforms.gradients.settings import Setting
 from transforms.gradients.wrt.forms.base import WeightForm
 from transforms.gradients.wrt.forms.kronecker import NAME as KRONECKER
-from transforms.gradients.wrt.forms import kronecker
 from transforms.gradients.wrt.forms.kronecker import Bias, Kronecker
+from transforms.gradients.wrt.forms.kronecker import from_factors as kronecker_from_factors
 from transforms.gradients.wrt.forms.kronecker import sides as kronecker_sides
 from transforms.gradients.wrt.per_example import GRADIENT_COPIES
 
@@ -210,7 +210,7 @@ class Projection(WeightForm):
         leave by one irfft."""
         k = self.spec.projection_dim
         groups = []  # [positions, FFT kernels [(factor, side plans, scale)], formed parts [(gradient, plan)]]
-        total = kronecker.from_factors(factors, scales, plans, k) if self.spec.projection == "kronecker" else None
+        total = kronecker_from_factors(factors, scales, plans, k) if self.spec.projection == "kronecker" else None
         for j, (factor, plan) in enumerate(zip(factors, plans)):
             scale = None if scales is None else scales[j][:, None]
             if isinstance(plan, (Kronecker, Bias)):
