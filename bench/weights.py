@@ -3,7 +3,7 @@
 Workloads (`--target loss` with sparse categorical cross-entropy against a `label` column, every trainable
 variable; rows: of each job, of the engine runs, of the recipe, of the quality runs):
   mlp: 128 inputs, Dense 256-256-10 (101,386 parameters); 100,000 / 4,096 / 200 / 64
-  cnn: 32x32x3, Conv2D 16 and 32, global average pooling, Dense 10 (5,818 parameters); 30,000 / 4,096 / 200 / 64
+  cnn: 32x32x3, Conv2D 16 and 32, global average pooling, Dense 10 (5,418 parameters); 30,000 / 4,096 / 200 / 64
   convnet (conv-heavy): 32x32x3, Conv2D 32, 32, max pooling, 64, 64, max pooling, 128, 128 (3x3, same, relu),
        global average pooling, Dense 10 (288,298 parameters); 10,000 / 1,024 / 50 / 64
   transformer (no job): 128 int tokens, Embedding(1000, 256), 4 encoder blocks (4 heads, LayerNormalization,
