@@ -29,9 +29,10 @@ The job itself (the CLI, DirectRunner, Parquet to Parquet, each a fresh process,
             countsketch and factored, --weight_memory_mb 2048, --resnet_rows rows: rows/s and peak RSS
 At the end, a table of issue 20's goals: each measured value, met or not.
 
-    .venv/bin/python bench/weights.py                          # everything (about an hour on 2 busy cores)
+    .venv/bin/python bench/weights.py                          # everything (about 20 minutes on 2 busy cores)
     .venv/bin/python bench/weights.py --workloads mlp,cnn --scale 0.02 --times 1,3 --skip quality,resnet
     .venv/bin/python bench/weights.py --workloads transformer --skip job,resnet  # engine and quality alone
+    .venv/bin/python bench/weights.py --workloads mlp --skip engine,quality,job --resnet_rows 128  # ResNet50 alone
 """
 
 from __future__ import annotations
