@@ -35,6 +35,7 @@ DEFAULT_WORK = os.path.join(BENCH_DIR, "work")
 # The venv's console script when there is one, so the CLI is run exactly as a user runs it.
 CLI = os.path.join(os.path.dirname(sys.executable), "beam-gradients")
 SUMMARY_ROWS = re.compile(r"rows: (\d+) in, (\d+) out, (\d+) rejected")
+JOB_SECONDS = re.compile(r"\), job ([\d.]+) s \(")
 
 
 class BenchError(RuntimeError):
@@ -150,6 +151,14 @@ def summary_rows(text: str) -> tuple[int, int, int]:
     return tuple(int(v) for v in found[-1])
 
 
+def job_seconds(text: str) -> float:
+    """The job's own seconds (wall time less start-up) from its summary line `..., job 12.3 s (N rows/s)`."""
+    found = JOB_SECONDS.findall(text)
+    if not found:
+        raise BenchError("the job printed no 'job N s' in its wall time line")
+    return float(found[-1])
+
+
 def parquet_rows(pattern: str) -> int:
     """Rows in every file `pattern` matches, from the footers alone."""
     return sum(pq.ParquetFile(p).metadata.num_rows for p in glob.glob(pattern))
@@ -172,8 +181,11 @@ def make_mlp(path: str, inputs: int, hidden: Sequence[int], outputs: int, seed: 
     return _save(keras.Model(x, keras.layers.Dense(outputs)(h)), path)
 
 
-def make_cnn(path: str, shape: Sequence[int] = (32, 32, 3), filters: Sequence[int] = (16, 32), seed: int = 0) -> str:
-    """Conv2D layers, global average pooling, Dense 10; one image input named `x`, saved once to `path`."""
+def make_cnn(
+    path: str, shape: Sequence[int] = (32, 32, 3), filters: Sequence[int | str] = (16, 32), seed: int = 0
+) -> str:
+    """Conv2D layers (3x3, same, relu; "pool" in `filters`: a 2x2 max pooling), global average pooling, Dense 10;
+    one image input named `x`, saved once to `path`."""
     if os.path.exists(path):
         return path
     import keras
@@ -182,7 +194,8 @@ def make_cnn(path: str, shape: Sequence[int] = (32, 32, 3), filters: Sequence[in
     x = keras.Input(tuple(shape), name="x")
     h = x
     for n in filters:
-        h = keras.layers.Conv2D(n, 3, padding="same", activation="relu")(h)
+        pool = n == "pool"
+        h = keras.layers.MaxPooling2D()(h) if pool else keras.layers.Conv2D(n, 3, padding="same", activation="relu")(h)
     h = keras.layers.GlobalAveragePooling2D()(h)
     return _save(keras.Model(x, keras.layers.Dense(10)(h)), path)
 

@@ -1,34 +1,40 @@
-"""Weight-gradient benchmark (issue 10): per-example norms and projections against their ceiling and the recipe.
+"""Weight-gradient benchmark (issues 10 and 20): per-example norms and projections against their ceiling and limit.
 
-Workloads (bench/speed.py's models, `--target loss` with sparse categorical
-cross-entropy against a `label` column, every trainable variable):
-  mlp: 128 inputs, Dense 256-256-10 (101,386 parameters), 300,000 rows
-  cnn: 32x32x3, Conv2D 16 and 32, global average pooling, Dense 10 (5,818 parameters), 30,000 rows
-  transformer (engine and quality only): 128 int tokens, Embedding(1000, 256), 4 encoder blocks (4 heads,
-       LayerNormalization, feed-forward 1024), average pooling, Dense 10 (about 3.4M parameters)
+Workloads (`--target loss` with sparse categorical cross-entropy against a `label` column, every trainable
+variable; rows: of each job, of the engine runs, of the recipe, of the quality runs):
+  mlp: 128 inputs, Dense 256-256-10 (101,386 parameters); 100,000 / 4,096 / 200 / 64
+  cnn: 32x32x3, Conv2D 16 and 32, global average pooling, Dense 10 (5,418 parameters); 30,000 / 4,096 / 200 / 64
+  convnet (conv-heavy): 32x32x3, Conv2D 32, 32, max pooling, 64, 64, max pooling, 128, 128 (3x3, same, relu),
+       global average pooling, Dense 10 (288,298 parameters); 10,000 / 1,024 / 50 / 64
+  transformer (no job): 128 int tokens, Embedding(1000, 256), 4 encoder blocks (4 heads, LayerNormalization,
+       feed-forward 1024), average pooling, Dense 10 (about 3.4M parameters); 0 / 256 / 10 / 16
 
-Engine alone, in this process (rows/s over --engine_rows rows, batch 256, best of 3):
+Engine alone, in this process (rows/s over the engine rows, batch 256; the ceiling and the engine's runs best of 5
+interleaved rounds, or fewer once 60 s a run are spent; the recipe and vmap once):
   ceiling    (a) the batched loss gradient w.r.t. the weights: one backward pass per batch, NOT per example
   recipe     (b) the article's recipe, eager, one row at a time: `tape.gradient(loss, model.trainable_variables)`
-                 per row, on --recipe_rows rows, extrapolated
+                 per row, on the recipe rows, extrapolated
   vmap       (c) plain `tf.vectorized_map` per-example gradients over the whole batch, reduced to norms in-graph
+                 (not on the transformer: the attention's vectorized map is the oneDNN kernel that crashes)
   norm       the engine, `--wrt weights --weight_output norm`
   projection the engine, `--weight_output projection --projection_dim 2048` (countsketch)
   factored   the engine, `--weight_output projection --projection factored` (issue 20, docs/fast-weights.md)
   kronecker  the engine, `--weight_output projection --projection kronecker` (issue 20, docs/fast-weights.md)
-Projection quality (--quality_rows rows): per construction, the median over row pairs of
+Projection quality (the quality rows): per construction, the median over row pairs of
   |<p_i, p_j> - <g_i, g_j>| / (|g_i| |g_j|) at k = 2048, g the exact per-example gradients (`full`), the mean of
   |p_i|^2 / |g_i|^2 (unbiased: about 1) and the correlation of projected with exact inner products.
-The job itself (the CLI, DirectRunner, Parquet to Parquet, each a fresh process):
-  norm and projection at 1x and 3x the rows: rows/s and peak RSS (flat as rows triple?)
-  resnet50: keras.applications.ResNet50(weights=None) at 64x64x3 (25.6M parameters), projection k=2048,
-            --weight_memory_mb 2048, --resnet_rows rows: rows/s and peak RSS
+The job itself (the CLI, DirectRunner, Parquet to Parquet, each a fresh process, the same rows):
+  the limit: the input-gradient job (`--wrt inputs`, same target, loss and labels), then `--wrt weights` norm,
+  projection (countsketch), factored and kronecker: rows/s of job time (the CLI's "job N s", start-up excluded)
+  and of the whole process, each job's time over the input-gradient job's, peak RSS (--times 1,3: flat?)
+  resnet50: keras.applications.ResNet50(weights=None) at 64x64x3 (25.6M parameters), projection k=2048
+            countsketch, factored and kronecker, --weight_memory_mb 2048, --resnet_rows rows: rows/s and peak RSS
+At the end, a table of issue 20's goals: each measured value, met or not.
 
-    .venv/bin/python bench/weights.py                          # full size (long on 2 cores)
-    .venv/bin/python bench/weights.py --scale 0.02 --resnet_rows 32   # what the README reports
-    # docs/fast-weights.md (issue 20): engine rates and projection quality, then the transformer's
-    PYTHONPATH=. .venv/bin/python bench/weights.py --workloads mlp,cnn --engine_rows 2048 --recipe_rows 20 --skip job,resnet
-    PYTHONPATH=. .venv/bin/python bench/weights.py --workloads transformer --quality_rows 16 --skip engine,job,resnet
+    .venv/bin/python bench/weights.py                          # everything (about 20 minutes on 2 busy cores)
+    .venv/bin/python bench/weights.py --workloads mlp,cnn --scale 0.02 --times 1,3 --skip quality,resnet
+    .venv/bin/python bench/weights.py --workloads transformer --skip job,resnet  # engine and quality alone
+    .venv/bin/python bench/weights.py --workloads mlp --skip engine,quality,job --resnet_rows 128  # ResNet50 alone
 """
 
 from __future__ import annotations
@@ -36,16 +42,50 @@ from __future__ import annotations
 import argparse
 import os
 import time
+import traceback
+from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
 
-from measure import DEFAULT_WORK, CLI, machine, make_cnn, make_mlp, markdown, run_process, summary_rows, tensor_chunk
+from measure import DEFAULT_WORK, CLI, job_seconds, machine, make_cnn, make_mlp, markdown, run_process
+from measure import summary_rows, tensor_chunk, verdict
 from measure import write_parquet as write_rows
 
-WORKLOADS = {"mlp": ((128,), 300_000), "cnn": ((32, 32, 3), 30_000), "transformer": ((128,), 0)}
+
+class Workload(NamedTuple):
+    shape: tuple
+    job_rows: int  # 0: no job
+    engine_rows: int
+    recipe_rows: int
+    quality_rows: int
+
+
+WORKLOADS = {
+    "mlp": Workload((128,), 100_000, 4096, 200, 64),
+    "cnn": Workload((32, 32, 3), 30_000, 4096, 200, 64),
+    "convnet": Workload((32, 32, 3), 10_000, 1024, 50, 64),
+    "transformer": Workload((128,), 0, 256, 10, 16),
+}
+CONVNET = (32, 32, "pool", 64, 64, "pool", 128, 128)
 LOSS = "sparse_categorical_crossentropy"
 BATCH = 256
+# The engine's runs: --weight_output and --projection.
+ENGINE = {
+    "norm": ("norm", "countsketch"),
+    "projection": ("projection", "countsketch"),
+    "factored": ("projection", "factored"),
+    "kronecker": ("projection", "kronecker"),
+}
+# The jobs of one workload; the first is the limit the others are measured against.
+JOBS = {
+    "inputs": ["--wrt", "inputs"],
+    "norm": ["--wrt", "weights", "--weight_output", "norm"],
+    "projection": ["--wrt", "weights", "--weight_output", "projection"],
+    "factored": ["--wrt", "weights", "--weight_output", "projection", "--projection", "factored"],
+    "kronecker": ["--wrt", "weights", "--weight_output", "projection", "--projection", "kronecker"],
+}
+RESNET_BASELINE = 0.6  # rows/s of job time, issue 20 (32 rows, --batch_size 32, countsketch)
 
 
 def labelled(shape, rows_per_group=10_000):
@@ -90,22 +130,36 @@ def model_path(work, name):
         return make_transformer(os.path.join(work, "transformer.keras"))
     if name == "mlp":
         return make_mlp(os.path.join(work, "mlp.keras"), 128, (256, 256), 10)
+    if name == "convnet":
+        return make_cnn(os.path.join(work, "convnet.keras"), filters=CONVNET)
     return make_cnn(os.path.join(work, "cnn.keras"))
 
 
 def data(work, name, rows):
-    shape, _ = WORKLOADS[name]
+    shape = WORKLOADS[name].shape
     return write_rows(os.path.join(work, f"{name}-labelled-{rows}.parquet"), rows, 10_000, labelled(shape))
 
 
-def best_rate(fn, rows, repeats=3):
-    fn()  # trace
-    best = float("inf")
+def best_rate(fn, rows, repeats=3, budget_s=60.0):
+    """rows / the best of `repeats` timed calls after one untimed (tracing) call; fewer once `budget_s` is spent."""
+    return interleaved_rates({"fn": (fn, rows)}, repeats, budget_s)["fn"]
+
+
+def interleaved_rates(fns, repeats=3, budget_s=60.0):
+    """{name: (fn, rows)} -> {name: rows / the best of its timed calls}, each traced once untimed, then timed in
+    rounds, one call of each per round: on a shared machine a load that comes and goes falls on every one alike,
+    not on whichever ran then. Fewer rounds once `budget_s` is spent."""
+    for fn, _ in fns.values():
+        fn()  # trace
+    began, best = time.perf_counter(), {name: float("inf") for name in fns}
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return rows / best
+        for name, (fn, _) in fns.items():
+            start = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - start)
+        if time.perf_counter() - began > budget_s * len(fns):
+            break
+    return {name: rows / best[name] for name, (_, rows) in fns.items()}
 
 
 def engine_rates(name, path, shape, rows, recipe_rows):
@@ -116,6 +170,7 @@ def engine_rates(name, path, shape, rows, recipe_rows):
     from transforms.gradients import GradientEngine, GradientSpec, from_keras
 
     model = keras.models.load_model(path, compile=False)
+    print(f"\n{name}: {model.count_params():,} parameters", flush=True)
     loss = keras.losses.SparseCategoricalCrossentropy(reduction=None)
     variables = model.trainable_variables
     x = inputs_for(name, shape, rows)
@@ -154,16 +209,15 @@ def engine_rates(name, path, shape, rows, recipe_rows):
         return lambda: [run([xb], [yb]) for xb, yb in batches]
 
     done = len(batches) * BATCH
-    return {
-        "ceiling": best_rate(lambda: [[g.numpy() for g in ceiling(xb, yb)] for xb, yb in batches], done),
+    rates = {
         "recipe": best_rate(recipe, recipe_rows, repeats=1),
         "vmap": best_rate(lambda: [vmap(xb, yb).numpy() for xb, yb in batches], done, repeats=1)
         if name != "transformer" else float("nan"),  # the attention's vectorized map: the oneDNN kernel that crashes
-        "norm": best_rate(engine("norm"), done),
-        "projection": best_rate(engine("projection"), done),
-        "factored": best_rate(engine("projection", "factored"), done),
-        "kronecker": best_rate(engine("projection", "kronecker"), done),
     }
+    timed = {"ceiling": (lambda: [[g.numpy() for g in ceiling(xb, yb)] for xb, yb in batches], done)}
+    for kind, (output, construction) in ENGINE.items():
+        timed[kind] = (engine(output, construction), done)
+    return {**interleaved_rates(timed, repeats=5), **rates}
 
 
 def quality(name, path, shape, rows, k=2048):
@@ -190,19 +244,21 @@ def quality(name, path, shape, rows, k=2048):
     return out
 
 
-def job(work, name, model, source, output, rows, extra=()):
-    out = os.path.join(work, "weights-out", f"{name}-{output}-{rows}")
+def job(work, name, model, source, kind, rows, extra=()):
+    """One fresh CLI process of JOBS[kind]: (job seconds, start-up excluded; whole-process seconds; peak RSS MiB)."""
+    out = os.path.join(work, "weights-out", f"{name}-{kind}-{rows}")
     argv = [CLI, "--runner", "DirectRunner", "--input", source, "--output", out, "--model", model]
     argv += ["--feature_columns", "x", "--keep_columns", "id", "--target", "loss", "--loss", LOSS]
-    argv += ["--label_column", "label", "--wrt", "weights", "--weight_output", output, *extra]
-    run = run_process(argv, os.path.join(work, "weights-logs", f"{name}-{output}-{rows}.log"))
-    got = summary_rows(run.text())
+    argv += ["--label_column", "label", *JOBS[kind], *extra]
+    run = run_process(argv, os.path.join(work, "weights-logs", f"{name}-{kind}-{rows}.log"))
+    text = run.text()
+    got = summary_rows(text)
     if got != (rows, rows, 0):
-        raise RuntimeError(f"{name} {output}: expected {rows} rows in and out, got {got}")
-    return rows / run.wall, run.rss_mib
+        raise RuntimeError(f"{name} {kind}: expected {rows} rows in and out, got {got}")
+    return job_seconds(text), run.wall, run.rss_mib
 
 
-def resnet(work, rows, batch):
+def resnet(work, rows, batch, kind):
     path = os.path.join(work, "resnet50-64.keras")
     if not os.path.exists(path):
         import keras
@@ -211,51 +267,122 @@ def resnet(work, rows, batch):
         keras.applications.ResNet50(weights=None, input_shape=(64, 64, 3)).save(path)
     source = write_rows(os.path.join(work, f"resnet-labelled-{rows}.parquet"), rows, rows, labelled((64, 64, 3)))
     extra = ["--weight_memory_mb", "2048", "--batch_size", str(batch)]
-    return job(work, "resnet50", path, source, "projection", rows, extra)
+    return job(work, "resnet50", path, source, kind, rows, extra)
+
+
+def goals(found):
+    """Issue 20's goals: (goal, measured value as text, verdict), from what this run measured."""
+
+    def best(workload, part, kinds, higher):
+        values = {k: found.get((workload, part, k), float("nan")) for k in kinds}
+        values = {k: v for k, v in values.items() if v == v} or {kinds[0]: float("nan")}
+        kind = (max if higher else min)(values, key=values.get)
+        return values[kind], kind
+
+    rows = []
+
+    def goal(text, workload, part, kinds, target, at_most):
+        value, kind = best(workload, part, kinds, not at_most)
+        shown = "" if value != value else f"{value:.3g} ({kind})" if len(kinds) > 1 else f"{value:.3g}"
+        rows.append([text, shown, verdict(value, target, at_most)])
+
+    projections = ("projection", "factored", "kronecker")
+    goal("MLP projection >= 0.5 of the ceiling", "mlp", "engine", projections, 0.5, False)
+    goal("MLP projection job <= 1.5x the input-gradient job", "mlp", "job", projections, 1.5, True)
+    goal("CNN norm >= 0.8 of the ceiling", "cnn", "engine", ("norm",), 0.8, False)
+    goal("CNN projection >= 0.8 of the ceiling", "cnn", "engine", projections, 0.8, False)
+    goal("conv-heavy CNN norm job <= 2x the input-gradient job", "convnet", "job", ("norm",), 2, True)
+    goal("conv-heavy CNN projection job <= 3x the input-gradient job", "convnet", "job", projections, 3, True)
+    goal(f"ResNet50 64x64 projection >= {10 * RESNET_BASELINE:g} rows/s of job time (10x {RESNET_BASELINE})",
+         "resnet50", "job", projections, 10 * RESNET_BASELINE, False)
+    goal("Transformer norm >= 0.5 of the ceiling", "transformer", "engine", ("norm",), 0.5, False)
+    goal("Transformer projection >= 0.3 of the ceiling", "transformer", "engine", projections, 0.3, False)
+    for name, label in (("mlp", "MLP"), ("cnn", "CNN"), ("transformer", "Transformer")):
+        for kind in ("factored", "kronecker"):  # each construction built from the factors, not the best of them
+            goal(f"{label} {kind} median rel. error <= 0.05 at k=2048", name, "quality", (kind,), 0.05, True)
+    return rows
+
+
+def attempt(what, fn):
+    """fn(), or None after printing its error in full: one failing part does not stop the others."""
+    try:
+        return fn()
+    except Exception:  # noqa: BLE001 - printed, never hidden
+        print(f"\n{what}: FAILED\n{traceback.format_exc()}", flush=True)
+        return None
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", default=DEFAULT_WORK)
     parser.add_argument("--scale", type=float, default=1.0, help="fraction of each workload's rows for the job runs")
-    parser.add_argument("--engine_rows", type=int, default=4096)
-    parser.add_argument("--recipe_rows", type=int, default=200)
-    parser.add_argument("--resnet_rows", type=int, default=64)
+    parser.add_argument("--times", default="1", help="comma-separated multiples of the job rows (1,3: is RSS flat?)")
+    parser.add_argument("--engine_rows", type=int, help="rows of the engine runs (default: the workload's)")
+    parser.add_argument("--recipe_rows", type=int, help="rows of the eager recipe (default: the workload's)")
+    parser.add_argument("--quality_rows", type=int, help="rows of the quality runs (default: the workload's)")
+    parser.add_argument("--resnet_rows", type=int, default=32)
     parser.add_argument("--resnet_batch", type=int, help="its --batch_size (default: --resnet_rows, no padding)")
-    parser.add_argument("--workloads", default="mlp,cnn,transformer")
-    parser.add_argument("--quality_rows", type=int, default=64)
+    parser.add_argument("--workloads", default="mlp,cnn,convnet,transformer")
     parser.add_argument("--skip", default="", help="comma-separated: engine, job, resnet, quality")
     args = parser.parse_args()
     skip = set(args.skip.split(","))
-    print(machine())
+    found = {}  # (workload, part, kind) -> ratio or rows/s, for the goals
+    print(machine(), flush=True)
     for name in args.workloads.split(","):
-        shape, full = WORKLOADS[name]
+        w = WORKLOADS[name]
         path = model_path(args.work, name)
         if "engine" not in skip:
-            rates = engine_rates(name, path, shape, args.engine_rows, args.recipe_rows)
-            ceiling, recipe = rates["ceiling"], rates["recipe"]
-            rows = [[k, f"{v:,.0f}", f"{v / ceiling:.2f}", f"{v / recipe:.1f}"] for k, v in rates.items()]
-            print(f"\n{name}: engine alone, batch {BATCH}, {args.engine_rows} rows\n")
-            print(markdown(["what", "rows/s", "of (a) ceiling", "x (b) recipe"], rows))
+            engine_rows, recipe_rows = args.engine_rows or w.engine_rows, args.recipe_rows or w.recipe_rows
+            rates = attempt(f"{name} engine", lambda: engine_rates(name, path, w.shape, engine_rows, recipe_rows))
+            if rates:
+                ceiling, recipe = rates["ceiling"], rates["recipe"]
+                found.update({(name, "engine", k): v / ceiling for k, v in rates.items()})
+                rows = [[k, f"{v:,.1f}", f"{v / ceiling:.2f}", f"{v / recipe:.1f}"] for k, v in rates.items()]
+                print(f"\n{name}: engine alone, batch {BATCH}, {engine_rows} rows (recipe {recipe_rows}), "
+                      f"{machine()}\n")
+                print(markdown(["what", "rows/s", "of (a) ceiling", "x (b) recipe"], rows), flush=True)
         if "quality" not in skip:
-            found = quality(name, path, shape, args.quality_rows)
-            rows = [[c, f"{e:.4f}", f"{n:.3f}", f"{r:.4f}"] for c, (e, n, r) in found.items()]
-            print(f"\n{name}: projection quality at k=2048, {args.quality_rows} rows\n")
-            print(markdown(["construction", "median rel. error", "mean |p|^2/|g|^2", "corr."], rows))
-        if "job" not in skip and full:
-            table = []
-            for output in ("norm", "projection"):
-                for times in (1, 3):
-                    rows = max(BATCH, int(full * args.scale)) * times
-                    rate, rss = job(args.work, name, path, data(args.work, name, rows), output, rows)
-                    table.append([output, f"{rows:,}", f"{rate:,.0f}", f"{rss:,.0f}"])
-            print(f"\n{name}: the job (CLI, DirectRunner, whole process)\n")
-            print(markdown(["--weight_output", "rows", "rows/s", "peak RSS MiB"], table))
+            quality_rows = args.quality_rows or w.quality_rows
+            got = attempt(f"{name} quality", lambda: quality(name, path, w.shape, quality_rows))
+            if got:
+                found.update({(name, "quality", c): e for c, (e, _, _) in got.items()})
+                rows = [[c, f"{e:.4f}", f"{n:.3f}", f"{r:.4f}"] for c, (e, n, r) in got.items()]
+                print(f"\n{name}: projection quality at k=2048, {quality_rows} rows\n")
+                print(markdown(["construction", "median rel. error", "mean |p|^2/|g|^2", "corr."], rows), flush=True)
+        if "job" not in skip and w.job_rows:
+            for times in (int(t) for t in args.times.split(",")):
+                rows = max(BATCH, int(w.job_rows * args.scale)) * times
+                source = data(args.work, name, rows)
+                table, limit = [], None
+                for kind in JOBS:
+                    ran = attempt(f"{name} {kind} job", lambda: job(args.work, name, path, source, kind, rows))
+                    if not ran:
+                        continue
+                    seconds, wall, rss = ran
+                    limit = limit or (seconds if kind == "inputs" else None)
+                    ratio = seconds / limit if limit else float("nan")
+                    if times == 1:
+                        found[(name, "job", kind)] = ratio
+                    table.append([kind, f"{rows / seconds:,.0f}", f"{rows / wall:,.0f}", f"{ratio:.2f}", f"{rss:,.0f}"])
+                print(f"\n{name}: the job (CLI, DirectRunner), {rows:,} rows, {machine()}\n")
+                header = ["job", "rows/s of job time", "rows/s whole process", "x input-gradient job", "peak RSS MiB"]
+                print(markdown(header, table), flush=True)
     if "resnet" not in skip:
         batch = args.resnet_batch or args.resnet_rows
-        rate, rss = resnet(args.work, args.resnet_rows, batch)
-        print(f"\nresnet50 64x64, projection k=2048, --weight_memory_mb 2048, {args.resnet_rows} rows, batch {batch}: "
-              f"{rate:.2f} rows/s (whole process), peak RSS {rss:,.0f} MiB")
+        table = []
+        for kind in ("projection", "factored", "kronecker"):
+            ran = attempt(f"resnet50 {kind}", lambda: resnet(args.work, args.resnet_rows, batch, kind))
+            if ran:
+                seconds, wall, rss = ran
+                found[("resnet50", "job", kind)] = args.resnet_rows / seconds
+                table.append([kind, f"{args.resnet_rows / seconds:.2f}", f"{args.resnet_rows / wall:.2f}",
+                              f"{args.resnet_rows / seconds / RESNET_BASELINE:.1f}", f"{rss:,.0f}"])
+        print(f"\nresnet50 64x64, k=2048, --weight_memory_mb 2048, {args.resnet_rows} rows, batch {batch}, "
+              f"{machine()}\n")
+        header = ["projection", "rows/s of job time", "rows/s whole process", f"x {RESNET_BASELINE}", "peak RSS MiB"]
+        print(markdown(header, table))
+    print(f"\nissue 20's goals (this run; {machine()})\n")
+    print(markdown(["goal", "measured", ""], goals(found)))
 
 
 if __name__ == "__main__":

@@ -74,13 +74,13 @@ def test_the_dense_head_of_a_cnn_alone_takes_the_fast_path():
 
 @pytest.mark.parametrize(
     "case",
-    ["batch norm selected", "layer called twice"],  # conv, projections and 3-D inputs are covered now
+    ["PReLU selected", "layer called twice"],  # conv, projections, 3-D inputs and batch norm are covered now
 )
 def test_what_the_fast_path_does_not_cover_falls_back_to_the_same_bytes_as_the_general_path(case):
     spec = _spec(weight_output=("norm",))
-    if case == "batch norm selected":
+    if case == "PReLU selected":  # a layer no kind covers, with a variable (its slopes)
         x = keras.Input((3,), name="x")
-        model = keras.Model(x, keras.layers.Dense(2)(keras.layers.BatchNormalization()(keras.layers.Dense(4)(x))))
+        model = keras.Model(x, keras.layers.Dense(2)(keras.layers.PReLU()(keras.layers.Dense(4)(x))))
     else:
         x = keras.Input((3,), name="x")
         shared = keras.layers.Dense(3, activation="tanh", name="shared")

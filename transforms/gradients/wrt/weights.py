@@ -22,9 +22,9 @@ class Weights(Wrt):
     values (one per declared column), not raw gradients, and only the plain gradient method can use them.
 
     When every selected variable belongs to a layer kind `layer_gradients` covers (Dense, EinsumDense and so
-    MultiHeadAttention, Embedding, Conv1D/2D, LayerNormalization), a fast path replaces the per-example backward
-    pass: one batched backward pass per micro-batch, each row's gradient (or, for norms alone, its norm, never the
-    gradient) from the layers' inputs and output gradients. `path` says which one the traced function took:
+    MultiHeadAttention, Embedding, Conv1D/2D, Layer- and BatchNormalization), a fast path replaces the per-example
+    backward pass: one batched backward pass per micro-batch, each row's gradient (or, for norms alone, its norm,
+    never the gradient) from the layers' inputs and output gradients. `path` says which one the traced function took:
     "ghost_norms", "layer_gradients" or "per_example".
     """
 
@@ -120,7 +120,9 @@ class Weights(Wrt):
                 self.micro_batch = self.rows if whole else self.fast.rows(factors, self.spec.weight_memory_mb)
                 if [form.name for form in self.forms] == ["norm"]:
                     self.path = "ghost_norms"
-                    values = self.fast.norms(forward_fn, tensors, len(points), names, self.forms[0], self.micro_batch, outputs)
+                    values = self.fast.norms(
+                        forward_fn, tensors, len(points), names, self.forms[0], self.micro_batch, outputs
+                    )
                 else:
                     self.path = "layer_gradients"
 

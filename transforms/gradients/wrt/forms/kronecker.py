@@ -129,7 +129,8 @@ def from_factors(factors: list, scales: list | None, plans: list, k: int) -> tf.
             continue
         scale = None if scales is None else scales[j]
         if plan.kernel in sides:  # one more input, the constant 1, at every position
-            sides[plan.kernel][0] += plan.u[None, None, :] if scale is None else plan.u[None, None, :] * scale[:, None, None]
+            u = plan.u[None, None, :]
+            sides[plan.kernel][0] += u if scale is None else u * scale[:, None, None]
         else:
             total = _sum(total, plan.of_gradient(_scaled(factor.full(), scale)))
     return _sum(total, outer_sum([tuple(s) for s in sides.values()], k)) if sides else total

@@ -45,8 +45,8 @@ from transforms.gradients.outputs import Output
 from transforms.gradients.settings import Setting
 from transforms.gradients.wrt.forms.base import WeightForm
 from transforms.gradients.wrt.forms.kronecker import NAME as KRONECKER
-from transforms.gradients.wrt.forms import kronecker
 from transforms.gradients.wrt.forms.kronecker import Bias, Kronecker
+from transforms.gradients.wrt.forms.kronecker import from_factors as kronecker_from_factors
 from transforms.gradients.wrt.forms.kronecker import sides as kronecker_sides
 from transforms.gradients.wrt.layers.base import Outer
 from transforms.gradients.wrt.per_example import GRADIENT_COPIES
@@ -135,17 +135,17 @@ class Projection(WeightForm):
         return [Output("weight_projection", "weight_projection", (spec.projection_dim,), spec.projection_dtype)]
 
     def provenance(self):
-        spec = self.spec
+        spec, weights = self.spec, self.selection.weights
         return {
             "projection": {
                 "seed": spec.projection_seed,
                 "dim": spec.projection_dim,
                 "dtype": spec.projection_dtype,
                 "construction": CONSTRUCTIONS[spec.projection],
-                **({"countsketch_variables": [w.path for w, s, b in zip(self.selection.weights, self.splits, self.biases)
+                **({"countsketch_variables": [w.path for w, s, b in zip(weights, self.splits, self.biases)
                                                if s is None and b is None]} if self.factored else {}),
                 **({"sides": list(kronecker_sides(spec.projection_dim)),
-                    "biases_with_kernels": [w.path for w, b in zip(self.selection.weights, self.biases) if b is not None]}
+                    "biases_with_kernels": [w.path for w, b in zip(weights, self.biases) if b is not None]}
                    if spec.projection == "kronecker" else {}),
             }
         }
@@ -185,7 +185,8 @@ class Projection(WeightForm):
             plans.append((*_sorted(tf.reshape(bucket, (-1,)), tf.reshape(sign, (-1,))), sides))
         for j, kernel in enumerate(self.biases):
             if kernel is not None:
-                plans[j] = Bias(sketch_seed(self.spec.projection_seed, self.selection.weights[j].path), kernel, plans[kernel])
+                seed = sketch_seed(self.spec.projection_seed, self.selection.weights[j].path)
+                plans[j] = Bias(seed, kernel, plans[kernel])
         return plans
 
     def compute(self, gradients, plans):
@@ -210,7 +211,7 @@ class Projection(WeightForm):
         leave by one irfft."""
         k = self.spec.projection_dim
         groups = []  # [positions, FFT kernels [(factor, side plans, scale)], formed parts [(gradient, plan)]]
-        total = kronecker.from_factors(factors, scales, plans, k) if self.spec.projection == "kronecker" else None
+        total = kronecker_from_factors(factors, scales, plans, k) if self.spec.projection == "kronecker" else None
         for j, (factor, plan) in enumerate(zip(factors, plans)):
             scale = None if scales is None else scales[j][:, None]
             if isinstance(plan, (Kronecker, Bias)):
