@@ -178,30 +178,33 @@ def test_conv_kernel_gradients_by_kernel_offset_match_each_rows_tape(layer, shap
     assert_close(tf.reduce_sum(aa * dd, axis=(1, 2)), squares, rtol=1e-5)  # the ghost norm
 
 
-def test_the_fast_paths_micro_batch_is_what_the_budget_holds_of_a_rows_factors():
-    """A row's factors (a conv's patches over 4,096 pixels: about 1.8 MB with their copies) set the rows per
-    micro-batch, between 64 and 256, the same for every batch size; the norms stay the recipe's at every size."""
+@pytest.mark.parametrize(
+    "side, found",  # 24 x 24 pixels at 1 GiB: the budget would hold 256 rows of factors, the caches hold 128
+    [(16, {1: 64, 20: 128, 1024: 256}), (24, {1: 64, 20: 64, 1024: 128})],
+)
+def test_the_fast_paths_micro_batch_is_what_the_budget_and_caches_hold_of_a_rows_factors(side, found):
+    """A row's factors (a conv's pixels) set the rows per micro-batch: a power of two from 64 to 256 that the budget
+    and CACHED_BYTES hold, the same for every batch size; the norms stay the recipe's at every size."""
     keras.utils.set_random_seed(4)
-    x = keras.Input((64, 64, 3), name="x")
+    x = keras.Input((side, side, 3), name="x")
     h = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(x)
     model = keras.Model(x, keras.layers.Dense(2)(keras.layers.GlobalAveragePooling2D()(h)))
     inputs, labels = _data(model)
     want = [np.sqrt(sum(np.sum(g**2) for g in row)) for row in _eager(model, inputs, labels)]
-    found = {}
-    for budget in (1, 200, 1024):
+    for budget, rows in found.items():
         spec = _spec(weight_output=("norm",), weight_memory_mb=budget)
         for batch in (ROWS, 3):
             engine = GradientEngine(from_keras(model), spec, batch_size=batch)
             got = engine([t[:batch] for t in inputs], [labels[:batch]])
             assert_close(got["weight_norm"], want[:batch], rtol=1e-4)
-            found.setdefault(budget, set()).add(engine.wrt.micro_batch)
-    assert found[1] == {64} and found[1024] == {256}, found  # the floor and the ceiling
-    (middle,) = found[200]
-    assert 64 < middle < 256, middle
-    mlp = MODELS["mlp"]()  # a row's factors: a few hundred bytes, so 256 rows even in 1 MiB
-    engine = GradientEngine(from_keras(mlp), _spec(weight_output=("norm",), weight_memory_mb=1), batch_size=ROWS)
-    mlp_inputs, mlp_labels = _data(mlp)
-    engine(mlp_inputs, [mlp_labels])
+            assert engine.wrt.micro_batch == rows, (budget, batch, engine.wrt.micro_batch)
+
+
+def test_a_small_models_micro_batch_is_the_largest():
+    model = MODELS["mlp"]()  # a row's factors: a few hundred bytes, so 256 rows even in 1 MiB
+    engine = GradientEngine(from_keras(model), _spec(weight_output=("norm",), weight_memory_mb=1), batch_size=ROWS)
+    inputs, labels = _data(model)
+    engine(inputs, [labels])
     assert engine.wrt.micro_batch == 256
 
 

@@ -26,8 +26,10 @@ from transforms.gradients.wrt.per_example import in_micro_batches
 # dominates, and 256 rows per op ran the MLP's norms at 0.72 of the backward pass against 0.37 at 64
 # (docs/fast-weights.md); a model whose rows' factors outgrow the budget keeps the floor, what every model had before.
 ROWS = (64, 256)
-# What the budget counts per row: this many copies of the tensors its factors keep (the factors, the forward pass's
-# activations, the backward pass's temporaries).
+# ... but a micro-batch whose factors outgrow the caches runs slower, not faster: a conv's offsets took 78 ms per 256
+# rows in micro-batches of 256 (16 MB slices) against about 30 in micro-batches of 64. So the rows' factors are held
+# to this many bytes too, as well as to the budget.
+CACHED_BYTES = 64 << 20
 FACTOR_COPIES = 3
 # One recording at a time per process: a patched layer is shared by every thread that holds the model.
 _RECORDING = threading.Lock()
@@ -93,13 +95,15 @@ class LayerGradients:
 
     @staticmethod
     def rows(factors: list, memory_mb: int) -> int:
-        """Rows per micro-batch: as many as `memory_mb` holds of what a row's factors keep, within ROWS, from one row's
-        factors (traced on one row, ops nothing uses, so pruned): a conv's patches or a sequence's positions count."""
+        """Rows per micro-batch: as many as `memory_mb` and CACHED_BYTES hold of what a row's factors keep, within ROWS,
+        rounded down to a power of two, from one row's factors (traced on one row, ops nothing uses, so pruned): a
+        conv's patches or a sequence's positions count."""
         kept = {id(t): t for f in factors for t in vars(f).values() if isinstance(t, tf.Tensor)}
         working = sum(f.working_bytes() for f in factors if hasattr(f, "working_bytes"))  # built while it runs
         per_row = FACTOR_COPIES * (sum(t.shape.num_elements() * t.dtype.size for t in kept.values()) + working)
         low, high = ROWS
-        return max(low, min(high, (memory_mb << 20) // max(1, per_row)))
+        rows = max(low, min(high, min(memory_mb << 20, CACHED_BYTES) // max(1, per_row)))
+        return 1 << (rows.bit_length() - 1)  # a power of two: divides the usual batch sizes, no padded rows
 
     def clip_scales(self, factors) -> list[tf.Tensor] | None:
         """Per selected variable, each row's float32 clipping factor (min(1, c / norm)), from the factors' squares;

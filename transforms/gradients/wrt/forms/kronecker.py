@@ -119,7 +119,7 @@ def from_factors(factors: list, scales: list | None, plans: list, k: int) -> tf.
         if not isinstance(plan, Kronecker):
             continue
         scale = None if scales is None else scales[j]
-        if plan.factors_are_cheaper(int(factor.a.shape[1])):
+        if plan.factors_are_cheaper(factor.sizes()[0]):
             left, right = plan.sides_of(factor.a, factor.d)
             sides[j] = [left if scale is None else left * scale[:, None, None], right]
         else:
