@@ -382,7 +382,7 @@ def _kronecker_reference(model, rows, k, seed):
     """The documented construction with numpy on the eager gradients: a Dense/Conv kernel as G [inputs, outputs],
     its sketch P_in^T G P_out (Gaussian N(0, 1/side) from the seed and path + "/in" and "/out", a side kept whole
     as the identity) in the first k_in k_out buckets, k_in-major; its bias s as u (x) P_out^T s (u a unit vector
-    from the bias's path); every other variable countsketch."""
+    from the bias's path); every other variable countsketch, a conv's kernel too."""
     from transforms.gradients.wrt.forms.kronecker import kernel_sides
     from transforms.gradients.wrt.forms.projection import _draw, sketch_seed
 
@@ -393,11 +393,13 @@ def _kronecker_reference(model, rows, k, seed):
         return np.eye(n) if n == columns else normal(path, (n, columns)) / np.sqrt(columns)
 
     variables = model.trainable_variables
+    convs = {v.path for layer in model.layers if isinstance(layer, (keras.layers.Conv1D, keras.layers.Conv2D))
+             for v in layer.trainable_variables}  # a conv's kernel keeps countsketch, and so its bias
     sides = {}  # kernel path -> (k_in, k_out, P_out)
     out = np.zeros((len(rows), k))
     for j, v in enumerate(variables):
         inputs, outputs = int(np.prod(v.shape[:-1])), int(v.shape[-1])
-        found = v.path.endswith("kernel") and kernel_sides(inputs, outputs, k)
+        found = v.path.endswith("kernel") and v.path not in convs and kernel_sides(inputs, outputs, k)
         if found:
             k_in, k_out = found
             p_in, p_out = side(v.path + "/in", inputs, k_in), side(v.path + "/out", outputs, k_out)

@@ -7,7 +7,8 @@ layer's inputs and output gradients by matrix products alone: no FFT, no scatter
 Why it exists beside the TensorSketch (`factored`): a TensorSketch needs a k-point FFT per side and position, which
 bounds its speed on CPUs (docs/fast-weights.md); this costs two small matrix products per position. Its price is
 variance: two independent projections multiply, so its error is about that of a k_in- or k_out-dimensional one
-times how alike rows' inputs (or output gradients) are. Only kernels of more than k parameters are so projected,
+times how alike rows' inputs (or output gradients) are. Only kernels of more than k parameters, of a layer kind that
+allows it (`LayerKind.kronecker`: not a conv's), are so projected,
 a side no longer than sqrt(k) kept whole (`kernel_sides`: never spread); every other variable keeps countsketch.
 E<v, v'> = <g, g'> exactly, since E[P P^T] = I on each side.
 """
@@ -31,7 +32,7 @@ def sides(k: int) -> tuple[int, int] | None:
 def kernel_sides(inputs: int, outputs: int, k: int) -> tuple[int, int] | None:
     """(k_in, k_out) for a kernel [inputs, outputs], k_in * k_out <= k; None for a kernel of k parameters or fewer
     (it keeps countsketch: nearly lossless there, and cheap to form). A kernel side no longer than sqrt(k) (a
-    classifier's 10 outputs, a small conv's 32 filters) is kept whole (k_side = its length: exact on that side; a
+    classifier's 10 outputs) is kept whole (k_side = its length: exact on that side; a
     square Gaussian matrix would add variance, not compress) and the other side gets k // it; otherwise the two
     sides of `sides(k)`, the longer on the kernel's longer side (outputs on a tie)."""
     if inputs * outputs <= k:

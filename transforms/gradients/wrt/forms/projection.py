@@ -96,7 +96,8 @@ class Projection(WeightForm):
             owners = owners_of(model, selection)
             self.splits = [o and o[1].split(o[0], w.variable) for o, w in zip(owners, selection.weights)]
         if spec.projection == "kronecker":
-            self.splits = [s if s and Kronecker.covers(s, spec.projection_dim) else None for s in self.splits]
+            self.splits = [s if s and o[1].kronecker and Kronecker.covers(s, spec.projection_dim) else None
+                           for s, o in zip(self.splits, owners)]
             index = {id(w.variable): j for j, w in enumerate(selection.weights)}
             for j, (owner, weight) in enumerate(zip(owners, selection.weights)):
                 kernel = owner and owner[1].bias_of(owner[0], weight.variable)

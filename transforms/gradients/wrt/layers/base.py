@@ -91,6 +91,10 @@ class LayerKind:
     """
 
     layer_class: str = ""  # the keras.layers class name
+    # Whether `projection kronecker` projects this kind's kernels by P_in (x) P_out (forms/kronecker.py). Not a conv's:
+    # its gradient sums outer products over many pixels of alike images, which two small projections get wrong
+    # (median errors 0.06 and 0.09 on the benchmark's CNNs, against 0.02 by countsketch: docs/fast-weights.md).
+    kronecker = True
 
     @classmethod
     def covers(cls, layer) -> bool:

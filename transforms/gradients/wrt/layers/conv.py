@@ -13,6 +13,7 @@ from transforms.gradients.wrt.layers.base import LayerKind, Outer, Record, Split
 
 class ConvKind(LayerKind):
     layer_class = "Conv2D"
+    kronecker = False  # LayerKind.kronecker: its kernels keep countsketch under `projection kronecker`
 
     @classmethod
     def covers(cls, layer):
