@@ -12,10 +12,11 @@ GRADIENT_COPIES = 4
 MAX_ROWS = 32  # beyond this, bigger micro-batches buy little speed and cost padding when batches are small
 
 
-def micro_batch_rows(parameters: int, memory_mb: int) -> int:
-    """Rows per micro-batch: as many as the memory budget holds, 1 at least, MAX_ROWS at most."""
+def micro_batch_rows(parameters: int, memory_mb: int, most: int | None = MAX_ROWS) -> int:
+    """Rows per micro-batch: as many as the memory budget holds, 1 at least, `most` at most (None: no limit)."""
     per_row = GRADIENT_COPIES * 4 * parameters
-    return max(1, min(MAX_ROWS, (memory_mb << 20) // per_row))
+    rows = max(1, (memory_mb << 20) // per_row)
+    return rows if most is None else min(most, rows)
 
 
 def in_micro_batches(

@@ -118,6 +118,11 @@ class Weights(Wrt):
                 whole = any(form.name != "norm" and not getattr(form, "factored", False) for form in self.forms)
                 # no row's whole gradient held: as many rows as its factors allow
                 self.micro_batch = self.rows if whole else self.fast.rows(factors, self.spec.weight_memory_mb)
+                # a factored form's countsketch parts are formed: they too must fit the budget (a ResNet's convs
+                # under `kronecker`: 23.5M parameters a row, 20 GiB at 64 rows)
+                formed = sum(form.formed_parameters() for form in self.forms if getattr(form, "factored", False))
+                if formed and not whole:
+                    self.micro_batch = min(self.micro_batch, micro_batch_rows(formed, self.spec.weight_memory_mb, None))
                 if [form.name for form in self.forms] == ["norm"]:
                     self.path = "ghost_norms"
                     values = self.fast.norms(

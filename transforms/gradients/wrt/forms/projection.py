@@ -104,6 +104,11 @@ class Projection(WeightForm):
                 if kernel is not None and self.splits[index.get(id(kernel), j)] is not None:
                     self.biases[j] = index[id(kernel)]
 
+    def formed_parameters(self) -> int:
+        """Parameters per row that `from_factors` forms whole for their countsketch part (not its kernels by factors,
+        nor folded biases): the fast path's micro-batch must hold them too."""
+        return sum(n for n, s, b in zip(self.selection.sizes, self.splits, self.biases) if s is None and b is None)
+
     @classmethod
     def check_spec(cls, spec):
         cls.check_declared(spec, "projection_dim")
