@@ -35,6 +35,9 @@ At the end, a table of issue 20's goals: each measured value, met or not.
     .venv/bin/python bench/weights.py --workloads mlp,cnn --scale 0.02 --times 1,3 --skip quality,resnet
     .venv/bin/python bench/weights.py --workloads transformer --skip job,resnet  # engine and quality alone
     .venv/bin/python bench/weights.py --workloads mlp --skip engine,quality,job --resnet_rows 128  # ResNet50 alone
+    # docs/fast-weights.md, "The run to read" (2026-12-06): the three runs
+    PYTHONPATH=. .venv/bin/python bench/weights.py --workloads mlp,transformer --skip resnet
+    PYTHONPATH=. .venv/bin/python bench/weights.py --workloads cnn,convnet --resnet_rows 128
 """
 
 from __future__ import annotations
