@@ -18,7 +18,7 @@ import tensorflow as tf
 
 from transforms.gradients.ops import clip
 from transforms.gradients.wrt.layers import kind_of
-from transforms.gradients.wrt.per_example import in_micro_batches
+from transforms.gradients.wrt.per_example import in_micro_batches, micro_batch_rows
 
 # Rows per micro-batch of the fast path (`LayerGradients.rows`), fixed by the model and the spec, never by the batch
 # size, so that a row's bytes do not depend on it (see `in_micro_batches`); more than the general path's: a row costs
@@ -30,6 +30,8 @@ ROWS = (64, 256)
 # rows in micro-batches of 256 (16 MB slices) against about 30 in micro-batches of 64. So the rows' factors are held
 # to this many bytes too, as well as to the budget.
 CACHED_BYTES = 64 << 20
+# What the budget counts per row: this many copies of the tensors its factors keep (the factors, the forward pass's
+# activations, the backward pass's temporaries).
 FACTOR_COPIES = 3
 # One recording at a time per process: a patched layer is shared by every thread that holds the model.
 _RECORDING = threading.Lock()
@@ -94,16 +96,19 @@ class LayerGradients:
         return [factors[id(w.variable)] for w in self.selection.weights], forward
 
     @staticmethod
-    def rows(factors: list, memory_mb: int) -> int:
+    def rows(factors: list, memory_mb: int, formed: int = 0) -> int:
         """Rows per micro-batch: as many as `memory_mb` and CACHED_BYTES hold of what a row's factors keep, within ROWS,
         rounded down to a power of two, from one row's factors (traced on one row, ops nothing uses, so pruned): a
-        conv's patches or a sequence's positions count."""
+        conv's patches or a sequence's positions count. Fewer where `memory_mb` does not hold that many rows of the
+        `formed` parameters a form makes whole from the factors (a ResNet's convs under `kronecker`: 23.5M a row,
+        20 GiB at 64 rows), as the general path's micro-batch holds its gradients."""
         kept = {id(t): t for f in factors for t in vars(f).values() if isinstance(t, tf.Tensor)}
         working = sum(f.working_bytes() for f in factors if hasattr(f, "working_bytes"))  # built while it runs
         per_row = FACTOR_COPIES * (sum(t.shape.num_elements() * t.dtype.size for t in kept.values()) + working)
         low, high = ROWS
         rows = max(low, min(high, min(memory_mb << 20, CACHED_BYTES) // max(1, per_row)))
-        return 1 << (rows.bit_length() - 1)  # a power of two: divides the usual batch sizes, no padded rows
+        rows = 1 << (rows.bit_length() - 1)  # a power of two: divides the usual batch sizes, no padded rows
+        return min(rows, micro_batch_rows(formed, memory_mb, None)) if formed else rows
 
     def clip_scales(self, factors) -> list[tf.Tensor] | None:
         """Per selected variable, each row's float32 clipping factor (min(1, c / norm)), from the factors' squares;

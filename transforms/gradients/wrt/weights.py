@@ -116,13 +116,9 @@ class Weights(Wrt):
                 factors, probe = self.fast.factors(forward_fn, [t[:1] for t in tensors], len(points), names)
                 outputs = [tf.TensorSpec(o.shape[1:], o.dtype) for o in probe.outputs]
                 whole = any(form.name != "norm" and not getattr(form, "factored", False) for form in self.forms)
-                # no row's whole gradient held: as many rows as its factors allow
-                self.micro_batch = self.rows if whole else self.fast.rows(factors, self.spec.weight_memory_mb)
-                # a factored form's countsketch parts are formed: they too must fit the budget (a ResNet's convs
-                # under `kronecker`: 23.5M parameters a row, 20 GiB at 64 rows)
+                # no row's whole gradient held: as many rows as its factors (and what a form forms of them) allow
                 formed = sum(form.formed_parameters() for form in self.forms if getattr(form, "factored", False))
-                if formed and not whole:
-                    self.micro_batch = min(self.micro_batch, micro_batch_rows(formed, self.spec.weight_memory_mb, None))
+                self.micro_batch = self.rows if whole else self.fast.rows(factors, self.spec.weight_memory_mb, formed)
                 if [form.name for form in self.forms] == ["norm"]:
                     self.path = "ghost_norms"
                     values = self.fast.norms(

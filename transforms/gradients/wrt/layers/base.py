@@ -122,7 +122,7 @@ class LayerKind:
 
     @classmethod
     def bias_of(cls, layer, variable):
-        """The kernel whose factor's d a bias shares, its own factor `Outer(ones, d)` (Dense, Conv): a Kronecker
+        """The kernel whose factor's d a bias shares, its own factor `Outer(ones, d)` (Dense): a Kronecker
         projection takes the bias as its kernel's one more, constant, input (LoGra). None for any other variable."""
         return None
 

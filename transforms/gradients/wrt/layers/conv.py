@@ -35,10 +35,6 @@ class ConvKind(LayerKind):
         return None
 
     @classmethod
-    def bias_of(cls, layer, variable):
-        return layer.kernel if layer.use_bias and variable is layer.bias else None
-
-    @classmethod
     def call(cls, layer, inputs, *args, **kwargs):
         from keras import ops
 
