@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import re
 import sys
 import time
@@ -166,10 +167,22 @@ def _fail(line: str, code: int, debug: bool) -> int:
 
 
 def _quiet_logs(debug: bool) -> None:
-    """Beam logs a failed bundle's whole stack at ERROR; without --debug the one line we print is enough."""
-    logging.basicConfig(level=logging.INFO if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    """Beam logs a failed bundle's whole stack at ERROR; without --debug the one line we print is enough.
+
+    Beam also logs through the root logger: the portable runner relays a job service's messages (its tracebacks
+    after a worker died) with `logging.log`, from a thread that outlives our one line. Those records are kept
+    off too.
+    """
+    level = logging.INFO if debug else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     if not debug:
         logging.getLogger("apache_beam").setLevel(logging.CRITICAL)
+        logging.getLogger().addFilter(_not_from_beam)
+
+
+def _not_from_beam(record: logging.LogRecord) -> bool:
+    """False for a record logged by a Beam module through the root logger."""
+    return f"{os.sep}apache_beam{os.sep}" not in record.pathname
 
 
 def failure_line(err: BaseException) -> str:

@@ -119,3 +119,30 @@ def test_dask_the_same_rows_kill_two_workers_the_job_stops_with_one_line(job, tm
         dask = ["--runner", "DaskRunner", "--dask_client_address", c.address]
         done = _cli(folder, models[signal.SIGKILL], output, *dask)
     _assert_one_line_and_nothing_committed(done, signal.SIGKILL, source, output, "a worker process")
+
+
+RELAY = """
+import sys
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.portability.api import beam_job_api_pb2 as api
+from apache_beam.runners.portability.portable_runner import PipelineResult
+from pipeline.cli import _quiet_logs
+
+PipelineOptions([])  # calls logging.basicConfig(), as every job does before the command line sets its logs
+_quiet_logs(debug=sys.argv[1] == "debug")
+error = api.JobMessage(importance=api.JobMessage.JOB_MESSAGE_ERROR, message_text="Error closing worker_handler")
+messages = [api.JobMessagesResponse(message_response=error)]
+states = [api.JobStateEvent(state=api.JobState.DONE)]
+PipelineResult(None, "job", messages, states).wait_until_finish()
+"""
+
+
+@pytest.mark.parametrize("debug", [False, True], ids=["quiet", "debug"])
+def test_a_job_services_relayed_errors_print_only_with_debug(debug):
+    """The portable runner relays a job service's log (its tracebacks after a worker died) through the root logger,
+    from a thread that can outlive the job's one line: the CI once saw 115 lines under it. Only --debug shows them."""
+    mode = "debug" if debug else "quiet"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    done = subprocess.run([sys.executable, "-c", RELAY, mode], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert ("Error closing worker_handler" in done.stderr) == debug, done.stderr[-3000:]
