@@ -73,6 +73,52 @@ def assert_close(actual, expected, rtol=1e-5, atol=1e-6):
     np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol)
 
 
+# How far two groupings of the same rows may round apart, in units of the dtype's epsilon (relative to each value,
+# and to the largest value for those near zero).
+ROUNDING_EPS = 64
+
+
+def assert_rounding_equal(actual, expected, what="", scale=None):
+    """The same rows computed in other batches (another batch size or runner): equal but for rounding.
+
+    Why not the same bytes: a row's matmuls round by its place in the kernel's blocks (oneDNN's AVX2 sgemm rounds
+    the last two rows of 32 and a lone row otherwise; its AVX-512 kernel did not), so only a rerun of the same
+    batches promises the same bytes. Same shape and dtype, and a row mixed up with another fails by far more.
+    `scale`: the size of what the values were computed from, where that is larger than the values (a difference
+    of two outputs, as ig_delta is); the largest value otherwise.
+    """
+    actual, expected = np.asarray(actual), np.asarray(expected)
+    assert (actual.shape, actual.dtype) == (expected.shape, expected.dtype), what
+    tolerance = ROUNDING_EPS * float(np.finfo(expected.dtype).eps)
+    largest = float(np.abs(expected.astype(np.float64)).max()) if expected.size else 0.0
+    scale = max(largest, scale or 0.0)
+    np.testing.assert_allclose(
+        actual.astype(np.float64), expected.astype(np.float64), rtol=tolerance, atol=tolerance * scale, err_msg=what
+    )
+
+
+def assert_tables_rounding_equal(actual: pa.Table, expected: pa.Table, scales: dict | None = None):
+    """Two outputs of the same rows (sorted alike): the same schema, other columns equal, float columns
+    `assert_rounding_equal` (with `scales[name]` where given)."""
+    assert actual.schema == expected.schema
+    for name in expected.column_names:
+        a, e = actual.column(name).combine_chunks(), expected.column(name).combine_chunks()
+        if isinstance(e, pa.FixedShapeTensorArray):
+            a, e = a.to_numpy_ndarray(), e.to_numpy_ndarray()
+        elif pa.types.is_list(e.type) and pa.types.is_floating(e.type.value_type):
+            assert a.offsets.equals(e.offsets), name
+            a, e = a.flatten().to_numpy(), e.flatten().to_numpy()
+        elif pa.types.is_floating(e.type):
+            a, e = a.to_numpy(), e.to_numpy()
+        else:
+            assert a.equals(e), name
+            continue
+        if np.issubdtype(e.dtype, np.floating):
+            assert_rounding_equal(a, e, name, (scales or {}).get(name))
+        else:
+            np.testing.assert_array_equal(a, e, err_msg=name)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     keras.utils.set_random_seed(1234)

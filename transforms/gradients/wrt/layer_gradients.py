@@ -21,7 +21,7 @@ from transforms.gradients.wrt.layers import kind_of
 from transforms.gradients.wrt.per_example import in_micro_batches, micro_batch_rows
 
 # Rows per micro-batch of the fast path (`LayerGradients.rows`), fixed by the model and the spec, never by the batch
-# size, so that a row's bytes do not depend on it (see `in_micro_batches`); more than the general path's: a row costs
+# size, so that every call has the same shapes (see `in_micro_batches`); more than the general path's: a row costs
 # its layers' inputs and output gradients here, not a copy of its gradient. On a small model each op's fixed cost
 # dominates, and 256 rows per op ran the MLP's norms at 0.72 of the backward pass against 0.37 at 64
 # (docs/fast-weights.md); a model whose rows' factors outgrow the budget keeps the floor, what every model had before.

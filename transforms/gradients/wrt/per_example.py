@@ -27,8 +27,9 @@ def in_micro_batches(
 ) -> list[tf.Tensor]:
     """`fn` over the batch in chunks of exactly `rows` rows (the last padded with zeros), one chunk at a time.
 
-    Why a fixed chunk: every call of `fn` has the same shapes whatever the batch size, so the kernels,
-    and hence each row's floating-point results, are the same for a row in a batch of 1, 7 or 256.
+    Why a fixed chunk: every call of `fn` has the same shapes whatever the batch size, so the same kernels run
+    for a row in a batch of 1, 7 or 256. A kernel may still round a row by its place in the chunk (oneDNN's AVX2
+    matmul rounds the last two of 32 apart), so across batch sizes rows agree to rounding, not to the byte.
     `results` gives the per-row shape and dtype of each tensor `fn` returns.
     """
     batch = int(tensors[0].shape[0])

@@ -17,7 +17,7 @@ class Norm(WeightForm):
 
     def compute(self, gradients, prepared):
         # Squares summed in float64: a float32 sum of a million squares can come out a bit apart
-        # from run to run, and a row's norm must be the same bytes on every run and batch size.
+        # from run to run, and a row's norm must be the same bytes on every rerun.
         squares = [
             tf.reduce_sum(tf.reshape(tf.square(tf.cast(g, tf.float64)), (tf.shape(g)[0], -1)), axis=1)
             for g in gradients
