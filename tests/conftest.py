@@ -82,7 +82,7 @@ def assert_rounding_equal(actual, expected, what="", scale=None):
     """The same rows computed in other batches (another batch size or runner): equal but for rounding.
 
     Why not the same bytes: a row's matmuls round by its place in the kernel's blocks (oneDNN's AVX2 sgemm rounds
-    the last two rows of 32 and a lone row otherwise; its AVX-512 kernel did not), so only a rerun of the same
+    the last two rows of 32 and a lone row otherwise; earlier CI machines did not), so only a rerun of the same
     batches promises the same bytes. Same shape and dtype, and a row mixed up with another fails by far more.
     `scale`: the size of what the values were computed from, where that is larger than the values (a difference
     of two outputs, as ig_delta is); the largest value otherwise.
