@@ -38,6 +38,8 @@ At the end, a table of issue 20's goals: each measured value, met or not.
     # docs/fast-weights.md, "The run to read" (2026-12-06): the three runs
     PYTHONPATH=. .venv/bin/python bench/weights.py --workloads mlp,transformer --skip resnet
     PYTHONPATH=. .venv/bin/python bench/weights.py --workloads cnn,convnet --resnet_rows 128
+    # docs/fast-weights.md, "Goals not reached": the MLP's jobs alone, on an AVX2 machine
+    PYTHONPATH=. .venv/bin/python bench/weights.py --workloads mlp --skip engine,quality,resnet
 """
 
 from __future__ import annotations
