@@ -73,6 +73,8 @@ def assert_close(actual, expected, rtol=1e-5, atol=1e-6):
     np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol)
 
 
+# ig_delta is a difference of two predicted probabilities (at most 1), so it rounds on their scale, not its own.
+IG_DELTA_SCALE = {"ig_delta": 1.0}
 # How far two groupings of the same rows may round apart, in units of the dtype's epsilon (relative to each value,
 # and to the largest value for those near zero).
 ROUNDING_EPS = 64

@@ -15,7 +15,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.conftest import assert_close, assert_rounding_equal, by_key, read_output, run_on, tensor_column, write_parquet
+from tests.conftest import (
+    assert_close, assert_rounding_equal, by_key, read_output, run_on, tensor_column, write_parquet,
+)
 from transforms.gradients import GradientEngine, GradientSpec, SpecError, from_keras
 
 DATA = os.path.join(os.path.dirname(__file__), "data")

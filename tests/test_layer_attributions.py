@@ -11,13 +11,11 @@ import keras
 import pytest
 import tensorflow as tf
 
-from tests.conftest import assert_close, assert_tables_rounding_equal
+from tests.conftest import IG_DELTA_SCALE, assert_close, assert_tables_rounding_equal
 from transforms.gradients import GradientEngine, GradientSpec, SpecError, from_keras
 from transforms.gradients.methods.steps import alphas_and_weights
 
 RNG = np.random.default_rng(19)
-# ig_delta is a difference of two predicted probabilities (at most 1), so it rounds on their scale, not its own.
-DELTA_SCALE = {"ig_delta": 1.0}
 VOCAB, LENGTH, WIDTH, CLASSES, ROWS = 30, 8, 6, 3, 5
 
 
@@ -264,7 +262,7 @@ def test_token_baseline_needs_wrt_layer():
 
 
 @pytest.mark.parametrize("name", [n for n in MODELS if n != "transformer"])  # the transformer: its own test below
-def test_every_model_kind_runs_through_the_job_alike_across_batch_sizes_and_runners_and_to_the_byte_on_a_rerun(tmp_path, name):
+def test_every_model_kind_through_the_job_alike_across_batch_sizes_and_runners_and_a_rerun_to_the_byte(tmp_path, name):
     import pyarrow as pa
 
     from tests.conftest import by_key, read_output, run_job, save, write_parquet
@@ -285,7 +283,7 @@ def test_every_model_kind_runs_through_the_job_alike_across_batch_sizes_and_runn
                 "--steps", "8", "--target", "predicted", "--batch_size", batch, *extra)
         results.append(by_key(read_output(tmp_path / f"r{run}/g")))
     for other in results[1:3]:  # other batch sizes and runners: equal to rounding
-        assert_tables_rounding_equal(other, results[0], DELTA_SCALE)
+        assert_tables_rounding_equal(other, results[0], IG_DELTA_SCALE)
     assert results[3].equals(results[0])  # the first run again: the same bytes
     spec = GradientSpec(wrt="layer", layer=layer, method="integrated_gradients", steps=8, target="predicted")
     want = GradientEngine(from_keras(model), spec, batch_size=12)(xs)
@@ -312,7 +310,7 @@ def test_a_transformer_encoder_through_the_job_token_scores_equal_an_eager_tape(
                 "--keep_columns", "id", "--wrt", "layer", "--layer", layer, "--method", "integrated_gradients",
                 "--steps", "16", "--target", "predicted", "--batch_size", batch, "--emit", "predictions")
         outputs.append(by_key(read_output(tmp_path / f"b{batch}/g")))
-    assert_tables_rounding_equal(outputs[1], outputs[0], DELTA_SCALE)  # another batch size: equal to rounding
+    assert_tables_rounding_equal(outputs[1], outputs[0], IG_DELTA_SCALE)  # another batch size: equal to rounding
     out = outputs[0]
     attributions, gaps = _reference(model, layer, tail, xs, "integrated_gradients", steps=16)
     scores = out.column(f"token_scores__{layer}").combine_chunks().to_numpy_ndarray()

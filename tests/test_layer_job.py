@@ -1,4 +1,5 @@
-"""`--wrt layer` through the whole job (issue 19): token columns fed as ints, bad rows rejected, equal across batch sizes and runners."""
+"""`--wrt layer` through the whole job (issue 19): token columns fed as ints, bad rows rejected, outputs equal to
+rounding across batch sizes and runners."""
 
 import json
 
@@ -9,7 +10,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.run import main
-from tests.conftest import assert_close, assert_tables_rounding_equal, by_key, read_output, run_on, save, tensor_column, write_parquet
+from tests.conftest import (
+    IG_DELTA_SCALE, assert_close, assert_tables_rounding_equal, by_key, read_output, run_on, save, tensor_column, write_parquet,
+)
 from transforms.gradients import GradientEngine, GradientSpec, from_keras
 
 RNG = np.random.default_rng(190)
@@ -57,7 +60,7 @@ def test_token_attributions_through_the_job_with_bad_rows_rejected_alike_across_
     assert tensor_column(out, "tokens__emb").tolist() == ids[out.column("id").to_numpy()].tolist()
     assert out.schema.field("mask__emb").type == pa.fixed_shape_tensor(pa.int8(), [LENGTH])
     for name, table in outputs.items():  # other batch sizes and runners: equal to rounding
-        assert_tables_rounding_equal(table, out, {"ig_delta": 1.0})  # ig_delta: a difference of probabilities
+        assert_tables_rounding_equal(table, out, IG_DELTA_SCALE)
     good = out.column("id").to_numpy()
     assert 4 not in good and 9 not in good
     engine = GradientEngine(from_keras(model), GradientSpec(wrt="layer", layer="emb", method="integrated_gradients",

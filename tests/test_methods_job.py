@@ -12,7 +12,9 @@ import pyarrow.parquet as pq
 import pytest
 import tensorflow as tf
 
-from tests.conftest import assert_close, assert_rounding_equal, by_key, read_output, run_on, save, tensor_column, write_parquet
+from tests.conftest import (
+    assert_close, assert_rounding_equal, by_key, read_output, run_on, save, tensor_column, write_parquet,
+)
 from transforms.gradients import GradientEngine, GradientSpec, from_keras
 
 RNG = np.random.default_rng(3)
@@ -105,7 +107,7 @@ def _cnn():
     return keras.Model(x, keras.layers.Dense(3)(keras.layers.Dense(8, activation="tanh")(h)))
 
 
-def test_noisy_methods_give_identical_bytes_across_reruns_batch_sizes_and_runners(tmp_path, method="smoothgrad"):
+def test_noisy_methods_agree_across_batch_sizes_and_runners_and_a_rerun_to_the_byte(tmp_path, method="smoothgrad"):
     x = RNG.normal(size=(60, 6, 6, 2)).astype(np.float32)
     for f in range(3):
         write_parquet(tmp_path / f"in/{f}.parquet", {"id": np.arange(f * 20, f * 20 + 20), "x": x[f * 20 : f * 20 + 20]},

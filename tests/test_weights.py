@@ -16,7 +16,9 @@ import pytest
 import tensorflow as tf
 
 from pipeline.run import main
-from tests.conftest import assert_close, assert_rounding_equal, by_key, read_output, run_on, save, tensor_column, write_parquet
+from tests.conftest import (
+    assert_close, assert_rounding_equal, by_key, read_output, run_on, save, tensor_column, write_parquet,
+)
 from transforms.gradients import FORMS, WRT, GradientEngine, GradientSpec, SpecError, from_keras
 from transforms.gradients.wrt.forms.projection import CONSTRUCTION, sketch_seed
 from transforms.io.arrow import to_tensor_array
@@ -324,7 +326,7 @@ def _weights_args(*extra):
     return ["--target", "loss", "--loss", LOSS, "--label_column", "y", "--wrt", "weights", *extra]
 
 
-def test_job_projections_agree_across_batch_sizes_and_runners_and_a_rerun_to_the_byte_with_the_contracts_metadata(tmp_path):
+def test_job_projections_agree_across_groupings_and_a_rerun_to_the_byte_with_the_contracts_metadata(tmp_path):
     model = _residual()
     x, y = _job_data(tmp_path)
     path = save(model, tmp_path)
