@@ -26,7 +26,9 @@ Projection quality (the quality rows): per construction, the median over row pai
 The job itself (the CLI, DirectRunner, Parquet to Parquet, each a fresh process, the same rows):
   the limit: the input-gradient job (`--wrt inputs`, same target, loss and labels), then `--wrt weights` norm,
   projection (countsketch), factored and kronecker: rows/s of job time (the CLI's "job N s", start-up excluded)
-  and of the whole process, each job's time over the input-gradient job's, peak RSS (--times 1,3: flat?)
+  and of the whole process, each job's time over the input-gradient job's, peak RSS (--times 1,3: flat?);
+  then pyarrow's writer alone writing the kronecker job's output again as the job's sink does (best of 3, in
+  this process), its time over the input-gradient job's: the part of a projection job that is writing its bytes
   resnet50: keras.applications.ResNet50(weights=None) at 64x64x3 (25.6M parameters), projection k=2048
             countsketch, factored and kronecker, --weight_memory_mb 2048, --resnet_rows rows: rows/s and peak RSS
 At the end, a table of issue 20's goals: each measured value, met or not.
@@ -38,8 +40,12 @@ At the end, a table of issue 20's goals: each measured value, met or not.
     # docs/fast-weights.md, "The run to read" (2026-12-06): the three runs
     PYTHONPATH=. .venv/bin/python bench/weights.py --workloads mlp,transformer --skip resnet
     PYTHONPATH=. .venv/bin/python bench/weights.py --workloads cnn,convnet --resnet_rows 128
-    # docs/fast-weights.md, "Goals not reached": the MLP's jobs alone, on an AVX2 machine
+    # docs/fast-weights.md, "Goals not reached": the MLP's jobs alone, on an AVX2 machine (and with the writer
+    # alone, "The MLP's projection job is mostly its writing", 2026-12-06 evening)
     PYTHONPATH=. .venv/bin/python bench/weights.py --workloads mlp --skip engine,quality,resnet
+    # docs/fast-weights.md, "Conv kernels by rows" (2026-12-06 evening): the CNNs with their jobs, then ResNet50
+    PYTHONPATH=. .venv/bin/python bench/weights.py --workloads cnn,convnet --skip quality,resnet
+    PYTHONPATH=. .venv/bin/python bench/weights.py --workloads mlp --skip engine,quality,job --resnet_rows 128
 """
 
 from __future__ import annotations
@@ -263,6 +269,32 @@ def job(work, name, model, source, kind, rows, extra=()):
     return job_seconds(text), run.wall, run.rss_mib
 
 
+def writer_alone(work, name, kind, rows):
+    """Seconds pyarrow's Parquet writer alone takes to write a job's output again, as the job's sink writes it
+    (`parquet_writer`, through a Python file, one `write_table` per row group the job wrote), in this process:
+    how much of the job's time is the writing of its bytes."""
+    import glob
+
+    import pyarrow.parquet as pq
+
+    from transforms.io.write import parquet_writer
+
+    files = sorted(glob.glob(os.path.join(work, "weights-out", f"{name}-{kind}-{rows}-*-of-*.parquet")))
+    opened = [pq.ParquetFile(path) for path in files]
+    groups = [f.read_row_group(i) for f in opened for i in range(f.num_row_groups)]
+    best = float("inf")
+    for _ in range(3):
+        with open(os.path.join(work, "writer-alone.parquet"), "wb") as handle:
+            start = time.perf_counter()
+            writer = parquet_writer(handle, groups[0].schema)
+            for group in groups:
+                writer.write_table(group)
+            writer.close()
+            best = min(best, time.perf_counter() - start)
+    os.remove(os.path.join(work, "writer-alone.parquet"))
+    return best
+
+
 def resnet(work, rows, batch, kind):
     path = os.path.join(work, "resnet50-64.keras")
     if not os.path.exists(path):
@@ -369,6 +401,11 @@ def main():
                     if times == 1:
                         found[(name, "job", kind)] = ratio
                     table.append([kind, f"{rows / seconds:,.0f}", f"{rows / wall:,.0f}", f"{ratio:.2f}", f"{rss:,.0f}"])
+                if limit and (name, "job", "kronecker") in found and times == 1:
+                    seconds = attempt(f"{name} writer", lambda: writer_alone(args.work, name, "kronecker", rows))
+                    if seconds:
+                        table.append(["writer alone (kronecker's output)", f"{rows / seconds:,.0f}", "",
+                                      f"{seconds / limit:.2f}", ""])
                 print(f"\n{name}: the job (CLI, DirectRunner), {rows:,} rows, {machine()}\n")
                 header = ["job", "rows/s of job time", "rows/s whole process", "x input-gradient job", "peak RSS MiB"]
                 print(markdown(header, table), flush=True)

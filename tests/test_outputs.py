@@ -118,6 +118,24 @@ def test_metadata_records_model_spec_and_version(tmp_path):
     assert meta[b"beam_gradients.batch_size"] == b"16"
 
 
+def test_tensor_columns_are_written_without_dictionary_or_statistics_and_scalar_columns_with_them(tmp_path):
+    """The sink's writer (transforms/io/write.py): a gradient's numbers hardly repeat and have no useful min/max,
+    so its column gets neither (a third faster to write); keys and norms keep both, for readers that filter."""
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    write_parquet(tmp_path / "in/a.parquet", {"id": np.arange(ROWS), "x": X})
+    run_on(tmp_path, model, "--emit", "norm", "--batch_size", 16)
+    chunks = pq.ParquetFile(next((tmp_path / "out").glob("g-00000-of-*.parquet"))).metadata.row_group(0)
+    columns = {chunks.column(i).path_in_schema: chunks.column(i) for i in range(chunks.num_columns)}
+    assert set(columns) == {"id", "gradient.list.element", "norm__gradient"}  # one input: unsuffixed
+    tensor = columns["gradient.list.element"]
+    assert not tensor.has_dictionary_page and not tensor.is_stats_set
+    assert columns["id"].has_dictionary_page and columns["id"].statistics.min == 0
+    norms = columns["norm__gradient"]
+    assert not norms.has_dictionary_page and norms.is_stats_set and norms.statistics.min > 0
+    out = by_key(read_output(tmp_path / "out/g"))
+    assert_close(tensor_column(out, "gradient"), np.broadcast_to(model.layers[0].kernel.numpy().sum(1), (ROWS, 4)))
+
+
 def test_engine_agrees_with_central_finite_differences():
     """An independent check of the engine alone, in float64 where differences are precise."""
     inp = keras.Input((3,), dtype="float64")

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import apache_beam as beam
 import pyarrow as pa
-from apache_beam.io.parquetio import WriteToParquetBatched
+import pyarrow.parquet as pq
+from apache_beam.io.filebasedsink import FileBasedSink
+from apache_beam.io.filesystem import CompressionTypes
 
 from transforms.io.files import SHARD_TEMPLATE, SUFFIX
+
+CODEC = "snappy"  # each page's compression (pyarrow's default)
 
 
 def write_parquet(prefix: str, schema: pa.Schema, num_shards: int = 0) -> beam.PTransform:
@@ -14,11 +18,52 @@ def write_parquet(prefix: str, schema: pa.Schema, num_shards: int = 0) -> beam.P
 
     `num_shards` 0 lets the runner choose; a fixed count costs a shuffle.
     """
-    return WriteToParquetBatched(
-        prefix,
-        schema=schema,
-        codec="snappy",
-        file_name_suffix=SUFFIX,
-        shard_name_template=SHARD_TEMPLATE,
-        num_shards=num_shards,
-    )
+    return beam.io.Write(ParquetSink(prefix, schema, num_shards))
+
+
+def parquet_writer(where, schema: pa.Schema) -> pq.ParquetWriter:
+    """pyarrow's writer as our outputs take it: min/max statistics and dictionaries on scalar columns only.
+
+    A tensor column's 2,048 numbers a row have no useful min/max, and gradients hardly repeat a value, so a
+    dictionary only grows until pyarrow gives it up. Rewriting a projection job's output (100,000 rows of 2,048
+    float32) took 1.87 s without either against 2.65 s with both (docs/fast-weights.md).
+    """
+    scalars = [f.name for f in schema if not _is_tensor(f.type)]
+    dictionary = [f.name for f in schema if f.name in scalars and not pa.types.is_floating(f.type)]
+    return pq.ParquetWriter(where, schema, compression=CODEC, use_dictionary=dictionary, write_statistics=scalars)
+
+
+def _is_tensor(kind: pa.DataType) -> bool:
+    if isinstance(kind, pa.BaseExtensionType):
+        kind = kind.storage_type
+    return pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind)
+
+
+class ParquetSink(FileBasedSink):
+    """Beam's Parquet sink (`WriteToParquetBatched`: one row group per table) with our writer's settings."""
+
+    def __init__(self, prefix: str, schema: pa.Schema, num_shards: int):
+        super().__init__(
+            prefix,
+            coder=None,
+            file_name_suffix=SUFFIX,
+            num_shards=num_shards,
+            shard_name_template=SHARD_TEMPLATE,
+            mime_type="application/x-parquet",
+            compression_type=CompressionTypes.UNCOMPRESSED,  # Parquet compresses its own pages
+        )
+        self._schema = schema
+        self._file = None
+
+    def open(self, temp_path):
+        self._file = super().open(temp_path)
+        return parquet_writer(self._file, self._schema)
+
+    def write_record(self, writer: pq.ParquetWriter, table: pa.Table) -> None:
+        writer.write_table(table)
+
+    def close(self, writer: pq.ParquetWriter) -> None:
+        writer.close()
+        if self._file is not None:
+            self._file.close()
+            self._file = None
