@@ -30,6 +30,7 @@ import itertools
 import socket
 
 import dask
+import dask.distributed as ddist
 from apache_beam import pvalue
 from apache_beam.pipeline import AppliedPTransform, PipelineVisitor
 from apache_beam.runners.runner import PipelineState
@@ -172,14 +173,26 @@ class _BagVisitor(PipelineVisitor):
 
 
 class DaskResult(dask_runner.DaskRunnerResult):
-    """Beam's result, which also closes the client (and a local cluster it started) once the job ends."""
+    """Beam's result, waiting on the job's own client, which it closes (and a local cluster it started) at the end.
+
+    Beam's waits with `as_completed` on whichever client is the process's default when the wait starts. Where
+    that is another client (a notebook's, or a second job's in the same process) that is closed before the job
+    ends, it never hears of the job's tasks again and waits forever: the worker-kill test hung so one run in three.
+    """
 
     def wait_until_finish(self, duration=None) -> str:
         try:
-            return super().wait_until_finish(duration)
+            timeout = duration / 1000 if duration is not None else None  # Beam's durations are milliseconds
+            for _ in ddist.as_completed(self.futures, loop=self.client.loop, timeout=timeout, with_results=True):
+                pass  # gathering each result is what raises a task's error here
+            self._state = PipelineState.DONE
+        except BaseException:
+            self._state = PipelineState.FAILED
+            raise
         finally:
             if self.state in (PipelineState.DONE, PipelineState.FAILED):
                 self.client.close()
+        return self._state
 
     def cancel(self) -> str:
         try:
@@ -214,7 +227,6 @@ class DaskRunner(dask_runner.DaskRunner):
     """Runs the job on a Dask cluster: `--dask_client_address HOST:PORT`, or a local cluster without it."""
 
     def run_pipeline(self, pipeline, options):
-        import dask.distributed as ddist
 
         dask_options = options.view_as(DaskOptions).get_all_options(drop_default=True, current_only=True)
         bag_kwargs = DaskOptions._extract_bag_kwargs(dask_options)

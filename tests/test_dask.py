@@ -19,8 +19,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.runners.runner import PipelineState
 
-from pipeline.dask_runner import DaskOptions, DaskRunner
+from pipeline.dask_runner import DaskOptions, DaskResult, DaskRunner
 from pipeline.options import parse
 from pipeline.run import main, resolve_runner, run
 from pipeline.outputs import read_marker
@@ -173,6 +174,25 @@ def test_a_worker_killed_midway_the_job_finishes_on_the_survivor_with_every_row_
     assert sorted(ids + rejected) == list(range(8 * 4000))
     assert not list(tmp_path.glob("dask/.*")) and not list(tmp_path.glob("dask/beam-temp-*"))  # no temp left
     assert read_marker(str(tmp_path / "dask/g"))["rows_in"] == 8 * 4000
+
+
+def test_the_job_waits_on_its_own_client_though_another_client_is_the_default_and_closes(tmp_path):
+    """Beam's wait follows the process's default client: a client opened after the job's and closed while the
+    job runs (the worker-kill test's polling one, hung one run in three) left it waiting forever."""
+    with cluster(tmp_path, workers=1) as c:
+        client = distributed.Client(c.address, timeout=30)
+        futures = [client.submit(time.sleep, 3, pure=False)]
+        other = distributed.Client(c.address, timeout=30)  # now the process's default client
+        result = DaskResult(client, futures)
+        waiting = threading.Thread(target=result.wait_until_finish, daemon=True)
+        waiting.start()
+        time.sleep(0.5)  # the wait has begun, on the default client's loop if it follows the default
+        other.close()
+        waiting.join(timeout=60)
+        alive = waiting.is_alive()
+
+    assert not alive, "the job's wait hung after another client closed"
+    assert result.state == PipelineState.DONE and client.status == "closed"
 
 
 def test_dask_runner_keeps_tagged_outputs_apart_and_what_finish_bundle_yields(tmp_path):
