@@ -24,7 +24,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from transforms.contract import KEY, MARKER_SUFFIX, METADATA_PREFIX, SECONDARY_SUFFIXES, columns_of_kind, declared_columns, summary_path
 from pipeline.outputs import CorruptMarker, _absolute, _shard_regex, marker_entry, marker_path, output_folder, read_marker
-from transforms.io.files import InputError, open_parquet, output_files, read_footers
+from transforms.io.files import InputError, files_in_folder, open_parquet, output_files, read_footers
 
 # Outputs whose marker is their main output's (`<output>_rejected` -> `<output>_SUCCESS`).
 
@@ -63,8 +63,8 @@ def _find(prefix: str) -> tuple[dict, str] | None:
 def _find_beside(prefix: str) -> tuple[dict, str] | None:
     """The marker in `prefix`'s folder that lists its shards, where the job named it freely (an influence job's
     `--self_influence_output` sits in its output's folder under any name); markers that are not a job's are skipped."""
-    for match in FileSystems.match([output_folder(prefix).rstrip("/") + "/*" + MARKER_SUFFIX])[0].metadata_list:
-        main = match.path[: -len(MARKER_SUFFIX)]
+    for path in files_in_folder(output_folder(prefix).rstrip("/") + "/*" + MARKER_SUFFIX):
+        main = path[: -len(MARKER_SUFFIX)]
         try:
             marker = read_marker(main)
             if marker is not None and _select(marker, main, _of_prefix(prefix)):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import glob
 import os
 import uuid
 from typing import Sequence
@@ -124,11 +125,23 @@ def check_same_columns(paths: Sequence[str], schemas: Sequence[pa.Schema], colum
 
 def output_files(prefix: str) -> list[str]:
     """The shards under `prefix`: what a finished job wrote."""
-    pattern = prefix + SHARD_TEMPLATE.replace("S", "?").replace("N", "?") + SUFFIX
-    try:
-        return sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list)
-    except Exception:  # a prefix in a folder that does not exist yet matches nothing
-        return []
+    return files_in_folder(prefix + SHARD_TEMPLATE.replace("S", "?").replace("N", "?") + SUFFIX)
+
+
+def files_in_folder(pattern: str) -> list[str]:
+    """The files a pattern with wildcards in its last part only matches, sorted; none where its folder is missing.
+
+    A local one is globbed in its folder alone: Beam's LocalFileSystem walks the whole tree under the folder
+    first, seconds for an output directly under /tmp. The folder's own name is taken literally.
+    """
+    if "://" in pattern:
+        try:
+            return sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list)
+        except Exception:  # nothing there yet
+            return []
+    folder, name = os.path.split(pattern)
+    found = glob.glob(os.path.join(glob.escape(folder), name), include_hidden=True)
+    return sorted(path for path in found if os.path.isfile(path))
 
 
 def check_writable(prefix: str, option: str) -> None:
