@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from transforms.errors import SettingError
+from transforms.io.arrow import is_list, storage
 
 TENSOR = "tensor"  # fixed_shape_tensor or (nested) fixed_size_list: one zero-copy view
 LIST = "list"  # variable-length (nested) list: length checked per row
@@ -104,17 +105,13 @@ def _is_number(t: pa.DataType) -> bool:
     return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)
 
 
-def _storage(t: pa.DataType) -> pa.DataType:
-    return t.storage_type if isinstance(t, pa.BaseExtensionType) else t
-
-
 def _list_levels(t: pa.DataType) -> tuple[list[int | None], pa.DataType]:
     """Each list level's fixed size (None where it varies), and the leaf type."""
     levels = []
-    t = _storage(t)
-    while pa.types.is_fixed_size_list(t) or pa.types.is_list(t) or pa.types.is_large_list(t):
+    t = storage(t)
+    while is_list(t):
         levels.append(t.list_size if pa.types.is_fixed_size_list(t) else None)
-        t = _storage(t.value_type)
+        t = storage(t.value_type)
     return levels, t
 
 
@@ -360,7 +357,7 @@ def _leaf(array: pa.Array, n: int, feed: Feed, reasons: Reasons) -> tuple[pa.Arr
         if isinstance(array, pa.ExtensionArray):
             array = array.storage
         t = array.type
-        if not (pa.types.is_fixed_size_list(t) or pa.types.is_list(t) or pa.types.is_large_list(t)):
+        if not is_list(t):
             return array, owners, null_list
         if array.null_count:
             null_list |= owners.rows_with(_to_numpy(array.is_null()))

@@ -14,6 +14,17 @@ def tensor_type(shape: Sequence[int], value: pa.DataType = pa.float32()) -> pa.D
     return pa.fixed_shape_tensor(value, list(shape))
 
 
+def storage(kind: pa.DataType) -> pa.DataType:
+    """The type an extension type (a tensor column's) is stored as; any other type itself."""
+    return kind.storage_type if isinstance(kind, pa.BaseExtensionType) else kind
+
+
+def is_list(kind: pa.DataType) -> bool:
+    """A list of any of Arrow's three kinds (variable, large or fixed size), stored as such or under an extension."""
+    kind = storage(kind)
+    return pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind)
+
+
 def numpy_dtype(value: pa.DataType) -> np.dtype:
     """The numpy dtype of an Arrow primitive type.
 
