@@ -9,11 +9,13 @@ path's micro-batches (as many rows as the engine takes, `Weights.micro_batch`; o
   forward+backward the conv kind's recording forward pass and one backward pass to d = dL/dz of each conv
   + patches        ... and tf.image.extract_patches of each conv's input (the im2col patches)
   + one matmul     ... and each row's kernel gradient as one batched matmul over the patches (the old route)
-  + offsets        forward+backward and each row's kernel gradient one kernel offset at a time (conv.Shifted)
+  + offsets        forward+backward and each row's kernel gradient one kernel offset at a time (Shifted.by_offsets)
+  + by rows        forward+backward and each row's kernel gradient by Conv2DBackpropFilter on that row alone
+                   (Shifted.by_rows, the route the engine takes for undilated kernels)
   (each "+" row is also shown as its difference from the row before: the piece's own cost)
 
 Every line is the best of N rounds, the rounds interleaved, so a load that comes and goes (the machine is shared)
-reaches every line alike. Both kernel-gradient routes are checked equal before timing. Usage:
+reaches every line alike. The three kernel-gradient routes are checked equal before timing. Usage:
   python bench/conv_weights.py
 """
 
@@ -93,12 +95,14 @@ def main():
         "forward+backward": per_row(lambda fs: [f.d for f in fs]),
         "+ patches": per_row(lambda fs: [t for f in fs for t in (f.d, f.a)]),
         "+ one matmul": per_row(lambda fs: [t for f in fs for t in (f.d, patches(f).full())]),
-        "+ offsets": per_row(lambda fs: [t for f in fs for t in (f.d, f.full())]),
+        "+ offsets": per_row(lambda fs: [t for f in fs for t in (f.d, f.by_offsets())]),
+        "+ by rows": per_row(lambda fs: [t for f in fs for t in (f.d, f.by_rows())]),
     }
     fs = factors(x[:ROWS], y[:ROWS])
     assert all(isinstance(f, Shifted) for f in fs)
-    for f in fs:  # the two routes of the kernel gradients agree
-        assert np.allclose(patches(f).full().numpy(), f.full().numpy(), rtol=1e-5, atol=1e-6)
+    for f in fs:  # the three routes of the kernel gradients agree
+        for route in (f.by_offsets(), f.by_rows()):
+            assert np.allclose(patches(f).product().numpy(), route.numpy(), rtol=1e-5, atol=1e-5)
 
     @tf.function(input_signature=signature)
     def forward(xb, yb):
@@ -117,7 +121,8 @@ def main():
             best[name] = min(best[name], time.perf_counter() - start)
     print(f"{machine()}; best of {ROUNDS} interleaved rounds, batch {BATCH}, micro-batches of {ROWS}")
     print("| what | ms per 256 rows | the piece alone | of the ceiling's time |\n|---|---|---|---|")
-    before = {"+ patches": "forward+backward", "+ one matmul": "+ patches", "+ offsets": "forward+backward"}
+    before = {"+ patches": "forward+backward", "+ one matmul": "+ patches", "+ offsets": "forward+backward",
+              "+ by rows": "forward+backward"}
     for name, seconds in best.items():
         ms = 1000 * seconds * 256 / BATCH
         piece = f"{ms - 1000 * best[before[name]] * 256 / BATCH:.1f}" if name in before else ""

@@ -43,7 +43,7 @@ def _conv1d():
 
 
 def _conv2d():
-    x = keras.Input((7, 7, 2), name="x")
+    x = keras.Input((8, 8, 2), name="x")  # the first kernel's gradient by rows (64 positions), the others by offsets
     h = keras.layers.Conv2D(3, 3, padding="same", activation="relu")(x)
     h = keras.layers.Conv2D(4, 2, strides=2, dilation_rate=1, use_bias=False)(h)
     h = keras.layers.Conv2D(2, 2, dilation_rate=2, activation="tanh")(h)
@@ -143,21 +143,45 @@ def test_fast_norms_and_full_gradients_match_the_eager_recipe_and_the_general_pa
                 assert_close(norms[name], oracle[name], rtol=1e-4, atol=1e-6)
 
 
+def _numpy_kernel_gradients(layer, a, d):
+    """Each row's conv kernel gradient by numpy, a loop over kernel offsets: g[i, j] = sum over output positions of
+    the padded input the offset sees there (outer) d. Independent of TensorFlow's filter-gradient kernel, which
+    both the recipe's tape and `Shifted.by_rows` run."""
+    a, d = np.asarray(a, np.float64), np.asarray(d, np.float64)
+    if layer.rank == 1:
+        a, d = a[:, None], d[:, None]
+    size, strides, rates = ((1, *g) if layer.rank == 1 else tuple(g) for g in
+                            (layer.kernel_size, layer.strides, layer.dilation_rate))
+    out = d.shape[1:3]
+    if layer.padding == "same":
+        pads = [max((o - 1) * s + (k - 1) * r + 1 - n, 0) for o, s, k, r, n in zip(out, strides, size, rates, a.shape[1:3])]
+        a = np.pad(a, [(0, 0), *((p // 2, p - p // 2) for p in pads), (0, 0)])
+    g = np.zeros((a.shape[0], *size, a.shape[3], d.shape[3]))
+    for i in range(size[0]):
+        for j in range(size[1]):
+            seen = a[:, i * rates[0] :: strides[0], j * rates[1] :: strides[1]][:, : out[0], : out[1]]
+            g[:, i, j] = np.einsum("rhwc,rhwo->rco", seen, d)
+    return g.reshape(a.shape[0], *layer.kernel.shape)
+
+
 @pytest.mark.parametrize(
     "layer, shape",
     [
+        (lambda: keras.layers.Conv2D(4, 3, padding="same"), (8, 8, 3)),  # the bench CNN's kind
         (lambda: keras.layers.Conv2D(3, 3, strides=2, padding="same"), (9, 9, 2)),  # padding split 1 + 1
         (lambda: keras.layers.Conv2D(3, 4, strides=(3, 2), padding="same"), (10, 11, 2)),  # padding 3: 1, then 2
         (lambda: keras.layers.Conv2D(2, (2, 3), dilation_rate=2, padding="same"), (8, 7, 3)),
         (lambda: keras.layers.Conv2D(4, 2, strides=2), (7, 7, 2)),  # the last input row never read
+        (lambda: keras.layers.Conv2D(5, 1, strides=2), (6, 6, 3)),  # ResNet's projection shortcut
         (lambda: keras.layers.Conv1D(3, 4, strides=3, padding="same"), (13, 2)),
         (lambda: keras.layers.Conv1D(3, 3, dilation_rate=2), (12, 2)),
     ],
 )
-def test_conv_kernel_gradients_by_kernel_offset_match_each_rows_tape(layer, shape):
-    """The conv kind's kernel factor (`conv.Shifted`: one matmul per kernel offset over slices of the padded
-    input) on strides, dilations and paddings the models above do not reach: whole gradients and both norm
-    routes (direct, and the ghost norm over the im2col patches) against each row's own tape."""
+def test_conv_kernel_gradients_by_both_routes_match_numpy_and_each_rows_tape(layer, shape):
+    """The conv kind's kernel factor (`conv.Shifted`) on strides, dilations and paddings the models above do not
+    reach: each route of its whole gradients (per row by TensorFlow's filter gradient; one matmul per kernel
+    offset), the factor's own choice and both norm routes (direct, and the ghost norm over the im2col patches),
+    against numpy and against each row's own tape."""
     from transforms.gradients.wrt.layers import kind_of
 
     layer = layer()
@@ -170,7 +194,12 @@ def test_conv_kernel_gradients_by_kernel_offset_match_each_rows_tape(layer, shap
             total = tf.reduce_sum(layer.convolution_op(a[i : i + 1], layer.kernel) * d[i : i + 1])
         want.append(tape.gradient(total, layer.kernel).numpy())
     want = np.stack(want)
+    assert_close(want, _numpy_kernel_gradients(layer, a, d), rtol=1e-5, atol=1e-5)
     factor = kind_of(layer).factors(layer, type("Recorded", (), {"a": a}), d)[id(layer.kernel)]
+    routes = {"offsets": factor.by_offsets} if set(layer.dilation_rate) != {1} else {
+        "offsets": factor.by_offsets, "rows": factor.by_rows}  # TensorFlow's CPU filter gradient: no dilation
+    for name, route in routes.items():
+        np.testing.assert_allclose(tf.reshape(route(), want.shape), want, rtol=1e-5, atol=1e-5, err_msg=name)
     assert_close(factor.full(), want, rtol=1e-5, atol=1e-5)
     squares = np.sum(want.astype(np.float64).reshape(5, -1) ** 2, axis=1)
     assert_close(factor.squares(), squares, rtol=1e-5)

@@ -1,14 +1,20 @@
 """Conv1D and Conv2D (channels last, one group, valid or same padding): z = patches(a) W + b, so per row
-g_W = sum_p patch_p^T d_p over output positions p (im2col), no loop over rows.
+g_W = sum_p patch_p^T d_p over output positions p (im2col).
 
-The product is taken one kernel offset at a time (`Shifted`), not over the patches: tf.image.extract_patches
-was most of the fast path's time on a small CNN (docs/fast-weights.md)."""
+The product is taken per row by TensorFlow's own filter gradient, or one kernel offset at a time over all rows
+(`Shifted`), whichever its shape runs faster; never over the patches: tf.image.extract_patches was most of the
+fast path's time on a small CNN (docs/fast-weights.md)."""
 
 from __future__ import annotations
 
 import tensorflow as tf
 
 from transforms.gradients.wrt.layers.base import LayerKind, Outer, Record, Split, rows_by_positions
+
+ROW_PARALLEL = 16  # rows whose filter gradients may run at once (`Shifted.by_rows`)
+# Output positions from which `Shifted.product` takes a kernel's gradient by rows: on 64 rows, by rows took 0.5 to
+# 0.7 of the offsets' time at 32x32, 0.73 to 0.79 at 16x16, 0.84 to 0.89 at 8x8, but 1.05 at 4x4 and 1.19 at 2x2.
+ROWS_ROUTE_POSITIONS = 64
 
 
 class ConvKind(LayerKind):
@@ -62,8 +68,9 @@ class ConvKind(LayerKind):
 class Shifted(Outer):
     """A kernel's `Outer` over im2col patches [rows, T, kh kw C] (kernel row-major order), whose product is taken
     one kernel offset (i, j) at a time: g[i, j] = x_ij^T d, x_ij the input seen by that offset at every output
-    position (a slice of the zero-padded input), kh kw rank-3 batched matmuls [rows, T, C]^T [rows, T, O].
-    Each is the patches' matmul restricted to that offset's columns, so the numbers are the same. Building the
+    position (a slice of the zero-padded input), kh kw rank-3 batched matmuls [rows, T, C]^T [rows, T, O]
+    (`by_offsets`), or each row's filter gradient alone (`by_rows`). Each offset's matmul is the patches' matmul
+    restricted to that offset's columns, so the numbers are the same but for rounding. Building the
     patches themselves took most of the fast path's time (docs/fast-weights.md); they are built only when asked
     for (`a`: the ghost norm, the factored projection's FFT route)."""
 
@@ -92,6 +99,38 @@ class Shifted(Outer):
         return self.out[0] * self.out[1], self.size[0] * self.size[1] * int(self.image.shape[-1]), int(self.d.shape[2])
 
     def product(self):
+        """[rows, kh kw C, O]: each row's kernel gradient, by the route measured faster for its shape (the routes
+        differ only by rounding). By rows where each offset sees many positions; by the offsets for 1x1 kernels
+        (one matmul), on ResNet's small late maps (a few large matmuls) and where the kernel is dilated
+        (TensorFlow's CPU filter gradient takes no dilation)."""
+        undilated, offsets = set(self.rates) == {1}, self.size[0] * self.size[1]
+        if undilated and offsets > 1 and self.out[0] * self.out[1] >= ROWS_ROUTE_POSITIONS:
+            return self.by_rows()
+        return self.by_offsets()
+
+    def by_rows(self):
+        """Each row's kernel gradient as TensorFlow's Conv2DBackpropFilter of that row alone (batch 1: the op the
+        article's recipe runs per row), ROW_PARALLEL rows at a time. On the bench CNN's 3x3 kernels it took half
+        the offsets' time (docs/fast-weights.md): oneDNN's filter gradient outruns kh kw small batched matmuls."""
+        rows, channels, outputs = int(self.image.shape[0]), int(self.image.shape[-1]), int(self.d.shape[2])
+        d = tf.reshape(self.d, (rows, *self.out, outputs))
+
+        def row(pair):
+            image, gradient = pair
+            return tf.raw_ops.Conv2DBackpropFilter(
+                input=image[None],
+                filter_sizes=(*self.size, channels, outputs),
+                out_backprop=gradient[None],
+                strides=(1, *self.strides, 1),
+                dilations=(1, *self.rates, 1),
+                padding=self.padding,
+            )
+
+        g = tf.map_fn(row, (self.image, d), fn_output_signature=tf.float32, parallel_iterations=ROW_PARALLEL)
+        return tf.reshape(g, (rows, -1, outputs))
+
+    def by_offsets(self):
+        """[rows, kh kw C, O] as kh kw batched matmuls, one per kernel offset (see the class)."""
         rows, channels = int(self.image.shape[0]), int(self.image.shape[-1])
         blocks = [
             tf.matmul(tf.reshape(x, (rows, -1, channels)), self.d, transpose_a=True) for x in self._offsets()
