@@ -154,7 +154,8 @@ def _numpy_kernel_gradients(layer, a, d):
                             (layer.kernel_size, layer.strides, layer.dilation_rate))
     out = d.shape[1:3]
     if layer.padding == "same":
-        pads = [max((o - 1) * s + (k - 1) * r + 1 - n, 0) for o, s, k, r, n in zip(out, strides, size, rates, a.shape[1:3])]
+        geometry = zip(out, strides, size, rates, a.shape[1:3])
+        pads = [max((o - 1) * s + (k - 1) * r + 1 - n, 0) for o, s, k, r, n in geometry]
         a = np.pad(a, [(0, 0), *((p // 2, p - p // 2) for p in pads), (0, 0)])
     g = np.zeros((a.shape[0], *size, a.shape[3], d.shape[3]))
     for i in range(size[0]):
