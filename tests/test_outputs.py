@@ -12,6 +12,7 @@ import tensorflow as tf
 import transforms
 from tests.conftest import assert_close, by_key, read_output, run_on, tensor_column, write_parquet
 from transforms.gradients import GradientEngine, GradientSpec, from_keras
+from transforms.io.write import ParquetSink
 
 ROWS = 45
 RNG = np.random.default_rng(12)
@@ -134,6 +135,28 @@ def test_tensor_columns_are_written_without_dictionary_or_statistics_and_scalar_
     assert not norms.has_dictionary_page and norms.is_stats_set and norms.statistics.min > 0
     out = by_key(read_output(tmp_path / "out/g"))
     assert_close(tensor_column(out, "gradient"), np.broadcast_to(model.layers[0].kernel.numpy().sum(1), (ROWS, 4)))
+
+
+def test_the_sink_writes_tables_in_their_order_while_the_next_is_computed_and_a_failed_write_raises(tmp_path):
+    """The sink encodes each table on a thread of its own (transforms/io/write.py): the file holds them in the
+    order written, and a write that fails there raises in the job's thread, at the next write or at close."""
+    schema = pa.schema([("id", pa.int64()), ("x", pa.float32())])
+    sink = ParquetSink(str(tmp_path / "g"), schema, 0)
+    handle = sink.open(str(tmp_path / "one.parquet"))
+    tables = [pa.table({"id": np.arange(i, i + 7), "x": np.full(7, i, np.float32)}, schema=schema) for i in range(9)]
+    for table in tables:
+        sink.write_record(handle, table)
+    sink.close(handle)
+    written = pq.ParquetFile(tmp_path / "one.parquet")
+    assert written.num_row_groups == 9 and written.read().equals(pa.concat_tables(tables))
+
+    handle = sink.open(str(tmp_path / "two.parquet"))
+    sink.write_record(handle, tables[0])
+    sink.write_record(handle, pa.table({"id": [1.5]}))  # not the file's schema: pyarrow refuses it
+    with pytest.raises(ValueError, match="schema"):
+        for table in tables:  # raises at a later write, or else at close
+            sink.write_record(handle, table)
+        sink.close(handle)
 
 
 def test_engine_agrees_with_central_finite_differences():

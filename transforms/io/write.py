@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import dataclasses
+import collections
+import concurrent.futures
 
 import apache_beam as beam
 import pyarrow as pa
@@ -56,16 +57,39 @@ class ParquetSink(FileBasedSink):
         return _Open(file, parquet_writer(file, self._schema))
 
     def write_record(self, handle: _Open, table: pa.Table) -> None:
-        handle.writer.write_table(table)
+        handle.write(table)
 
     def close(self, handle: _Open) -> None:
-        handle.writer.close()
-        handle.file.close()
+        handle.close()
 
 
-@dataclasses.dataclass(frozen=True)
 class _Open:
-    """One temp file being written: the writer and the file it writes, which closing the writer leaves open."""
+    """One temp file being written, its tables encoded on a thread of its own, in order.
 
-    file: object
-    writer: pq.ParquetWriter
+    pyarrow's writer releases the GIL while it encodes and compresses, so a table is written while the job
+    computes the next one: on the MLP's projection job, writing its 8 KiB a row took about as long as the whole
+    input-gradient job (docs/fast-weights.md). At most QUEUED tables wait; a failed write raises at the next
+    write or at close, and the file is then incomplete, as a failed write always left it.
+    """
+
+    QUEUED = 2
+
+    def __init__(self, file, writer: pq.ParquetWriter):
+        self.file = file
+        self.writer = writer
+        self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="beam-gradients-parquet")
+        self._pending: collections.deque[concurrent.futures.Future] = collections.deque()
+
+    def write(self, table: pa.Table) -> None:
+        while len(self._pending) >= self.QUEUED:
+            self._pending.popleft().result()
+        self._pending.append(self._thread.submit(self.writer.write_table, table))
+
+    def close(self) -> None:
+        try:
+            while self._pending:
+                self._pending.popleft().result()
+        finally:
+            self._thread.shutdown(cancel_futures=True)
+        self.writer.close()
+        self.file.close()
