@@ -47,6 +47,10 @@ At the end, a table of issue 20's goals: each measured value, met or not.
     # docs/fast-weights.md, "Conv kernels by rows" (2026-12-06 evening): the CNNs with their jobs, then ResNet50
     PYTHONPATH=. .venv/bin/python bench/weights.py --workloads cnn,convnet --skip quality,resnet
     PYTHONPATH=. .venv/bin/python bench/weights.py --workloads mlp --skip engine,quality,job --resnet_rows 128
+    # docs/fast-weights.md, "2026-12-07 morning": the CNN's engine, ResNet50 with its input-gradient job, the MLP's jobs
+    PYTHONPATH=. .venv/bin/python bench/weights.py --workloads cnn --skip job,quality,resnet
+    PYTHONPATH=. .venv/bin/python bench/weights.py --workloads mlp --skip engine,quality,job --resnet_rows 128
+    PYTHONPATH=. .venv/bin/python bench/weights.py --workloads mlp --skip engine,quality,resnet
 """
 
 from __future__ import annotations
