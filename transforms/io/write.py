@@ -15,6 +15,9 @@ from transforms.io.arrow import is_list
 from transforms.io.files import SHARD_TEMPLATE, SUFFIX
 
 CODEC = "snappy"  # each page's compression (pyarrow's default)
+# Values encoded at a time, between checks of a page's size (pyarrow's default: 1,024). On rows of 2,048 float32
+# the writer alone took 0.32 s against 0.41 s for 20,000 rows (best of 10 interleaved); pages stay near 1 MiB.
+WRITE_BATCH = 65_536
 
 
 def write_parquet(prefix: str, schema: pa.Schema, num_shards: int = 0) -> beam.PTransform:
@@ -34,7 +37,9 @@ def parquet_writer(where, schema: pa.Schema) -> pq.ParquetWriter:
     """
     scalars = [f.name for f in schema if not is_list(f.type)]
     dictionary = [f.name for f in schema if f.name in scalars and not pa.types.is_floating(f.type)]
-    return pq.ParquetWriter(where, schema, compression=CODEC, use_dictionary=dictionary, write_statistics=scalars)
+    return pq.ParquetWriter(
+        where, schema, compression=CODEC, use_dictionary=dictionary, write_statistics=scalars, write_batch_size=WRITE_BATCH
+    )
 
 
 class ParquetSink(FileBasedSink):
