@@ -24,6 +24,8 @@ Projection quality (the quality rows): per construction, the median over row pai
   |<p_i, p_j> - <g_i, g_j>| / (|g_i| |g_j|) at k = 2048, g the exact per-example gradients (`full`), the mean of
   |p_i|^2 / |g_i|^2 (unbiased: about 1) and the correlation of projected with exact inner products.
 The job itself (the CLI, DirectRunner, Parquet to Parquet, each a fresh process, the same rows):
+  (--job_rounds N: N interleaved rounds of every job, each job's best time; the job times are noisier than the
+  engine's, one 2-second job against another)
   the limit: the input-gradient job (`--wrt inputs`, same target, loss and labels), then `--wrt weights` norm,
   projection (countsketch), factored and kronecker: rows/s of job time (the CLI's "job N s", start-up excluded)
   and of the whole process, each job's time over the input-gradient job's, peak RSS (--times 1,3: flat?);
@@ -51,6 +53,7 @@ At the end, a table of issue 20's goals: each measured value, met or not.
     PYTHONPATH=. .venv/bin/python bench/weights.py --workloads cnn --skip job,quality,resnet
     PYTHONPATH=. .venv/bin/python bench/weights.py --workloads mlp --skip engine,quality,job --resnet_rows 128
     PYTHONPATH=. .venv/bin/python bench/weights.py --workloads mlp --skip engine,quality,resnet
+    PYTHONPATH=. .venv/bin/python bench/weights.py --workloads mlp --skip engine,quality,resnet --job_rounds 3
 """
 
 from __future__ import annotations
@@ -366,6 +369,9 @@ def main():
     parser.add_argument("--work", default=DEFAULT_WORK)
     parser.add_argument("--scale", type=float, default=1.0, help="fraction of each workload's rows for the job runs")
     parser.add_argument("--times", default="1", help="comma-separated multiples of the job rows (1,3: is RSS flat?)")
+    parser.add_argument("--job_rounds", type=int, default=1,
+                        help="interleaved rounds of every job: each job's best time and whole-process time, "
+                             "and its highest peak RSS")
     parser.add_argument("--engine_rows", type=int, help="rows of the engine runs (default: the workload's)")
     parser.add_argument("--recipe_rows", type=int, help="rows of the eager recipe (default: the workload's)")
     parser.add_argument("--quality_rows", type=int, help="rows of the quality runs (default: the workload's)")
@@ -402,12 +408,15 @@ def main():
             for times in (int(t) for t in args.times.split(",")):
                 rows = max(BATCH, int(w.job_rows * args.scale)) * times
                 source = data(args.work, name, rows)
+                runs: dict[str, list] = {}
+                for _ in range(args.job_rounds):  # interleaved: a slow minute of the machine hits every job
+                    for kind in JOBS:
+                        ran = attempt(f"{name} {kind} job", lambda: job(args.work, name, path, source, kind, rows))
+                        if ran:
+                            runs.setdefault(kind, []).append(ran)
                 table, limit = [], None
-                for kind in JOBS:
-                    ran = attempt(f"{name} {kind} job", lambda: job(args.work, name, path, source, kind, rows))
-                    if not ran:
-                        continue
-                    seconds, wall, rss = ran
+                for kind, got in runs.items():
+                    seconds, wall, rss = min(r[0] for r in got), min(r[1] for r in got), max(r[2] for r in got)
                     limit = limit or (seconds if kind == "inputs" else None)
                     ratio = seconds / limit if limit else float("nan")
                     if times == 1:
