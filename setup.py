@@ -18,7 +18,7 @@ setup(
     version="0.1.0",
     description="Per-example gradients of Keras models over Parquet datasets of any size, on Apache Beam.",
     packages=find_packages(include=["pipeline", "pipeline.*", "transforms", "transforms.*"]),
-    python_requires=">=3.10",
+    python_requires=">=3.11",
     install_requires=[
         f"{TENSORFLOW}=={TENSORFLOW_VERSION}",
         "keras==3.15.1",

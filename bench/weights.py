@@ -321,8 +321,10 @@ def resnet(work, rows, batch, kind):
 def goals(found):
     """Issue 20's goals: (goal, measured value as text, verdict), from what this run measured."""
 
-    def best(workload, part, kinds, higher):
+    def best(workload, part, kinds, higher, every=False):
         values = {k: found.get((workload, part, k), float("nan")) for k in kinds}
+        if every and any(v != v for v in values.values()):  # one not measured: the goal is not measured
+            return float("nan"), kinds[0]
         values = {k: v for k, v in values.items() if v == v} or {kinds[0]: float("nan")}
         kind = (max if higher else min)(values, key=values.get)
         return values[kind], kind
@@ -331,7 +333,7 @@ def goals(found):
 
     def goal(text, workload, part, kinds, target, at_most, every=False):
         """Met by the best of `kinds`, or by every one of them (`every`: the worst is shown)."""
-        value, kind = best(workload, part, kinds, at_most if every else not at_most)
+        value, kind = best(workload, part, kinds, at_most if every else not at_most, every)
         number = f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.3g}"
         shown = "" if value != value else f"{number} ({kind})" if len(kinds) > 1 else number
         rows.append([text, shown, verdict(value, target, at_most)])
@@ -415,7 +417,7 @@ def main():
                         if ran:
                             runs.setdefault(kind, []).append(ran)
                 table, limit = [], None
-                for kind, got in runs.items():
+                for kind, got in ((k, runs[k]) for k in JOBS if k in runs):
                     seconds, wall, rss = min(r[0] for r in got), min(r[1] for r in got), max(r[2] for r in got)
                     limit = limit or (seconds if kind == "inputs" else None)
                     ratio = seconds / limit if limit else float("nan")

@@ -181,16 +181,24 @@ class DaskResult(dask_runner.DaskRunnerResult):
     """
 
     def wait_until_finish(self, duration=None) -> str:
+        """Beam's wait (apache-beam 2.77's loop) on the job's client: the final state; RUNNING after `duration` ms.
+
+        A second wait returns the state the first ended in: the client, and its loop, are closed by then.
+        """
+        if PipelineState.is_terminal(self._state):
+            return self._state
         try:
-            timeout = duration / 1000 if duration is not None else None  # Beam's durations are milliseconds
+            timeout = duration / 1000 if duration is not None else None
             for _ in ddist.as_completed(self.futures, loop=self.client.loop, timeout=timeout, with_results=True):
                 pass  # gathering each result is what raises a task's error here
             self._state = PipelineState.DONE
+        except TimeoutError:
+            return self._state  # still running: the job goes on, its client open
         except BaseException:
             self._state = PipelineState.FAILED
             raise
         finally:
-            if self.state in (PipelineState.DONE, PipelineState.FAILED):
+            if PipelineState.is_terminal(self._state):
                 self.client.close()
         return self._state
 

@@ -193,6 +193,7 @@ def test_the_job_waits_on_its_own_client_though_another_client_is_the_default_an
 
     assert not alive, "the job's wait hung after another client closed"
     assert result.state == PipelineState.DONE and client.status == "closed"
+    assert result.wait_until_finish() == PipelineState.DONE  # a second wait: the state, not a wait on a closed loop
 
 
 def test_dask_runner_keeps_tagged_outputs_apart_and_what_finish_bundle_yields(tmp_path):

@@ -157,6 +157,7 @@ def test_the_sink_writes_tables_in_their_order_while_the_next_is_computed_and_a_
         for table in tables:  # raises at a later write, or else at close
             sink.write_record(handle, table)
         sink.close(handle)
+    assert handle.file.closed  # Beam never closes a writer whose write raised: the handle closed its file itself
 
 
 def test_engine_agrees_with_central_finite_differences():

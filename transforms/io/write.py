@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import contextlib
 
 import apache_beam as beam
 import pyarrow as pa
@@ -73,8 +74,9 @@ class _Open:
 
     pyarrow's writer releases the GIL while it encodes and compresses, so a table is written while the job
     computes the next one: on the MLP's projection job, writing its 8 KiB a row took about as long as the whole
-    input-gradient job (docs/fast-weights.md). At most QUEUED tables wait; a failed write raises at the next
-    write or at close, and the file is then incomplete, as a failed write always left it.
+    input-gradient job (docs/fast-weights.md). At most QUEUED tables wait (so up to QUEUED + 1 tables of a writer
+    are held at once, against one before); a failed write raises at the next write or at close, and the file is
+    then closed incomplete, as a failed write always left it.
     """
 
     QUEUED = 2
@@ -86,15 +88,30 @@ class _Open:
         self._pending: collections.deque[concurrent.futures.Future] = collections.deque()
 
     def write(self, table: pa.Table) -> None:
-        while len(self._pending) >= self.QUEUED:
-            self._pending.popleft().result()
+        try:
+            while len(self._pending) >= self.QUEUED:
+                self._pending.popleft().result()
+        except BaseException:
+            self._abandon()  # Beam does not close a writer whose write raised
+            raise
         self._pending.append(self._thread.submit(self.writer.write_table, table))
 
     def close(self) -> None:
         try:
             while self._pending:
                 self._pending.popleft().result()
-        finally:
-            self._thread.shutdown(cancel_futures=True)
+        except BaseException:
+            self._abandon()
+            raise
+        self._thread.shutdown()
         self.writer.close()
         self.file.close()
+
+    def _abandon(self) -> None:
+        """After a failed write: no queued table is written, the thread ends and the file is closed as it is."""
+        self._thread.shutdown(cancel_futures=True)
+        self._pending.clear()
+        with contextlib.suppress(Exception):
+            self.writer.close()
+        with contextlib.suppress(Exception):
+            self.file.close()
