@@ -38,9 +38,8 @@ def parquet_writer(where, schema: pa.Schema) -> pq.ParquetWriter:
     """
     scalars = [f.name for f in schema if not is_list(f.type)]
     dictionary = [f.name for f in schema if f.name in scalars and not pa.types.is_floating(f.type)]
-    return pq.ParquetWriter(
-        where, schema, compression=CODEC, use_dictionary=dictionary, write_statistics=scalars, write_batch_size=WRITE_BATCH
-    )
+    options = dict(compression=CODEC, use_dictionary=dictionary, write_statistics=scalars, write_batch_size=WRITE_BATCH)
+    return pq.ParquetWriter(where, schema, **options)
 
 
 class ParquetSink(FileBasedSink):
