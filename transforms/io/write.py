@@ -87,24 +87,23 @@ class _Open:
         self._pending: collections.deque[concurrent.futures.Future] = collections.deque()
 
     def write(self, table: pa.Table) -> None:
+        self._wait_until(self.QUEUED - 1)
+        self._pending.append(self._thread.submit(self.writer.write_table, table))
+
+    def close(self) -> None:
+        self._wait_until(0)
+        self._thread.shutdown()
+        self.writer.close()
+        self.file.close()
+
+    def _wait_until(self, pending: int) -> None:
+        """Wait for the oldest writes until `pending` are left; a failed one abandons the file and raises."""
         try:
-            while len(self._pending) >= self.QUEUED:
+            while len(self._pending) > pending:
                 self._pending.popleft().result()
         except BaseException:
             self._abandon()  # Beam does not close a writer whose write raised
             raise
-        self._pending.append(self._thread.submit(self.writer.write_table, table))
-
-    def close(self) -> None:
-        try:
-            while self._pending:
-                self._pending.popleft().result()
-        except BaseException:
-            self._abandon()
-            raise
-        self._thread.shutdown()
-        self.writer.close()
-        self.file.close()
 
     def _abandon(self) -> None:
         """After a failed write: no queued table is written, the thread ends and the file is closed as it is."""
