@@ -235,7 +235,6 @@ class DaskRunner(dask_runner.DaskRunner):
     """Runs the job on a Dask cluster: `--dask_client_address HOST:PORT`, or a local cluster without it."""
 
     def run_pipeline(self, pipeline, options):
-
         dask_options = options.view_as(DaskOptions).get_all_options(drop_default=True, current_only=True)
         bag_kwargs = DaskOptions._extract_bag_kwargs(dask_options)
         client = ddist.Client(**dask_options)
