@@ -57,7 +57,7 @@ from transforms.influence.steps import (
 from transforms.io.files import SUFFIX, InputError, check_writable, match_files, open_parquet, read_schemas
 from transforms.io.schema import rejected_schema
 from transforms.io.write import write_parquet
-from transforms.influence.projections import PROJECTION, ProjectionMeta, default_keys, duplicate_key, first_difference
+from transforms.influence.projections import ProjectionMeta, default_keys, duplicate_key, first_difference
 from transforms.influence.scores import SCORES
 from transforms.influence.topk import COMPACT_EVERY
 

@@ -9,8 +9,6 @@ written as `gradient` with the input's spatial shape (height, width): no channel
 
 from __future__ import annotations
 
-from typing import ClassVar
-
 import tensorflow as tf
 
 from transforms.gradients.errors import SpecError

@@ -8,7 +8,6 @@ import tensorflow as tf
 
 from transforms.gradients.errors import SpecError
 from transforms.gradients.forward import Forward
-from transforms.gradients.ops import per_example_sum  # noqa: F401  (the targets' shared reduction)
 from transforms.gradients.outputs import Output, RowInput
 from transforms.gradients.registry import Answer
 from transforms.gradients.settings import Setting

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from transforms.gradients.targets.base import Target, per_example_sum
+from transforms.gradients.ops import per_example_sum
+from transforms.gradients.targets.base import Target
 
 
 class Sum(Target):
