@@ -126,7 +126,7 @@ class Shifted(Outer):
                 padding=self.padding,
             )
 
-        g = tf.map_fn(row, (self.image, d), fn_output_signature=tf.float32, parallel_iterations=ROW_PARALLEL)
+        g = tf.map_fn(row, (self.image, d), fn_output_signature=self.image.dtype, parallel_iterations=ROW_PARALLEL)
         return tf.reshape(g, (rows, -1, outputs))
 
     def by_offsets(self):
