@@ -116,7 +116,7 @@ def marker_entry(entry: str, folder: str, marker_file: str) -> str:
         if name and _absolute(parent).rstrip("/") == folder.rstrip("/"):
             return FileSystems.join(folder, name)
         raise CorruptMarker(f"{marker_file}: lists {entry!r}, outside the output's folder {folder}; refused")
-    if "/" in entry or "\\" in entry or ".." in entry:
+    if "/" in entry or "\\" in entry or entry in ("", ".", ".."):
         raise CorruptMarker(f"{marker_file}: lists {entry!r}, not a file name in the output's folder {folder}; refused")
     return FileSystems.join(folder, entry)
 
@@ -136,12 +136,14 @@ def check_no_clash(prefixes: Mapping[str, str]) -> None:
 
     Beam's file sink deletes every file matching `<prefix>-*-of-NNNNN.parquet` as it
     finalizes, so `--rejected out/g-rejected` beside `--output out/g` loses the
-    rejected rows without a word. `prefixes` maps an option name to its prefix.
+    rejected rows without a word. `prefixes` maps an option name to its prefix. Prefixes are compared as the
+    files they name (`out/g` and `out/../out/g` are one prefix), and the messages show them as given.
     """
     items = list(prefixes.items())
     for i, (name_a, a) in enumerate(items):
         for name_b, b in items[i + 1 :]:
-            if a == b or _shard_regex(a).match(_first_shard(b)) or _shard_regex(b).match(_first_shard(a)):
+            ra, rb = _real(a), _real(b)
+            if ra == rb or _shard_regex(ra).match(_first_shard(rb)) or _shard_regex(rb).match(_first_shard(ra)):
                 raise OutputClash(
                     f"{name_a} {a!r} and {name_b} {b!r} overlap: the shards of one match the other's "
                     f"pattern <prefix>-*-of-NNNNN{SUFFIX}, so writing one would delete the other; "
@@ -150,7 +152,7 @@ def check_no_clash(prefixes: Mapping[str, str]) -> None:
     if items:
         name_a, a = items[0]
         for name_b, b in items[1:]:
-            if output_folder(b) != output_folder(a):
+            if output_folder(_real(b)) != output_folder(_real(a)):
                 raise OutputClash(
                     f"{name_b} {b!r} must sit in the folder of {name_a} {a!r} ({output_folder(a)}): "
                     "the output's marker vouches only for files of its own folder"

@@ -15,16 +15,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from typing import Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
 from transforms.contract import KEY, MARKER_SUFFIX, METADATA_PREFIX, SECONDARY_SUFFIXES, columns_of_kind, declared_columns, summary_path
-from pipeline.outputs import CorruptMarker, _absolute, _shard_regex, marker_entry, marker_path, output_folder, read_marker
-from transforms.io.files import InputError, files_in_folder, open_parquet, output_files, read_footers
+from pipeline.outputs import CorruptMarker, _absolute, marker_entry, marker_path, output_folder, read_marker
+from transforms.io.files import SUFFIX, InputError, files_in_folder, open_parquet, output_files, read_footers
 
 # Outputs whose marker is their main output's (`<output>_rejected` -> `<output>_SUCCESS`).
 
@@ -98,8 +98,10 @@ def _select(marker: dict, marker_prefix: str, wanted) -> list[Shard]:
 
 
 def _of_prefix(prefix: str):
-    match = _shard_regex(_absolute(prefix)).match
-    return lambda option, path: bool(match(path))
+    """The marker's entries that are `prefix`'s own shards, `<prefix>-SSSSS-of-NNNNN.parquet` with digits there:
+    `out/g` takes neither `out/g-2`'s shards nor `out/g-rejected`'s, which Beam's delete pattern (a `*`) would."""
+    shard = re.compile(re.escape(_absolute(prefix)) + r"-\d{5,}-of-\d{5,}" + re.escape(SUFFIX))
+    return lambda option, path: bool(shard.fullmatch(path))
 
 
 def _check_files(shards: Sequence[Shard], where: str) -> None:
@@ -203,8 +205,16 @@ def _iter_shards(shards: Sequence[Shard], where: str, columns, batch_rows: int) 
     for shard in shards:
         parquet = open_parquet(shard.path)
         _check_rows(shard, parquet.metadata.num_rows, where)
+        _check_columns(parquet.schema_arrow, columns, shard.path)
         for batch in parquet.iter_batches(batch_size=batch_rows, columns=list(columns) if columns else None):
             yield pa.Table.from_batches([batch])
+
+
+def _check_columns(schema: pa.Schema, columns: Sequence[str] | None, path: str) -> None:
+    """KeyError naming the columns asked for that the shard lacks (pyarrow would drop them without a word)."""
+    missing = [c for c in columns or () if c not in schema.names]
+    if missing:
+        raise KeyError(f"{path} has no column {', '.join(map(repr, missing))}; it has {', '.join(schema.names)}")
 
 
 def to_numpy(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
@@ -223,10 +233,13 @@ def to_numpy(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
 
 def read_arrays(prefix: str, columns: Sequence[str] | None = None, require_complete: bool = True) -> dict[str, np.ndarray]:
     """The whole output (or `columns` of it) as {column: numpy array}; for outputs that fit in memory."""
-    tables = list(iter_tables(prefix, columns, require_complete=require_complete))
+    shards, where = _shards(prefix, require_complete)
+    tables = list(_iter_shards(shards, where, columns, 65536))
+    if not tables and shards:  # a zero-row output: its listed shard's columns, typed, with no rows
+        schema = open_parquet(shards[0].path).schema_arrow
+        tables = [schema.empty_table().select(list(columns)) if columns else schema.empty_table()]
     if not tables:
-        schema = pq.read_schema(output_files(prefix)[0]) if output_files(prefix) else pa.schema([])
-        return {name: np.array([]) for name in (columns or schema.names)}
+        return {name: np.array([]) for name in columns or ()}
     table = pa.concat_tables(tables)
     return {name: to_numpy(table.column(name)) for name in table.column_names}
 

@@ -91,7 +91,14 @@ def test_rejected_rows_survive_the_outputs_finalize_on_every_runner(tmp_path, ru
 
 @pytest.mark.parametrize(
     "output, rejected",
-    [("out/g", "out/g-rejected"), ("out/g", "out/g"), ("out/g-part", "out/g"), ("out/g", "out/g-x-00001-of")],
+    [
+        ("out/g", "out/g-rejected"),
+        ("out/g", "out/g"),
+        ("out/g-part", "out/g"),
+        ("out/g", "out/g-x-00001-of"),
+        ("out/g", "out/../out/g"),  # one prefix spelled two ways: both sinks would write one file
+        ("out/g", "out/../out/g-rejected"),
+    ],
 )
 def test_output_prefixes_whose_shards_overlap_are_refused_before_any_compute(tmp_path, capsys, output, rejected):
     _data_with_bad_rows(tmp_path)

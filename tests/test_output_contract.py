@@ -15,8 +15,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.outputs import CorruptMarker, read_marker, require_marker
-from pipeline.reader import OutputMismatch, key_columns, output_columns, read_arrays
+from pipeline.outputs import OutputClash
+from pipeline.reader import IncompleteOutput, OutputMismatch, key_columns, output_columns, read_arrays
 from pipeline.report import write_report
+from pipeline.report.build import main as report_main
 from pipeline.run import main
 from tests.conftest import run_on, save, write_parquet
 from tests.projections import write_projections
@@ -174,6 +176,50 @@ def test_a_marker_entry_outside_its_folder_is_refused(done, tmp_path):
     good["outputs"] = {k: [str(done / "out" / n) for n in v] for k, v in good["outputs"].items()}
     open(prefix + "_SUCCESS", "w").write(json.dumps(good))
     assert len(read_arrays(prefix)["id"]) == 28
+
+
+def test_an_output_is_never_read_as_one_whose_name_extends_its_own(tmp_path):
+    """`out/g` is neither `out/g-2` (whose shards Beam's `out/g-*-of-NNNNN` pattern matches) nor its rejected rows;
+    a name with `..` inside it is a name, not a way out of the folder."""
+    _data(tmp_path / "in/a.parquet", bad=(3,))
+    run_on(tmp_path, _mlp(), output="out/g-2")
+    run_on(tmp_path, _mlp(), output="out/run..1")
+    with pytest.raises(IncompleteOutput):
+        read_arrays(str(tmp_path / "out/g"))
+    assert len(read_arrays(str(tmp_path / "out/g-2"))["id"]) == 29
+    assert len(read_arrays(str(tmp_path / "out/run..1"))["id"]) == 29
+    prefix = str(tmp_path / "out/run..1")
+    marker = read_marker(prefix)
+    marker["outputs"]["--rejected"] = [".."]
+    open(prefix + "_SUCCESS", "w").write(json.dumps(marker))
+    with pytest.raises(CorruptMarker, match="not a file name"):
+        read_arrays(prefix)
+
+
+def test_the_reader_names_a_column_the_output_lacks_and_types_a_zero_row_output(tmp_path):
+    _data(tmp_path / "in/a.parquet", rows=4, bad=(0, 1, 2, 3))  # every row rejected: a zero-row output
+    run_on(tmp_path, _mlp())
+    prefix = str(tmp_path / "out/g")
+    with pytest.raises(KeyError) as raised:
+        read_arrays(prefix, ["id", "gradeint"])
+    assert "'gradeint'" in str(raised.value) and "gradient" in str(raised.value)
+    empty = read_arrays(prefix)
+    assert empty["id"].dtype == np.int64 and empty["gradient"].shape == (0, 3)
+    assert set(read_arrays(prefix, ["gradient"])) == {"gradient"}
+
+
+def test_the_report_never_writes_its_page_over_a_file_it_reads(done, tmp_path, capsys):
+    prefix = str(done / "out/g")
+    marker = read_marker(prefix)
+    shard = str(done / "out" / marker["outputs"]["--output"][0])
+    before = _bytes(glob.glob(prefix + "*"))
+    for page in [shard, prefix + "_SUCCESS", prefix + "-summary.json", str(done / "in/a.parquet")]:
+        assert report_main([prefix, "--input", str(done / "in/*.parquet"), "--output", page]) == 2
+        err = capsys.readouterr().err
+        assert f"would overwrite or delete a report's input file {page}" in err and len(err.splitlines()) == 1
+        with pytest.raises(OutputClash):
+            write_report(prefix, str(done / "in/*.parquet"), output=page)
+    assert _bytes(glob.glob(prefix + "*")) == before and len(read_arrays(prefix)["id"]) == 28
 
 
 @pytest.mark.parametrize("text", ["{not json", '["a list"]', '{"outputs": {"--output": "g-00000-of-00001.parquet"}}'])

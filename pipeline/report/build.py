@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from typing import Sequence
 
 from pipeline.options import OptionsError, check_prefix
-from pipeline.outputs import CorruptMarker
+from pipeline.outputs import CorruptMarker, check_inputs_untouched, marker_path
 from pipeline.reader import (
     IncompleteOutput,
     OutputMismatch,
@@ -30,8 +31,8 @@ from pipeline.report.influence import (
 )
 from pipeline.report.main import main_job_sections
 from pipeline.report.sections import run_section
-from transforms.contract import MARKER_SUFFIX, SELF_INFLUENCE_SUFFIX, report_path
-from transforms.io.files import InputError, open_parquet
+from transforms.contract import MARKER_SUFFIX, SECONDARY_SUFFIXES, SELF_INFLUENCE_SUFFIX, report_path, summary_path
+from transforms.io.files import InputError, match_files, open_parquet, output_files
 
 
 def write_report(
@@ -46,6 +47,7 @@ def write_report(
 ) -> str:
     """Write the page for the output at `prefix`; returns its path (`<prefix>-report.html` unless `output`)."""
     output = output or report_path(prefix)
+    _check_page_path(output, prefix, input_pattern, influence, self_influence)
     marker, problem = None, None
     try:
         marker = find_marker(prefix)
@@ -96,6 +98,19 @@ def write_report(
     with open(output, "w", encoding="utf-8") as fh:
         fh.write(text)
     return output
+
+
+def _check_page_path(output: str, prefix: str, input_pattern: str | None, *others: str | None) -> None:
+    """OutputClash where the page would overwrite a file the report reads: a shard, marker or summary of an output
+    it shows (or of one beside it: rejected rows, self influence), or an input file."""
+    read = []
+    for shown in filter(None, (prefix, *others)):
+        for p in (shown, *(shown + suffix for suffix in SECONDARY_SUFFIXES)):
+            read += [*output_files(p), marker_path(p), summary_path(p)]
+    if input_pattern:
+        with contextlib.suppress(InputError):  # an input that matches nothing is the input section's to say
+            read += match_files(input_pattern, "--input").paths
+    check_inputs_untouched({}, {"a report's input": read}, [("--output", output)])
 
 
 def main(argv: Sequence[str]) -> int:
