@@ -173,6 +173,21 @@ def test_option_errors_are_one_clear_line_before_any_data_is_read(tmp_path, job,
     assert not list(tmp_path.glob("out/**/*"))  # nothing ran, nothing was written
 
 
+def test_a_key_column_named_like_a_rejected_rows_column_is_refused_at_planning(tmp_path, job, capsys):
+    """The rejected rows have their own stage, reason and source_file: a key so named would be there twice."""
+    _, args = job
+    table = pq.read_table(tmp_path / "in/a.parquet")
+    pq.write_table(table.rename_columns(["stage", *table.column_names[1:]]), tmp_path / "staged.parquet")
+    args = [args[0], "--input", str(tmp_path / "staged.parquet"), *args[3:], "--keep_columns", "stage"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "beam-gradients: error: key column 'stage' clashes with the rejected-rows output's own column of that name; "
+        "rename the key column or drop it from --keep_columns"
+    ]
+    assert not list(tmp_path.glob("out/**/*"))  # nothing ran, nothing was written
+
+
 def test_inputs_that_match_nothing_or_are_not_parquet(tmp_path, job, capsys):
     _, args = job
     args = [a for a in args if "in/*.parquet" not in a]

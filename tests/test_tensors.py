@@ -134,3 +134,36 @@ def test_planning_errors_name_the_setting_and_the_cli_shows_it_as_a_flag():
     assert str(flagged) == "--input_map names 'picture', which the model does not have; its inputs are: x"
     assert str(pickle.loads(pickle.dumps(flagged))) == str(flagged)  # a worker's error keeps its words
     assert str(FeedError("a {literal} column")) == "a {literal} column"  # plain text is never a template
+
+
+def test_token_ids_in_stacked_scalar_columns_are_checked_against_the_vocabulary():
+    """Planning gives an embedding's token input its vocabulary (feeds/plan.py): stacked scalar columns obey it too."""
+    import dataclasses
+
+    batch = pa.record_batch(
+        {
+            "a": pa.array([1, 2, 3, 4], pa.int64()),
+            "b": pa.array([5, 50, 6, -1], pa.int64()),
+            "c": pa.array([7, 8, 9, 0], pa.int64()),
+        }
+    )
+    feed = plan_feed(batch.schema, "tokens", ["a", "b", "c"], (3,), np.int32, "t.parquet")
+    feed = dataclasses.replace(feed, vocabulary=10, embedding="emb")
+    decoded = decode(feed, batch)
+    assert decoded.reasons.bad.tolist() == [False, True, False, True]
+    assert decoded.reasons.text[1] == "column 'b' holds token id 50, outside the vocabulary 0..9 of embedding 'emb'"
+    assert decoded.reasons.text[3] == "column 'b' holds token id -1, outside the vocabulary 0..9 of embedding 'emb'"
+    assert decoded.reasons.stage[1] == "decode"
+    assert decoded.values.dtype == np.int32 and decoded.values[[0, 2]].tolist() == [[1, 5, 7], [3, 6, 9]]
+
+
+def test_a_nullable_bool8_scalar_column_rejects_the_null_row():
+    """arrow.bool8 is an extension type: its nulls are filled on its int8 storage, as a list's leaf is."""
+    flag = pa.ExtensionArray.from_storage(pa.bool8(), pa.array([1, None, 0, 1], pa.int8()))
+    table = pa.table({"flag": flag, "v": pa.array([0.5, 1.5, 2.5, 3.5], pa.float32())})
+    table = pa.concat_tables([table.slice(0, 2), table.slice(2)])  # as a reader's table: two chunks per column
+    feed = plan_feed(table.schema, "in", ["flag", "v"], (2,), np.float32, "t.parquet")
+    decoded = decode(feed, table)
+    assert decoded.reasons.bad.tolist() == [False, True, False, False]
+    assert decoded.reasons.text[1] == "column 'flag' is null"
+    assert decoded.values[[0, 2, 3]].tolist() == [[1.0, 0.5], [0.0, 2.5], [1.0, 3.5]]

@@ -389,12 +389,15 @@ def decode(feed: Feed, batch: pa.RecordBatch | pa.Table) -> Decoded:
         owners = _Owners(n)
         for j, column in enumerate(feed.columns):
             array = batch.column(column)
+            array = array.cast(storage(array.type))  # as a list's leaf: fill_null has no kernel for extensions
             if array.null_count:
                 reasons.add(_to_numpy(array.is_null()), "decode", f"column {column!r} is null")
                 array = _zero_filled(array)
             raw = _to_numpy(array)
             _check_finite(raw, owners, reasons, column)
             values[:, j] = _cast(feed, raw, owners, reasons, column)
+            if feed.vocabulary is not None:  # each column is one token of the input
+                _check_vocabulary(feed, values[:, j], owners, reasons, column)
         return Decoded(values.reshape((n, *feed.shape)), reasons)
 
     column = feed.columns[0]

@@ -98,7 +98,18 @@ class OutputLayout:
 
 
 def rejected_schema(key_fields: Sequence[pa.Field]) -> pa.Schema:
-    """Rejected rows: the key columns, then where and why each row was refused."""
+    """Rejected rows: the key columns, then where and why each row was refused.
+
+    A key column named like one of the latter is refused, as OutputLayout refuses a clash: the file would have the
+    name twice, and a batch with a rejected row could not be written at all.
+    """
+    clashes = [f.name for f in key_fields if f.name in REJECTED_COLUMNS]
+    if clashes:
+        raise FeedError(
+            "key column {clashes} clashes with the rejected-rows output's own column of that name; "
+            "rename the key column or drop it from {keep_columns}",
+            clashes=", ".join(repr(c) for c in clashes),
+        )
     return pa.schema(list(key_fields) + [pa.field(name, pa.string()) for name in REJECTED_COLUMNS])
 
 
