@@ -30,7 +30,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from transforms.contract import MARKER_SUFFIX, marker_path
 from transforms import __version__, error_line
-from transforms.io.files import SUFFIX, InputError, output_files, parquet_rows, read_footers
+from transforms.io.files import SUFFIX, InputError, files_pattern, output_files, parquet_rows, read_footers
 
 MARKER = MARKER_SUFFIX
 STAGING = ".staging-"
@@ -196,6 +196,26 @@ def check_inputs_untouched(
                 raise OutputClash(
                     f"{out_option} {target!r} would overwrite or delete {in_option} file {path}: a job never writes, "
                     f"moves or deletes a file it reads; give {out_option} another prefix"
+                )
+
+
+def check_pattern_untouched(
+    prefixes: Mapping[str, str], patterns: Mapping[str, str | None], files: Sequence[tuple[str, str]] = ()
+) -> None:
+    """Refuse, at planning, an input pattern that would match a file the job writes, though none is there yet: the
+    same command run again would read this run's output as its input. `patterns` maps an option to its pattern;
+    `prefixes` and `files` are as check_inputs_untouched takes them."""
+    written = [(option, _first_shard(prefix)) for option, prefix in prefixes.items()]
+    written += [(option, marker_path(prefix)) for option, prefix in list(prefixes.items())[:1]] + list(files)
+    for in_option, pattern in patterns.items():
+        if not pattern:
+            continue
+        match = re.compile(FileSystem.translate_pattern(_absolute(files_pattern(pattern)))).match
+        for out_option, path in written:
+            if match(_absolute(path)):
+                raise OutputClash(
+                    f"{in_option} {pattern!r} matches {path}, which {out_option} writes: the next run would read "
+                    f"this run's output as its input; give {out_option} a prefix the pattern does not match"
                 )
 
 

@@ -75,6 +75,7 @@ def test_any_file_the_main_job_writes_over_a_file_it_reads_is_refused(tmp_path, 
     args = [RUNNER, "--input", str(tmp_path / "in/*.parquet"), "--model", model, "--feature_columns", "x"]
     if what == "rejected":  # the rejected rows' shards would replace the input
         victim = _data(tmp_path / "in/bad-00000-of-00001.parquet")
+        args[2] = str(tmp_path / "in/[ab]*.parquet")  # a.parquet and bad-..., not the output's in/g-...
         args += ["--output", str(tmp_path / "in/g"), "--rejected", str(tmp_path / "in/bad")]
         options = ("--rejected", "--input")
     else:  # the summary <output>-summary.json would replace the config file (YAML reads JSON)
@@ -88,6 +89,21 @@ def test_any_file_the_main_job_writes_over_a_file_it_reads_is_refused(tmp_path, 
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and all(o in err[0] for o in options), err
     assert _bytes([victim]) == before
+
+
+def test_an_output_its_input_pattern_would_match_is_refused_before_there_is_one(tmp_path, capsys):
+    """A first run into a folder its --input pattern reads would pass the file check; its rerun would read the
+    first run's output as input (and fail on its columns, or worse). Refused on the first run, before any compute."""
+    source = _data(tmp_path / "in/a.parquet")
+    model = save(_mlp(), tmp_path)
+    for pattern in [str(tmp_path / "in/*.parquet"), str(tmp_path / "in")]:  # a folder reads its *.parquet
+        args = [RUNNER, "--input", pattern, "--model", model, "--feature_columns", "x"]
+        args += ["--output", str(tmp_path / "in/g")]
+        assert main(args) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        shard = str(tmp_path / "in/g-00000-of-00001.parquet")
+        assert len(err) == 1 and f"--input {pattern!r} matches {shard}, which --output writes" in err[0], err
+    assert os.listdir(tmp_path / "in") == ["a.parquet"] and _bytes([source])
 
 
 def test_an_influence_output_over_its_training_input_is_refused(tmp_path, capsys):

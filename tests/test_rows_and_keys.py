@@ -1,6 +1,7 @@
 """Every row in comes out once, keys unchanged, across files, row groups, padding and bad rows."""
 
 import os
+import re
 
 import keras
 import numpy as np
@@ -18,7 +19,7 @@ from tests.conftest import (
     tensor_column,
     write_parquet,
 )
-from transforms.io.files import InputError
+from transforms.io.files import InputError, match_files
 from transforms.io.read import _ReadRowGroup
 
 
@@ -114,6 +115,26 @@ def test_files_that_disagree_with_the_first_are_named_before_any_compute(tmp_pat
     with pytest.raises(InputError, match=r"b.parquet has no column 'x'"):
         run_on(tmp_path, path)
     assert not (tmp_path / "out").exists()
+
+
+def test_an_empty_first_file_whose_columns_are_typed_null_is_not_what_the_job_plans_by(tmp_path):
+    """pandas writes an empty object column as type null; such a file has no rows to decode, so it neither blocks
+    the job nor is checked against the others' types."""
+    model = _model()
+    x = np.random.default_rng(3).normal(size=(5, 6)).astype(np.float32)
+    pq.write_table(pa.table({"id": pa.array([], pa.int64()), "x": pa.nulls(0)}), tmp_path / "in-0.parquet")
+    write_parquet(tmp_path / "in-1.parquet", {"id": np.arange(5), "x": x})
+    summary = run_on(tmp_path, model, data="in-*.parquet")
+    out = by_key(read_output(tmp_path / "out/g"))
+    assert (summary.rows_in, summary.rows_out, summary.rows_rejected) == (5, 5, 0)
+    assert_close(tensor_column(out, "gradient"), eager_gradients(model, x, lambda y: y))
+
+
+def test_a_file_whose_name_holds_a_wildcard_is_found_once_escaped_and_the_error_says_how(tmp_path):
+    path = write_parquet(tmp_path / "run[1].parquet", {"id": np.arange(3), "x": np.zeros((3, 6), np.float32)})
+    with pytest.raises(InputError, match=re.escape("write a literal '[' as '[[]'")):
+        match_files(str(path))
+    assert match_files(str(tmp_path / "run[[]1].parquet")).paths == [str(path)]
 
 
 def test_a_rerun_replaces_the_earlier_output_even_with_another_shard_count(tmp_path):

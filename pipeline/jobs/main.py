@@ -33,7 +33,7 @@ from pipeline.options import (
     spec_from,
     split_list,
 )
-from pipeline.outputs import StagedOutputs, check_inputs_untouched, check_no_clash
+from pipeline.outputs import StagedOutputs, check_inputs_untouched, check_no_clash, check_pattern_untouched
 from pipeline.progress import Progress
 from pipeline.runners import (
     check_reachable,
@@ -168,7 +168,8 @@ def plan_job(job: GradientOptions) -> tuple[JobPlan, object, InputFiles, int]:
     inputs = match_files(job.input)
     footers = read_footers(inputs.paths)
     schemas = read_schemas(inputs.paths, footers)
-    schema = schemas[0]
+    ref = next((i for i, footer in enumerate(footers) if footer.num_rows), 0)  # an empty file may type a column null
+    schema = schemas[ref]
 
     def columns(value: str | None) -> list[str]:
         return [exact_column(schema, name) for name in split_list(value, strip=False)]
@@ -183,21 +184,21 @@ def plan_job(job: GradientOptions) -> tuple[JobPlan, object, InputFiles, int]:
         keys += [group] if group not in keys else []
     feature_columns = columns(job.feature_columns)
     mapped = [c for value in input_map.values() for c in value.split("+")]
-    check_columns(schema, feature_columns + mapped, "feature", inputs.paths[0])  # as planning would, only sooner
+    check_columns(schema, feature_columns + mapped, "feature", inputs.paths[ref])  # as planning would, only sooner
     with quiet_native_start(job.debug):
-        return _plan_with_model(job, inputs, footers, schemas, input_map, keys, feature_columns)
+        return _plan_with_model(job, inputs, footers, schemas, ref, input_map, keys, feature_columns)
 
 
-def _plan_with_model(job, inputs, footers, schemas, input_map, keys, feature_columns):
-    """plan_job's part that needs TensorFlow: the spec, the row columns it reads, the model."""
-    schema = schemas[0]
+def _plan_with_model(job, inputs, footers, schemas, ref, input_map, keys, feature_columns):
+    """plan_job's part that needs TensorFlow: the spec, the row columns it reads, the model; planned on file `ref`."""
+    schema = schemas[ref]
     rows = {field: exact_column(schema, c) if c else c for field, c in row_columns(job).items()}
     try:
         spec = spec_from(job)
         spec.check_used(given_settings(job))
         plan, loaded = JobPlan.build(
             schema,
-            inputs.paths[0],
+            inputs.paths[ref],
             ProcessModel(job.model, job.trust_model_code),
             spec,
             job.batch_size,
@@ -208,7 +209,7 @@ def _plan_with_model(job, inputs, footers, schemas, input_map, keys, feature_col
         )
     except SpecError as err:
         raise flag_error(err) from None
-    check_same_columns(inputs.paths, schemas, plan.read_columns)
+    check_same_columns(inputs.paths, schemas, plan.read_columns, [f.num_rows for f in footers], ref)
     return plan, loaded, inputs, sum(meta.num_rows for meta in footers)
 
 
@@ -275,12 +276,12 @@ def run_options(
     check_reachable(options)
     prefixes = output_prefixes(job)
     check_no_clash(prefixes)
+    written = [(OUTPUT, summary_path(job.output)), (OUTPUT, report_path(job.output))]
+    check_pattern_untouched(prefixes, {"--input": job.input}, written)  # before reading: a rerun would read ours
     plan, loaded, inputs, rows_in = plan_job(job)
     plan.fault = fault
     check_inputs_untouched(
-        prefixes,
-        {"--input": inputs.paths + inputs.empty, "--model": [job.model], "--config": [job.config]},
-        [(OUTPUT, summary_path(job.output)), (OUTPUT, report_path(job.output))],
+        prefixes, {"--input": inputs.paths + inputs.empty, "--model": [job.model], "--config": [job.config]}, written
     )
     if not dry_run:  # a dry run writes nothing, and may be built where the output is out of reach
         for option, prefix in prefixes.items():

@@ -45,15 +45,16 @@ def match_files(pattern: str, option: str | None = None) -> InputFiles:
     (and reported), not read; a file with content that is not Parquet stays an error.
     """
     where = ("{option}" if option is not None else setting("input")) + " {pattern!r}"
-    if _is_folder(pattern):  # a folder reads its Parquet files, with or without the trailing slash
-        pattern = pattern.rstrip("/") + "/*" + SUFFIX
+    given, pattern = pattern, files_pattern(pattern)
     try:
         result = FileSystems.match([pattern])[0]
     except Exception as err:  # BeamIOError and friends: the filesystem says why
         raise InputError(where + ": cannot list files ({err})", option=option, pattern=pattern, err=err) from err
     found = sorted(result.metadata_list, key=lambda m: m.path)
     if not found:
-        raise InputError(where + " matches no file", option=option, pattern=pattern)
+        literal = "://" not in given and any(c in given for c in "*?[") and os.path.exists(given)
+        hint = " ('[', '*' and '?' are wildcards there: write a literal '[' as '[[]')" if literal else ""
+        raise InputError(where + " matches no file" + hint, option=option, pattern=pattern)
     paths = [m.path for m in found if m.size_in_bytes]
     empty = [m.path for m in found if not m.size_in_bytes]
     if not paths:
@@ -62,6 +63,11 @@ def match_files(pattern: str, option: str | None = None) -> InputFiles:
             option=option, pattern=pattern, empty=", ".join(empty[:3]),
         )
     return InputFiles(paths, empty)
+
+
+def files_pattern(pattern: str) -> str:
+    """What an input pattern reads: a folder (with or without the trailing slash) its Parquet files, else itself."""
+    return pattern.rstrip("/") + "/*" + SUFFIX if _is_folder(pattern) else pattern
 
 
 def _is_folder(pattern: str) -> bool:
@@ -107,10 +113,22 @@ def parquet_rows(paths: Sequence[str]) -> int:
     return sum(meta.num_rows for meta in read_footers(paths))
 
 
-def check_same_columns(paths: Sequence[str], schemas: Sequence[pa.Schema], columns: Sequence[str]) -> None:
-    """Every file must hold the columns the job reads, with the first file's types."""
-    first, reference = paths[0], schemas[0]
-    for path, schema in zip(paths[1:], schemas[1:]):
+def check_same_columns(
+    paths: Sequence[str],
+    schemas: Sequence[pa.Schema],
+    columns: Sequence[str],
+    rows: Sequence[int] | None = None,
+    planned: int = 0,
+) -> None:
+    """Every file with rows must hold the columns the job reads, with the types of the file it planned by (`planned`).
+
+    A file without rows (`rows`) is never decoded, so its types do not matter: pandas writes an empty object column
+    as type null.
+    """
+    first, reference = paths[planned], schemas[planned]
+    for i, (path, schema) in enumerate(zip(paths, schemas)):
+        if i == planned or (rows is not None and not rows[i]):
+            continue
         for column in columns:
             if column not in schema.names:
                 raise InputError(
