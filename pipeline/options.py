@@ -326,6 +326,12 @@ def check_prefix(prefix: str | None, flag: str, name: str = "gradients") -> None
     """
     if not prefix:
         return
+    wildcards = [c for c in "[*?" if c in prefix]
+    if wildcards:  # Beam's sink lists and deletes an output's shards by a glob of its prefix
+        raise OptionsError(
+            f"{flag} {prefix!r} holds {' and '.join(map(repr, wildcards))}, which Beam's file sink reads as "
+            "wildcards in the output's file names; give a prefix without '[', '*' or '?'"
+        )
     remote = "://" in prefix
     if prefix.endswith("/") or (not remote and (prefix.endswith(os.sep) or os.path.isdir(prefix))):
         folder = prefix.rstrip("/" + os.sep) or prefix

@@ -133,6 +133,20 @@ def test_an_existing_folder_as_output_prefix_is_refused_with_a_valid_prefix_show
     assert os.listdir(folder) == [] and sorted(os.listdir(tmp_path)) == ["out"]  # nothing written beside or inside
 
 
+def test_an_output_prefix_with_wildcards_is_refused_before_anything_is_made(tmp_path):
+    """Beam's sink globs `<prefix>-*-of-NNNNN`: with `[1]` in it, the job failed after computing, leaving staging."""
+    prefix = f"{tmp_path}/out/g[1]"
+    done, _ = _cli("--runner=DirectRunner", "--input=x.parquet", "--model=m.keras", f"--output={prefix}")
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        f"beam-gradients: error: --output {prefix!r} holds '[', which Beam's file sink reads as wildcards in the "
+        "output's file names; give a prefix without '[', '*' or '?'"
+    ]
+    done, _ = _cli("influence", "--train=t.parquet", "--query=q.parquet", f"--output={tmp_path}/i*")
+    assert done.returncode == 2 and "holds '*', which Beam's file sink" in done.stderr
+    assert os.listdir(tmp_path) == []
+
+
 def test_a_not_yet_existing_folder_with_a_slash_is_refused_too_before_anything_is_made(tmp_path):
     done, _ = _cli("--runner=DirectRunner", "--input=x.parquet", "--model=m.keras", f"--output={tmp_path}/new/")
     assert done.returncode == 2 and f"e.g. --output {tmp_path}/new/gradients" in done.stderr
