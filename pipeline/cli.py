@@ -20,7 +20,16 @@ from typing import Sequence
 from pipeline import PROCESS_STARTED, startup
 from pipeline.crashes import EXIT_WORKER_DIED, WorkerDied, supervised
 from pipeline.interrupts import catching_interrupts, end_worker_processes, uninterrupted, was_interrupted
-from pipeline.options import COMMANDS, GradientOptions, OptionsError, check_prefix, flag_error, help_text, parse
+from pipeline.options import (
+    COMMANDS,
+    GradientOptions,
+    InfluenceOptions,
+    OptionsError,
+    check_prefix,
+    flag_error,
+    help_text,
+    parse,
+)
 from pipeline.staged import RowsUnaccounted
 from transforms import FAILURE_TAG, op_error_line
 from transforms.gradients.errors import SpecError
@@ -109,6 +118,7 @@ def _main(argv: Sequence[str] | None, fault, progress_every: float | None) -> in
                 from pipeline.jobs.influence import run_options as run_influence
 
                 check_prefix(job.output, "--output", "influence")
+                check_prefix(options.view_as(InfluenceOptions).self_influence_output, "--self_influence_output")
                 summary = run_influence(options, argv)
             else:
                 from pipeline.jobs.main import run_options

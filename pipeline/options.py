@@ -319,20 +319,23 @@ def row_columns(job: GradientOptions) -> dict[str, str | None]:
     }
 
 
-def check_prefix(prefix: str | None, flag: str, name: str = "gradients") -> None:
+def check_prefix(prefix: str | None, flag: str, name: str = "gradients", written: bool = True) -> None:
     """An output prefix names files, not a folder: `out/` or an existing folder would put the shards beside it.
 
-    The error shows a valid prefix inside the folder (`out/gradients`).
+    The error shows a valid prefix inside the folder (`out/gradients`). A prefix the job writes (`written`) may not
+    hold a wildcard, in its absolute path either: Beam's sink lists and deletes its shards by a glob of it.
     """
     if not prefix:
         return
-    wildcards = [c for c in "[*?" if c in prefix]
-    if wildcards:  # Beam's sink lists and deletes an output's shards by a glob of its prefix
-        raise OptionsError(
-            f"{flag} {prefix!r} holds {' and '.join(map(repr, wildcards))}, which Beam's file sink reads as "
-            "wildcards in the output's file names; give a prefix without '[', '*' or '?'"
-        )
     remote = "://" in prefix
+    full = prefix if remote else os.path.abspath(prefix)
+    wildcards = [c for c in "[*?" if c in full]
+    if written and wildcards:
+        where = f"{prefix!r}" if full == prefix else f"{prefix!r} ({full})"
+        raise OptionsError(
+            f"{flag} {where} holds {' and '.join(map(repr, wildcards))}, which Beam's file sink reads as "
+            "wildcards in the output's file names; give a prefix whose path has no '[', '*' or '?'"
+        )
     if prefix.endswith("/") or (not remote and (prefix.endswith(os.sep) or os.path.isdir(prefix))):
         folder = prefix.rstrip("/" + os.sep) or prefix
         example = f"{folder}/{name}" if folder != "/" else f"/{name}"

@@ -128,7 +128,25 @@ def output_folder(prefix: str) -> str:
 
 def _shard_regex(prefix: str) -> re.Pattern:
     """What Beam's sink deletes at finalize for `prefix`: `<prefix>-*-of-NNNNN.parquet`, any shard count."""
-    return re.compile(FileSystem.translate_pattern(prefix + "-*-of-?????" + SUFFIX))
+    return _glob_regex(prefix, "-*-of-?????" + SUFFIX)
+
+
+def _glob_regex(literal: str, wildcards: str) -> re.Pattern:
+    """`literal` taken as written (a folder may hold `[`), then the glob `wildcards` as Beam's match reads it."""
+    source = FileSystem.translate_pattern(wildcards)
+    return re.compile("(?ms)" + re.escape(literal) + (source[len("(?ms)") :] if source.startswith("(?ms)") else source))
+
+
+def _pattern_regex(pattern: str) -> re.Pattern:
+    """An input pattern as the files it matches, absolute: where only its last part holds wildcards, its folder with
+    links resolved (as `_real` spells files), else from the working folder."""
+    pattern = files_pattern(pattern)
+    if "://" in pattern:
+        return _glob_regex("", pattern)
+    folder, last = os.path.split(pattern)
+    if not any(c in folder for c in "*?["):
+        return _glob_regex(os.path.join(os.path.realpath(folder or "."), ""), last)
+    return _glob_regex("" if os.path.isabs(pattern) else os.path.join(os.getcwd(), ""), pattern)
 
 
 def check_no_clash(prefixes: Mapping[str, str]) -> None:
@@ -210,9 +228,9 @@ def check_pattern_untouched(
     for in_option, pattern in patterns.items():
         if not pattern:
             continue
-        match = re.compile(FileSystem.translate_pattern(_absolute(files_pattern(pattern)))).match
+        match = _pattern_regex(pattern).match
         for out_option, path in written:
-            if match(_absolute(path)):
+            if match(_real(path)):
                 raise OutputClash(
                     f"{in_option} {pattern!r} matches {path}, which {out_option} writes: the next run would read "
                     f"this run's output as its input; give {out_option} a prefix the pattern does not match"

@@ -33,6 +33,11 @@ class IncompleteOutput(InputError):
     """No `_SUCCESS` marker vouches for this output: it is absent, still being written, or was cut short."""
 
 
+class MissingColumn(InputError, KeyError):
+    """A column asked for that the output's shard lacks: an input error (one line from the CLI), and a KeyError, as
+    for a dict's missing key."""
+
+
 class OutputMismatch(InputError):
     """A shard the marker lists is missing, or its bytes or rows are not what the marker says."""
 
@@ -211,10 +216,10 @@ def _iter_shards(shards: Sequence[Shard], where: str, columns, batch_rows: int) 
 
 
 def _check_columns(schema: pa.Schema, columns: Sequence[str] | None, path: str) -> None:
-    """KeyError naming the columns asked for that the shard lacks (pyarrow would drop them without a word)."""
+    """MissingColumn naming the columns asked for that the shard lacks (pyarrow would drop them without a word)."""
     missing = [c for c in columns or () if c not in schema.names]
     if missing:
-        raise KeyError(f"{path} has no column {', '.join(map(repr, missing))}; it has {', '.join(schema.names)}")
+        raise MissingColumn(f"{path} has no column {', '.join(map(repr, missing))}; it has {', '.join(schema.names)}")
 
 
 def to_numpy(column: pa.Array | pa.ChunkedArray) -> np.ndarray:

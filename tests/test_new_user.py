@@ -140,7 +140,7 @@ def test_an_output_prefix_with_wildcards_is_refused_before_anything_is_made(tmp_
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
         f"beam-gradients: error: --output {prefix!r} holds '[', which Beam's file sink reads as wildcards in the "
-        "output's file names; give a prefix without '[', '*' or '?'"
+        "output's file names; give a prefix whose path has no '[', '*' or '?'"
     ]
     done, _ = _cli("influence", "--train=t.parquet", "--query=q.parquet", f"--output={tmp_path}/i*")
     assert done.returncode == 2 and "holds '*', which Beam's file sink" in done.stderr

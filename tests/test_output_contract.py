@@ -6,6 +6,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -15,9 +16,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.outputs import CorruptMarker, read_marker, require_marker
-from pipeline.outputs import OutputClash
+from pipeline.options import OptionsError, check_prefix
+from pipeline.outputs import OutputClash, check_no_clash, check_pattern_untouched
 from pipeline.reader import IncompleteOutput, OutputMismatch, key_columns, output_columns, read_arrays
 from pipeline.report import write_report
+from transforms.io.files import InputError
 from pipeline.report.build import main as report_main
 from pipeline.run import main
 from tests.conftest import run_on, save, write_parquet
@@ -120,6 +123,37 @@ def test_an_influence_output_over_its_training_input_is_refused(tmp_path, capsys
     assert sorted(os.listdir(tmp_path / "p")) == ["g-00000-of-00001.parquet", "g_SUCCESS"]
 
 
+def test_an_influence_output_its_training_pattern_would_match_is_refused_before_there_is_one(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    write_projections(tmp_path / "p/g", {"id": np.arange(8)}, rng.normal(size=(8, 4)))
+    write_projections(tmp_path / "q/p", {"qid": [1]}, rng.normal(size=(1, 4)))
+    args = ["influence", RUNNER, "--train", str(tmp_path / "p/*.parquet"), "--query", str(tmp_path / "q/*.parquet")]
+    assert main(args + ["--output", str(tmp_path / "p/infl")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--train" in err[0] and "matches" in err[0] and "which --output writes" in err[0], err
+    assert main(args + ["--output", str(tmp_path / "i/infl"), "--self_influence", "--self_influence_output",
+                        str(tmp_path / "i/s[1]")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--self_influence_output" in err[0] and "holds '['" in err[0], err
+    assert sorted(os.listdir(tmp_path / "p")) == ["g-00000-of-00001.parquet", "g_SUCCESS"]
+    assert not os.path.exists(tmp_path / "i")
+
+
+def test_checks_hold_where_the_working_folder_holds_a_wildcard(tmp_path, monkeypatch):
+    """Relative prefixes and patterns put the working folder's name into a glob: `exp[1]` must stay literal there.
+    A job may not write under such a folder at all (Beam's sink globs the absolute path); the report may read."""
+    folder = tmp_path / "exp[1]"
+    (folder / "out").mkdir(parents=True)
+    monkeypatch.chdir(folder)
+    with pytest.raises(OutputClash, match="overlap"):
+        check_no_clash({"--output": "out/g", "--rejected": "out/g-x"})
+    with pytest.raises(OutputClash, match="which --output writes"):
+        check_pattern_untouched({"--output": "out/g"}, {"--input": "out/*.parquet"})
+    with pytest.raises(OptionsError, match=re.escape(f"--output 'out/g' ({folder}/out/g) holds '['")):
+        check_prefix("out/g", "--output")
+    check_prefix("out/g", "OUTPUT_PREFIX", written=False)  # a report reads such a folder
+
+
 def test_influence_needs_its_inputs_markers_unless_allow_incomplete(tmp_path, capsys):
     rng = np.random.default_rng(0)
     write_projections(tmp_path / "train/p", {"id": np.arange(8)}, rng.normal(size=(8, 4)))
@@ -216,8 +250,9 @@ def test_the_reader_names_a_column_the_output_lacks_and_types_a_zero_row_output(
     _data(tmp_path / "in/a.parquet", rows=4, bad=(0, 1, 2, 3))  # every row rejected: a zero-row output
     run_on(tmp_path, _mlp())
     prefix = str(tmp_path / "out/g")
-    with pytest.raises(KeyError) as raised:
+    with pytest.raises(KeyError) as raised:  # and an InputError: the report's command says it in one line
         read_arrays(prefix, ["id", "gradeint"])
+    assert isinstance(raised.value, InputError)
     assert "'gradeint'" in str(raised.value) and "gradient" in str(raised.value)
     empty = read_arrays(prefix)
     assert empty["id"].dtype == np.int64 and empty["gradient"].shape == (0, 3)
@@ -232,7 +267,8 @@ def test_the_report_never_writes_its_page_over_a_file_it_reads(done, tmp_path, c
     for page in [shard, prefix + "_SUCCESS", prefix + "-summary.json", str(done / "in/a.parquet")]:
         assert report_main([prefix, "--input", str(done / "in/*.parquet"), "--output", page]) == 2
         err = capsys.readouterr().err
-        assert f"would overwrite or delete a report's input file {page}" in err and len(err.splitlines()) == 1
+        assert f"the report page {page} would replace {page}, which the report reads" in err
+        assert len(err.splitlines()) == 1
         with pytest.raises(OutputClash):
             write_report(prefix, str(done / "in/*.parquet"), output=page)
     assert _bytes(glob.glob(prefix + "*")) == before and len(read_arrays(prefix)["id"]) == 28

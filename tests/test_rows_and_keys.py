@@ -137,6 +137,14 @@ def test_a_file_whose_name_holds_a_wildcard_is_found_once_escaped_and_the_error_
     assert match_files(str(tmp_path / "run[[]1].parquet")).paths == [str(path)]
 
 
+def test_a_relative_pattern_with_a_wildcard_in_its_first_part_matches_in_the_working_folder(tmp_path, monkeypatch):
+    """Beam's local match found nothing for `*.parquet` run from the data's folder."""
+    write_parquet(tmp_path / "a.parquet", {"id": np.arange(2), "x": np.zeros((2, 6), np.float32)})
+    monkeypatch.chdir(tmp_path)
+    assert match_files("*.parquet").paths == match_files("a*").paths == ["a.parquet"]
+    assert match_files("./*.parquet").paths == ["./a.parquet"]
+
+
 def test_a_rerun_replaces_the_earlier_output_even_with_another_shard_count(tmp_path):
     model = _model()
     rows = 500

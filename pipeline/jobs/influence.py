@@ -30,7 +30,7 @@ from pipeline.options import (
     refuse_options_of,
     split_list,
 )
-from pipeline.outputs import StagedOutputs, _absolute, check_inputs_untouched, check_no_clash
+from pipeline.outputs import StagedOutputs, _absolute, check_inputs_untouched, check_no_clash, check_pattern_untouched
 from pipeline.reader import IncompleteOutput, output_shards
 from pipeline.runners import check_reachable, is_dry_run, resolve_runner
 from pipeline.staged import RowsUnaccounted, run_staged
@@ -268,13 +268,17 @@ def plan_job(job: GradientOptions, options: InfluenceOptions) -> InfluencePlan:
     if options.self_influence and not score.has_self_influence:
         raise OptionsError(f"--self_influence needs --score tracin or trak: with {score.name} every row's is 1")
     outputs = influence_outputs(job, options)
-    check_no_clash({OPTION_OF[name]: prefix for name, prefix in outputs.items()})
+    prefixes = {OPTION_OF[name]: prefix for name, prefix in outputs.items()}
+    check_no_clash(prefixes)
+    for option, patterns in (("--train", trains), ("--query", queries)):  # before reading: a rerun would read ours
+        for pattern in patterns:
+            check_pattern_untouched(prefixes, {option: pattern})
 
     keys = split_list(job.keep_columns)
     train = plan_side("--train", trains, keys, options.allow_incomplete)
     query = plan_side("--query", queries, keys, options.allow_incomplete)
     check_inputs_untouched(
-        {OPTION_OF[name]: prefix for name, prefix in outputs.items()},
+        prefixes,
         {
             "--train": [p for paths in train.files for p in paths],
             "--query": [p for paths in query.files for p in paths],

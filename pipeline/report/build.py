@@ -9,7 +9,7 @@ import sys
 from typing import Sequence
 
 from pipeline.options import OptionsError, check_prefix
-from pipeline.outputs import CorruptMarker, check_inputs_untouched, marker_path
+from pipeline.outputs import CorruptMarker, OutputClash, _real, marker_path
 from pipeline.reader import (
     IncompleteOutput,
     OutputMismatch,
@@ -110,7 +110,11 @@ def _check_page_path(output: str, prefix: str, input_pattern: str | None, *other
     if input_pattern:
         with contextlib.suppress(InputError):  # an input that matches nothing is the input section's to say
             read += match_files(input_pattern, "--input").paths
-    check_inputs_untouched({}, {"a report's input": read}, [("--output", output)])
+    page = _real(output)
+    for path in read:
+        if _real(path) == page:
+            raise OutputClash(f"the report page {output} would replace {path}, which the report reads; give --output "
+                              "another page path")
 
 
 def main(argv: Sequence[str]) -> int:
@@ -136,7 +140,7 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--self_influence", help="A self-influence output prefix, to show its ranking too.")
     args = parser.parse_args(argv)
     try:
-        check_prefix(args.prefix, "OUTPUT_PREFIX", _prefix_inside(args.prefix))
+        check_prefix(args.prefix, "OUTPUT_PREFIX", _prefix_inside(args.prefix), written=False)
         path = write_report(
             args.prefix, args.input, args.output, args.top, args.sample, args.seed, args.influence, args.self_influence
         )

@@ -46,17 +46,20 @@ def match_files(pattern: str, option: str | None = None) -> InputFiles:
     """
     where = ("{option}" if option is not None else setting("input")) + " {pattern!r}"
     given, pattern = pattern, files_pattern(pattern)
+    # Beam's local match finds nothing for a relative pattern whose first part holds a wildcard (`*.parquet`);
+    # through `./` it does, and the paths come back as the user wrote them
+    dotted = "://" not in pattern and not os.path.isabs(pattern) and any(c in pattern.split("/")[0] for c in "*?[")
     try:
-        result = FileSystems.match([pattern])[0]
+        result = FileSystems.match(["./" + pattern if dotted else pattern])[0]
     except Exception as err:  # BeamIOError and friends: the filesystem says why
         raise InputError(where + ": cannot list files ({err})", option=option, pattern=pattern, err=err) from err
-    found = sorted(result.metadata_list, key=lambda m: m.path)
+    found = sorted(((m.path[2:] if dotted else m.path), m.size_in_bytes) for m in result.metadata_list)
     if not found:
         literal = "://" not in given and any(c in given for c in "*?[") and os.path.exists(given)
         hint = " ('[', '*' and '?' are wildcards there: write a literal '[' as '[[]')" if literal else ""
         raise InputError(where + " matches no file" + hint, option=option, pattern=pattern)
-    paths = [m.path for m in found if m.size_in_bytes]
-    empty = [m.path for m in found if not m.size_in_bytes]
+    paths = [path for path, size in found if size]
+    empty = [path for path, size in found if not size]
     if not paths:
         raise InputError(
             where + ": every file it matches is empty (0 bytes): {empty}",
