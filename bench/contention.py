@@ -15,7 +15,6 @@ missing); the engine's are as many rows of random inputs, batch 256. Best of `--
 from __future__ import annotations
 
 import argparse
-import glob
 import os
 import threading
 import time
@@ -30,14 +29,10 @@ NAME, KIND = "mlp", "kronecker"
 
 def output_groups(work: str, count: int):
     """The first `count` row groups of the MLP's kronecker job, written by bench/weights.py's `job` if missing."""
-    import pyarrow.parquet as pq
-
     rows = bench.WORKLOADS[NAME].job_rows
-    pattern = os.path.join(work, "weights-out", f"{NAME}-{KIND}-{rows}-*-of-*.parquet")
-    if not glob.glob(pattern):
+    if not bench.job_groups(work, NAME, KIND, rows):
         bench.job(work, NAME, bench.model_path(work, NAME), bench.data(work, NAME, rows), KIND, rows)
-    files = [pq.ParquetFile(path) for path in sorted(glob.glob(pattern))]
-    return [f.read_row_group(i) for f in files for i in range(f.num_row_groups)][:count]
+    return bench.job_groups(work, NAME, KIND, rows)[:count]
 
 
 def copies(repeats: int = 30, size: int = 64 << 20) -> tuple[float, float]:
@@ -69,17 +64,10 @@ def main():
 
     import keras
 
-    from transforms.gradients import GradientEngine, GradientSpec, from_keras
-    from transforms.io.write import parquet_writer
-
     groups = output_groups(args.work, args.groups)
     rows = sum(g.num_rows for g in groups)
     model = keras.models.load_model(bench.model_path(args.work, NAME), compile=False)
-    output, construction = bench.ENGINE[KIND]
-    spec = GradientSpec(
-        target="loss", loss=bench.LOSS, wrt="weights", weight_output=(output,), projection=construction
-    )
-    engine = GradientEngine(from_keras(model), spec, bench.BATCH)
+    engine = bench.weight_engine(model, *bench.ENGINE[KIND])
     x = bench.inputs_for(NAME, bench.WORKLOADS[NAME].shape, rows)
     y = (np.arange(rows) % 10).astype(np.float32)
     batches = [(x[i : i + bench.BATCH], y[i : i + bench.BATCH]) for i in range(0, rows - bench.BATCH + 1, bench.BATCH)]
@@ -93,13 +81,7 @@ def main():
         return time.perf_counter() - start
 
     def write():
-        start = time.perf_counter()
-        with open(target, "wb") as handle:
-            writer = parquet_writer(handle, groups[0].schema)
-            for group in groups:
-                writer.write_table(group)
-            writer.close()
-        return time.perf_counter() - start
+        return bench.write_groups(target, groups)
 
     best = {"engine alone": [], "writer alone": [], "engine with the writer": [], "writer with the engine": []}
     for r in range(args.rounds):

@@ -189,8 +189,6 @@ def engine_rates(name, path, shape, rows, recipe_rows):
     import keras
     import tensorflow as tf
 
-    from transforms.gradients import GradientEngine, GradientSpec, from_keras
-
     model = keras.models.load_model(path, compile=False)
     print(f"\n{name}: {model.count_params():,} parameters", flush=True)
     loss = keras.losses.SparseCategoricalCrossentropy(reduction=None)
@@ -224,10 +222,7 @@ def engine_rates(name, path, shape, rows, recipe_rows):
             [tf.convert_to_tensor(g).numpy() for g in tape.gradient(total, variables)]
 
     def engine(output, construction="countsketch"):
-        spec = GradientSpec(
-            target="loss", loss=LOSS, wrt="weights", weight_output=(output,), projection=construction
-        )
-        run = GradientEngine(from_keras(model), spec, BATCH)
+        run = weight_engine(model, output, construction)
         return lambda: [run([xb], [yb]) for xb, yb in batches]
 
     done = len(batches) * BATCH
@@ -240,6 +235,14 @@ def engine_rates(name, path, shape, rows, recipe_rows):
     for kind, (output, construction) in ENGINE.items():
         timed[kind] = (engine(output, construction), done)
     return {**interleaved_rates(timed, repeats=5), **rates}
+
+
+def weight_engine(model, output, construction="countsketch"):
+    """The engine of a `--wrt weights` job on this bench's loss, `--weight_output output`, batch BATCH."""
+    from transforms.gradients import GradientEngine, GradientSpec, from_keras
+
+    spec = GradientSpec(target="loss", loss=LOSS, wrt="weights", weight_output=(output,), projection=construction)
+    return GradientEngine(from_keras(model), spec, BATCH)
 
 
 def quality(name, path, shape, rows, k=2048):
@@ -282,28 +285,36 @@ def job(work, name, model, source, kind, rows, extra=()):
 
 def writer_alone(work, name, kind, rows):
     """Seconds pyarrow's Parquet writer alone takes to write a job's output again, as the job's sink writes it
-    (`parquet_writer`, through a Python file, one `write_table` per row group the job wrote), in this process:
-    how much of the job's time is the writing of its bytes."""
+    (`write_groups`), in this process: how much of the job's time is the writing of its bytes."""
+    groups, target = job_groups(work, name, kind, rows), os.path.join(work, "writer-alone.parquet")
+    best = min(write_groups(target, groups) for _ in range(3))
+    os.remove(target)
+    return best
+
+
+def job_groups(work, name, kind, rows):
+    """The row groups `job` wrote for this workload, kind and rows, in order (empty where it has not run)."""
     import glob
 
     import pyarrow.parquet as pq
 
-    from transforms.io.write import parquet_writer
-
     files = sorted(glob.glob(os.path.join(work, "weights-out", f"{name}-{kind}-{rows}-*-of-*.parquet")))
     opened = [pq.ParquetFile(path) for path in files]
-    groups = [f.read_row_group(i) for f in opened for i in range(f.num_row_groups)]
-    best = float("inf")
-    for _ in range(3):
-        with open(os.path.join(work, "writer-alone.parquet"), "wb") as handle:
-            start = time.perf_counter()
-            writer = parquet_writer(handle, groups[0].schema)
-            for group in groups:
-                writer.write_table(group)
-            writer.close()
-            best = min(best, time.perf_counter() - start)
-    os.remove(os.path.join(work, "writer-alone.parquet"))
-    return best
+    return [f.read_row_group(i) for f in opened for i in range(f.num_row_groups)]
+
+
+def write_groups(path, groups):
+    """Seconds to write `groups` to `path` as the job's sink does: `parquet_writer` through a Python file, one
+    `write_table` per row group."""
+    from transforms.io.write import parquet_writer
+
+    with open(path, "wb") as handle:
+        start = time.perf_counter()
+        writer = parquet_writer(handle, groups[0].schema)
+        for group in groups:
+            writer.write_table(group)
+        writer.close()
+        return time.perf_counter() - start
 
 
 def resnet(work, rows, batch, kind):
