@@ -24,9 +24,9 @@ from apache_beam.io.filesystems import FileSystems
 
 from transforms.contract import KEY, MARKER_SUFFIX, METADATA_PREFIX, SECONDARY_SUFFIXES, columns_of_kind, declared_columns, summary_path
 from pipeline.outputs import CorruptMarker, _absolute, marker_entry, marker_path, output_folder, read_marker
-from transforms.io.files import SUFFIX, InputError, files_in_folder, open_parquet, output_files, read_footers
+from transforms.io.files import SHARD_TEMPLATE, SUFFIX, InputError, files_in_folder, open_parquet, output_files, read_footers
 
-# Outputs whose marker is their main output's (`<output>_rejected` -> `<output>_SUCCESS`).
+BATCH_ROWS = 65536  # rows of each table the reader hands out
 
 
 class IncompleteOutput(InputError):
@@ -105,7 +105,8 @@ def _select(marker: dict, marker_prefix: str, wanted) -> list[Shard]:
 def _of_prefix(prefix: str):
     """The marker's entries that are `prefix`'s own shards, `<prefix>-SSSSS-of-NNNNN.parquet` with digits there:
     `out/g` takes neither `out/g-2`'s shards nor `out/g-rejected`'s, which Beam's delete pattern (a `*`) would."""
-    shard = re.compile(re.escape(_absolute(prefix)) + r"-\d{5,}-of-\d{5,}" + re.escape(SUFFIX))
+    name = re.escape(SHARD_TEMPLATE + SUFFIX).replace("SSSSS", r"\d{5,}").replace("NNNNN", r"\d{5,}")
+    shard = re.compile(re.escape(_absolute(prefix)) + name)
     return lambda option, path: bool(shard.fullmatch(path))
 
 
@@ -192,7 +193,7 @@ def verify_output(prefix: str) -> dict:
 
 
 def iter_tables(
-    prefix: str, columns: Sequence[str] | None = None, batch_rows: int = 65536, require_complete: bool = True
+    prefix: str, columns: Sequence[str] | None = None, batch_rows: int = BATCH_ROWS, require_complete: bool = True
 ) -> Iterator[pa.Table]:
     """The output as Arrow tables of at most `batch_rows` rows, one after another: never the whole output at once.
 
@@ -201,7 +202,7 @@ def iter_tables(
     return _iter_shards(*_shards(prefix, require_complete), columns, batch_rows)
 
 
-def iter_listed(prefix: str, option: str, columns: Sequence[str] | None = None, batch_rows: int = 65536):
+def iter_listed(prefix: str, option: str, columns: Sequence[str] | None = None, batch_rows: int = BATCH_ROWS):
     """Tables of the shards the marker at `prefix` lists under `option`, checked as iter_tables' are."""
     return _iter_shards(*_listed(prefix, option), columns, batch_rows)
 
@@ -239,7 +240,7 @@ def to_numpy(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
 def read_arrays(prefix: str, columns: Sequence[str] | None = None, require_complete: bool = True) -> dict[str, np.ndarray]:
     """The whole output (or `columns` of it) as {column: numpy array}; for outputs that fit in memory."""
     shards, where = _shards(prefix, require_complete)
-    tables = list(_iter_shards(shards, where, columns, 65536))
+    tables = list(_iter_shards(shards, where, columns, BATCH_ROWS))
     if not tables and shards:  # a zero-row output: its listed shard's columns, typed, with no rows
         schema = open_parquet(shards[0].path).schema_arrow
         tables = [schema.empty_table().select(list(columns)) if columns else schema.empty_table()]
