@@ -18,6 +18,7 @@ import tensorflow as tf
 
 from pipeline.outputs import read_marker
 from pipeline.run import main
+from transforms.gradients import GradientEngine, GradientSpec, from_keras
 from tests.conftest import (
     assert_close,
     by_key,
@@ -304,6 +305,40 @@ def test_a_row_whose_prediction_overflows_is_rejected(tmp_path):
     assert rejected[0]["reason"] == f"the computed {prediction} is NaN or infinite for this row"
     assert np.isfinite(tensor_column(out, prediction)).all()
     assert summary.rows_out == 9 and 6 not in out.column("id").to_pylist()
+
+
+def test_finite_gradients_whose_batch_sum_overflows_are_kept_and_only_an_infinite_row_is_rejected(tmp_path):
+    """Each row's gradient is the kernel, 3e38 a value: finite, though a batch's sum of them is not."""
+    x = keras.Input((4,), name="x")
+    kernel = keras.initializers.Constant(3e38)
+    model = keras.Model(x, keras.layers.Dense(1, use_bias=False, kernel_initializer=kernel)(x))
+    values = np.full((10, 4), 1e-30, np.float32)
+    values[3, 1] = 1e10  # its prediction, 3e48, overflows float32: that row alone is rejected
+    write_parquet(tmp_path / "in/a.parquet", {"id": np.arange(10), "x": values})
+    summary = run_on(tmp_path, model, "--emit", "predictions")
+    rejected = read_output(tmp_path / "out/g_rejected").to_pylist()
+    assert [(r["id"], r["stage"]) for r in rejected] == [(3, "compute")]
+    out = read_output(tmp_path / "out/g")
+    assert summary.rows_out == 9 and out.column("id").to_pylist() == [i for i in range(10) if i != 3]
+    assert np.array_equal(tensor_column(out, "gradient"), np.full((9, 4), np.float32(3e38)))  # the kernel
+
+
+def test_the_engines_outputs_outlive_its_next_batch_in_the_same_buffers():
+    """The engine returns views of TensorFlow's memory, not copies: a batch's outputs must survive the caller
+    refilling its input buffers and calling again, as the job does while earlier tables wait to be written."""
+    x = keras.Input((6,), name="x")
+    model = keras.Model(x, {"same": keras.layers.Identity(name="same")(x), "score": keras.layers.Dense(1)(x)})
+    engine = GradientEngine(from_keras(model), GradientSpec(output_name="score", emit=("predictions",)), 8)
+    rng = np.random.default_rng(5)
+    buffer = rng.normal(size=(8, 6)).astype(np.float32)
+    first = engine([buffer])
+    expected = {name: np.array(values) for name, values in first.items()}
+    assert np.array_equal(first["prediction__same"], buffer)  # an input passed straight through
+    buffer[:] = rng.normal(size=(8, 6))
+    second = engine([buffer])
+    for name, values in first.items():
+        assert np.array_equal(values, expected[name]), name
+    assert np.array_equal(second["prediction__same"], buffer)
 
 
 def test_max_rejected_fraction_writes_everything_then_exits_3(tmp_path, capsys):

@@ -125,12 +125,24 @@ class GradientEngine:
     def __call__(
         self, inputs: Sequence[np.ndarray], extras: Sequence[np.ndarray] = (), dataset: Sequence[np.ndarray] = ()
     ) -> dict[str, np.ndarray]:
-        """One full batch -> every declared output by name, [batch_size, *shape] numpy arrays.
+        """One full batch -> every declared output by name, [batch_size, *shape] numpy arrays, read-only.
 
         `extras` are the row inputs in `row_inputs` order (the label); `dataset` the
         values in `dataset_inputs` order (a mean input), computed over the whole data.
         """
         self.trace()
+        arguments = [*inputs, *extras, *dataset]
         with tf.device(self.device) if self.device else contextlib.nullcontext():
-            result = self._concrete(*inputs, *extras, *dataset)
-        return {o.name: result[o.name].numpy() for o in self.outputs}  # in declared order
+            result = self._concrete(*arguments)
+        return {o.name: _own_array(result[o.name], arguments) for o in self.outputs}  # in declared order
+
+
+def _own_array(tensor: tf.Tensor, arguments: Sequence[np.ndarray]) -> np.ndarray:
+    """A returned tensor as numpy: a read-only view of its own memory, which it keeps alive, not `.numpy()`'s copy
+    (a projection's 2 MiB a batch, copied into fresh pages, took a fifth of the MLP projection job's main thread:
+    docs/fast-weights.md). A copy only where it shares memory with an argument, which TensorFlow may take without
+    copying and the caller refills for the next batch (an output that passes an input through)."""
+    array = np.asarray(tensor)
+    if any(np.may_share_memory(array, a) for a in arguments):
+        return array.copy()
+    return array
