@@ -23,7 +23,8 @@ interleaved rounds, or fewer once 60 s a run are spent; the recipe and vmap once
 Projection quality (the quality rows): per construction, the median over row pairs of
   |<p_i, p_j> - <g_i, g_j>| / (|g_i| |g_j|) at k = 2048, g the exact per-example gradients (`full`), the mean of
   |p_i|^2 / |g_i|^2 (unbiased: about 1) and the correlation of projected with exact inner products.
-The job itself (the CLI, DirectRunner, Parquet to Parquet, each a fresh process, the same rows):
+The job itself (the CLI, DirectRunner, Parquet to Parquet, each a fresh process, the same rows, into an output its
+  last run's files are first removed from, outside its time):
   (--job_rounds N: N interleaved rounds of every job, each job's best time; the job times are noisier than the
   engine's, one 2-second job against another)
   the limit: the input-gradient job (`--wrt inputs`, same target, loss and labels), then `--wrt weights` norm,
@@ -68,7 +69,7 @@ import numpy as np
 import pyarrow as pa
 
 from measure import DEFAULT_WORK, CLI, job_seconds, machine, make_cnn, make_mlp, markdown, run_process
-from measure import summary_rows, tensor_chunk, verdict
+from measure import remove, summary_rows, tensor_chunk, verdict
 from measure import write_parquet as write_rows
 
 
@@ -272,6 +273,8 @@ def quality(name, path, shape, rows, k=2048):
 def job(work, name, model, source, kind, rows, extra=()):
     """One fresh CLI process of JOBS[kind]: (job seconds, start-up excluded; whole-process seconds; peak RSS MiB)."""
     out = os.path.join(work, "weights-out", f"{name}-{kind}-{rows}")
+    remove(out + "-*")  # as the other benches do: a rerun over the last run's 800 MB output would first free it
+    remove(out + "_*")  # (0.38 s of a 3 s MLP projection job: docs/fast-weights.md)
     argv = [CLI, "--runner", "DirectRunner", "--input", source, "--output", out, "--model", model]
     argv += ["--feature_columns", "x", "--keep_columns", "id", "--target", "loss", "--loss", LOSS]
     argv += ["--label_column", "label", *JOBS[kind], *extra]
