@@ -2,7 +2,6 @@
 output, run-time failures are one line, and odd inputs are handled, not crashed on."""
 
 import glob
-import json
 import os
 import signal
 import subprocess
