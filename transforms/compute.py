@@ -238,11 +238,12 @@ def _non_finite(result: dict[str, np.ndarray], rows: int) -> Reasons:
     reasons = Reasons(rows)
     for name, values in result.items():
         if np.issubdtype(values.dtype, np.floating):
+            values = values[:rows]  # padding rows are never written
             with np.errstate(over="ignore", invalid="ignore"):  # an overflowing sum only means: look row by row
-                total = values[:rows].sum(dtype=np.result_type(values.dtype, np.float32))
+                total = values.sum(dtype=np.result_type(values.dtype, np.float32))
             if np.isfinite(total):
                 continue  # a finite sum holds no NaN or infinity: the usual batch, in one pass
-            bad = ~np.isfinite(values[:rows].reshape(rows, -1)).all(axis=1)
+            bad = ~np.isfinite(values.reshape(rows, -1)).all(axis=1)
             reasons.add(bad, "compute", f"the computed {name} is NaN or infinite for this row")
     return reasons
 
