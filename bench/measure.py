@@ -35,7 +35,7 @@ DEFAULT_WORK = os.path.join(BENCH_DIR, "work")
 # The venv's console script when there is one, so the CLI is run exactly as a user runs it.
 CLI = os.path.join(os.path.dirname(sys.executable), "beam-gradients")
 SUMMARY_ROWS = re.compile(r"rows: (\d+) in, (\d+) out, (\d+) rejected")
-JOB_SECONDS = re.compile(r"\), job ([\d.]+) s \(")
+JOB_SECONDS = re.compile(r"\), job ([\d.]+) s \(([\d,]+) rows/s\)")
 
 
 class BenchError(RuntimeError):
@@ -152,11 +152,15 @@ def summary_rows(text: str) -> tuple[int, int, int]:
 
 
 def job_seconds(text: str) -> float:
-    """The job's own seconds (wall time less start-up) from its summary line `..., job 12.3 s (N rows/s)`."""
+    """The job's own seconds (wall time less start-up) from its summary line `..., job 12.3 s (N rows/s)`: rows in
+    over the rate, which the line prints to the row (five digits), not the seconds' one decimal (on a 1.5 s job a
+    tenth of a second is 7%, so a ratio of two such rounded times moved in steps of 0.07)."""
     found = JOB_SECONDS.findall(text)
     if not found:
-        raise BenchError("the job printed no 'job N s' in its wall time line")
-    return float(found[-1])
+        raise BenchError("the job printed no 'job N s (R rows/s)' in its wall time line")
+    seconds, rate = found[-1]
+    rate = int(rate.replace(",", ""))
+    return summary_rows(text)[0] / rate if rate else float(seconds)
 
 
 def parquet_rows(pattern: str) -> int:
