@@ -131,7 +131,7 @@ def _main(argv: Sequence[str] | None, fault, progress_every: float | None) -> in
                 # the process's wall time, to the line that prints it (the demo's later steps included)
                 summary.wall_seconds = time.monotonic() - PROCESS_STARTED
     except USER_ERRORS as err:  # an error below pipeline/ names settings; here they are flags
-        return _fail(f"error: {flag_error(err) if isinstance(err, SpecError) else err}", EXIT_OPTIONS, debug)
+        return _fail(f"error: {_without_step(str(flag_error(err) if isinstance(err, SpecError) else err))}", EXIT_OPTIONS, debug)
     except RowsUnaccounted as err:
         return _fail(f"error: {err}", EXIT_UNACCOUNTED, debug)
     except KeyboardInterrupt:
@@ -159,6 +159,12 @@ def _main(argv: Sequence[str] | None, fault, progress_every: float | None) -> in
         )
         return EXIT_TOO_MANY_REJECTED
     return EXIT_OK
+
+
+def _without_step(line: str) -> str:
+    """A line without the "[while running 'step']" that Beam appends to an error raised in a step: the line names
+    what is at fault in the user's terms, and the step's name is Beam's."""
+    return re.sub(r"\s*\[while running [^\]]*\]\s*$", "", line).strip()
 
 
 def _interrupted(debug: bool) -> int:
@@ -200,7 +206,8 @@ def failure_line(err: BaseException) -> str:
 
     A worker's failure reaches us as text inside the runner's own exceptions
     (in-process, subprocess or remote alike), so look for our tagged line in
-    every exception of the chain first; else the root cause's last line.
+    every exception of the chain first; else the exception a relayed traceback ends with (`_relayed_line`), or the
+    root cause's first line.
     """
     chain = []
     while err is not None and err not in chain:
@@ -209,9 +216,26 @@ def failure_line(err: BaseException) -> str:
     for link in chain:
         found = re.findall(re.escape(FAILURE_TAG) + r"((?:(?!" + re.escape(FAILURE_TAG) + r").)*)", str(link))
         if found:  # the innermost; runners append "[while running 'step']"
-            return re.sub(r"\s*\[while running [^\]]*\]\s*$", "", found[-1]).strip()
+            return _without_step(found[-1])
     root = chain[-1]
     text = [line.strip() for line in str(root).strip().splitlines() if line.strip()]
     if isinstance(root, Exception) and type(root).__module__.startswith("tensorflow"):
         return op_error_line(root)
-    return f"{type(root).__name__}: {text[0] if text else ''}"
+    return _relayed_line(str(root)) or f"{type(root).__name__}: {text[0] if text else ''}"
+
+
+# The line a Python traceback ends with, `package.module.SomeError: message`, unindented.
+EXCEPTION_LINE = re.compile(r"^(?:[A-Za-z_]\w*\.)*([A-Za-z_]\w*(?:Error|Exception)): (.+)$")
+
+
+def _relayed_line(text: str) -> str | None:
+    """'SomeError: message' of the exception a traceback ends with, where a runner relays a worker process's
+    failure as that traceback's text (the multi-process DirectRunner does: its first line is "Traceback (most
+    recent call last):"); None for any other text."""
+    if "Traceback (most recent call last):" not in text:
+        return None
+    for line in reversed(text.splitlines()):
+        match = EXCEPTION_LINE.match(line)
+        if match:
+            return f"{match.group(1)}: {_without_step(match.group(2))}"
+    return None

@@ -313,6 +313,25 @@ def test_option_errors_are_one_line(tmp_path, capsys, args, message):
     assert status == 2 and len(err.splitlines()) == 1 and message in err, err
 
 
+@pytest.mark.parametrize("multi", [False, True], ids=["in-process", "multi-process"])
+def test_a_singular_gram_matrix_found_while_running_is_one_line_naming_the_flags(tmp_path, capsys, multi):
+    """More rows than k, so planning lets --damping 0 through, but every row in a plane: the Gram matrix is
+    singular only once computed, inside a Beam step, whose error Beam rebuilds (and the multi-process runner
+    relays as a traceback's text). The line must still be filled in and name the flags."""
+    rng = np.random.default_rng(0)
+    plane = rng.normal(size=(40, 2)) @ rng.normal(size=(2, 8))
+    write_projections(tmp_path / "train/p", {"id": np.arange(40)}, plane)
+    write_projections(tmp_path / "query/p", {"qid": [1]}, rng.normal(size=(1, 8)))
+    extra = ["--direct_num_workers", 2, "--direct_running_mode", "multi_processing"] if multi else []
+    status = influence(tmp_path, "--train", tmp_path / "train/*.parquet", "--query", tmp_path / "query/*.parquet",
+                       "--score", "trak", *extra)
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert status == (1 if multi else 2), err
+    assert "--train checkpoint 1: the Gram matrix plus damping 0.0 is singular" in err, err
+    assert err.endswith("give a larger --damping" + (" (rerun with --debug for the traceback)" if multi else "")), err
+    assert "{" not in err and "while running" not in err, err
+
+
 def test_the_main_job_refuses_influence_options(tmp_path, capsys):
     assert main([RUNNER, "--input", "x", "--output", "y", "--model", "m", "--top_k", "3"]) == 2
     assert "--top_k: an option of beam-gradients influence" in capsys.readouterr().err

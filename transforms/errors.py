@@ -24,10 +24,10 @@ from transforms.gradients.errors import SpecError
 class SettingError(SpecError):
     """SpecError's template for errors outside the engine; `named` keeps the error's own type."""
 
-    def __init__(self, template: str, names: dict[str, str] | None = None, **values):
-        if not values and names is None:  # plain text: nothing in it is a field
+    def __init__(self, template: str, names: dict[str, str] | None = None, values: dict | None = None, /, **more):
+        if not values and not more and names is None:  # plain text: nothing in it is a field
             template = template.replace("{", "{{").replace("}", "}}")
-        super().__init__(template, names, **values)
+        super().__init__(template, names, values, **more)
 
     def named(self, names: dict[str, str]) -> "SettingError":
         return _rebuild(type(self), self.template, names, self.values)
@@ -38,7 +38,7 @@ class SettingError(SpecError):
 
 def _rebuild(kind: type, template: str, names: dict[str, str], values: dict) -> SettingError:
     error = kind.__new__(kind)
-    SpecError.__init__(error, template, names, **values)
+    SpecError.__init__(error, template, names, values)
     return error
 
 

@@ -16,13 +16,18 @@ class SpecError(ValueError):
     'clip_norm must be above 0, not -1'
     >>> str(SpecError("{clip_norm} must be above 0", value=-1).named({"clip_norm": "--clip_norm"}))
     '--clip_norm must be above 0'
+    >>> e = SpecError("{clip_norm} must be above 0, not {value}", value=-1)
+    >>> str(type(e)(e.args[0] + " [in a step]", *e.args[1:]))  # as Beam rebuilds it
+    'clip_norm must be above 0, not -1 [in a step]'
     """
 
-    def __init__(self, template: str, names: dict[str, str] | None = None, **values):
-        super().__init__(template)
+    def __init__(self, template: str, names: dict[str, str] | None = None, values: dict | None = None, /, **more):
         self.template = template
-        self.values = values
+        self.values = {**(values or {}), **more}
         self.names = dict(names or {})
+        # args rebuild the error: Beam re-raises a step's error as type(e)(e.args[0] + " [while running 'step']",
+        # *e.args[1:]), which from the template alone printed "{train} checkpoint {c}: {err}" unfilled
+        super().__init__(template, self.names, self.values)
 
     @property
     def fields(self) -> list[str]:
