@@ -15,7 +15,7 @@ import tensorflow as tf
 from tests.conftest import (
     assert_close, assert_rounding_equal, by_key, read_output, run_on, save, tensor_column, write_parquet,
 )
-from transforms.gradients import GradientEngine, GradientSpec, from_keras
+from transforms.gradients import GradientEngine, GradientSpec, SpecError, from_keras
 
 RNG = np.random.default_rng(3)
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -58,6 +58,54 @@ def test_class_target_from_a_column_matches_a_per_row_tape_and_a_class_out_of_ra
     assert rejected.column("reason").to_pylist() == ["column 'cls' holds class 4, outside the model's 4 classes 0..3"]
     spec = json.loads(out.schema.metadata[b"beam_gradients.spec"])  # the columns the spec read are recorded with it
     assert (spec["class_column"], spec["label_column"], spec["target"]) == ("cls", None, "class")
+
+
+def test_a_sparse_label_outside_the_classes_rejects_its_row_and_the_rest_match_a_per_row_tape(tmp_path):
+    """Keras fails a whole batch on one label outside 0..classes-1 (InvalidArgumentError): the job must reject
+    that row alone, as it does a class column's."""
+    model = _classifier(3)
+    labels = RNG.integers(0, 3, size=40)
+    labels[[3, 17]] = [7, -1]
+    x = _rows(tmp_path, label=labels)
+    summary = run_on(tmp_path, model, "--target", "loss", "--loss", "sparse_categorical_crossentropy",
+                     "--label_column", "label", "--batch_size", 8)
+    assert (summary.rows_out, summary.rows_rejected) == (38, 2)
+    rejected = by_key(pq.read_table(str(tmp_path / "out/g_rejected-00000-of-00001.parquet")))
+    assert rejected.column("id").to_pylist() == [3, 17]
+    assert rejected.column("reason").to_pylist() == [
+        "column 'label' holds class 7, outside the model's 3 classes 0..2",
+        "column 'label' holds class -1, outside the model's 3 classes 0..2",
+    ]
+    out = by_key(read_output(tmp_path / "out/g"))
+    loss = keras.losses.SparseCategoricalCrossentropy()
+    want = []
+    for i in out.column("id").to_numpy():
+        xi = tf.constant(x[i : i + 1])
+        with tf.GradientTape() as tape:
+            tape.watch(xi)
+            value = loss(labels[i : i + 1], model(xi))
+        want.append(tape.gradient(value, xi).numpy()[0])
+    assert_close(tensor_column(out, "gradient"), np.stack(want), rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        (dict(target="class"), "target class needs a classifier's scores, 2 or more; output"),
+        (dict(target="predicted"), "target predicted needs a classifier's scores, 2 or more"),
+        (dict(target="top_k", k=1), "target top_k needs a classifier's scores, 2 or more"),
+        (dict(target="loss", loss="sparse_categorical_crossentropy"),
+         "loss sparse_categorical_crossentropy takes class indices against 2 or more scores"),
+    ],
+)
+def test_class_targets_and_sparse_labels_on_one_sigmoid_output_are_refused_before_any_row(spec, message):
+    """A binary classifier with one sigmoid unit has one class for argmax, a class column or top k: every row
+    would come out class 0 or be rejected."""
+    x = keras.Input((5,), name="x")
+    model = keras.Model(x, keras.layers.Dense(1, activation="sigmoid")(x))
+    with pytest.raises(SpecError) as err:
+        GradientEngine(from_keras(model), GradientSpec(**spec), 4)
+    assert message in str(err.value), str(err.value)
 
 
 def test_top_k_with_integrated_gradients_writes_k_heads_their_classes_and_deltas(tmp_path):

@@ -120,7 +120,7 @@ class _GradientsFn(beam.DoFn):
                     decoded.reasons.add(
                         rows,
                         "decode",
-                        f"column {feed.columns[0]!r} holds class {value}, outside the model's "
+                        f"column {feed.columns[0]!r} holds class {value:g}, outside the model's "
                         f"{row_input.classes} classes 0..{row_input.classes - 1}",
                     )
         return decoded

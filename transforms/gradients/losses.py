@@ -73,8 +73,19 @@ class PerExampleLoss:
         self._fn = resolve_loss(name)
         self.index = model.output_names.index(output_name) if output_name is not None else 0
         out = model.outputs[self.index]
-        shape = out.shape[:-1] if name == "sparse_categorical_crossentropy" else out.shape
-        self.label = RowInput("label", shape, tf.float32, column="label_column", needed_by="loss")
+        if name != "sparse_categorical_crossentropy":
+            self.label = RowInput("label", out.shape, tf.float32, column="label_column", needed_by="loss")
+            return
+        classes = out.shape[-1] if len(out.shape) else 1
+        if classes is not None and classes < 2:
+            raise SpecError(
+                "{loss} sparse_categorical_crossentropy takes class indices against 2 or more scores; output {output!r} "
+                "has shape {shape} (one probability: use binary_crossentropy)",
+                output=out.name, shape=out.shape,
+            )
+        # a class index outside 0..classes-1 is that row's fault: the caller rejects it (Keras fails the batch)
+        self.label = RowInput("label", out.shape[:-1], tf.float32, column="label_column", needed_by="loss",
+                              classes=classes)
 
     def __call__(self, outputs: list[tf.Tensor], label: tf.Tensor) -> tf.Tensor:
         prediction = outputs[self.index]

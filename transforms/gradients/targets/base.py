@@ -95,6 +95,12 @@ class ClassScore(Target):
                 shape=self.output.shape,
             )
         self.classes = self.output.shape[0]
+        if self.classes is not None and self.classes < 2:  # the one class of argmax, of a class column, of top k
+            raise SpecError(
+                "{target} %s needs a classifier's scores, 2 or more; output {output!r} has one number (a sigmoid's "
+                "probability?): {target} sum takes its gradient" % self.name,
+                output=self.output.name,
+            )
 
     def scores(self, outputs: list[tf.Tensor]) -> tf.Tensor:
         """[batch, classes] float32."""
