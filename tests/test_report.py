@@ -261,6 +261,18 @@ def test_every_heat_map_has_a_colour_bar_diverging_and_symmetric_where_signed():
         plt.close(fig)
 
 
+def test_another_datasets_input_is_one_line_naming_its_column_file_and_row(image_job, tmp_path, capsys):
+    """--input of other rows (token lists where the job read 6x6 images): one line, not numpy's reshape error."""
+    tmp, _ = image_job
+    tokens = pa.array([list(range(10))] * 80, pa.list_(pa.int32()))
+    write_parquet(tmp_path / "text.parquet", {"id": np.arange(80), "tokens": tokens})
+    status = report_main([str(tmp / "out/g"), "--input", str(tmp_path / "text.parquet"), "--output", str(tmp_path / "r.html")])
+    err = capsys.readouterr().err.strip()
+    assert status == 2 and len(err.splitlines()) == 1, err
+    assert f"column 'tokens' of {tmp_path / 'text.parquet'} holds 10 numbers in the row id=" in err, err
+    assert "do not make the (6, 6, 1) of 'gradient'" in err and not (tmp_path / "r.html").exists(), err
+
+
 def test_report_command_line_and_an_absent_output(tmp_path, capsys):
     assert report_main([str(tmp_path / "nothing/g")]) == 2
     assert "no output shards" in capsys.readouterr().err

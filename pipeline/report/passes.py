@@ -200,8 +200,15 @@ def stream_inputs(pattern: str, keys: Sequence[str], wanted: set[str], blocks) -
                     continue
                 values = to_numpy(taken.column(column))
                 block = next(b for b in blocks if b.name == name)
+                size = int(np.prod(block.shape))
                 for j, i in enumerate(picks):
                     value = np.asarray(values[j], np.float64)
-                    shape = block.shape if value.size == int(np.prod(block.shape)) else (*block.shape, -1)  # + channels
+                    if value.size == 0 or value.size % size:
+                        key = ", ".join(f"{k}={taken.column(k)[j].as_py()!r}" for k in keys)
+                        raise InputError(
+                            f"--input {pattern!r}: column {column!r} of {path} holds {value.size} numbers in the row "
+                            f"{key}, which do not make the {block.shape} of {name!r}: is it the job's own input?"
+                        )
+                    shape = block.shape if value.size == size else (*block.shape, -1)  # + channels
                     found.setdefault(ids[i], {})[name] = value.reshape(shape)
     return found
