@@ -140,6 +140,10 @@ def test_console_script_is_installed():
         ),
         (["--feature_columns", "img"], r"model input 'meta' is mapped to no column.*--input_map meta=<column>"),
         (["--input_map", "picture=img"], r"--input_map names 'picture', which the model does not have"),
+        (  # both given: the map feeds every input, so --feature_columns would be ignored
+            ["--input_map", "img=img,meta=meta", "--feature_columns", "y"],
+            r"--feature_columns 'y': no model input reads it \(--input_map maps img=img, meta=meta\); drop it or map it",
+        ),
         (["--target", "loss", "--loss", "mse"], r"--loss needs --label_column"),
         (["--target", "loss"], r"--target loss needs --loss"),
         (["--loss", "hinge_of_doom", "--label_column", "y"], r"unknown --loss 'hinge_of_doom'"),

@@ -222,14 +222,16 @@ def plan_input_feeds(
         )
     feature_columns = list(feature_columns or [])
     check_columns(schema, feature_columns, "feature", source)
-    feeds = []
+    feeds, fed = [], set()  # fed: the feature columns some input takes
     for name, shape, dtype in inputs:
         if name in input_map:
             columns = input_map[name].split("+")
         elif len(inputs) == 1 and feature_columns:
             columns = feature_columns
+            fed.update(columns)
         elif name in schema.names and (not feature_columns or name in feature_columns):
             columns = [name]
+            fed.add(name)
         else:
             hint = "{feature_columns} or " if len(inputs) == 1 else ""
             raise FeedError(
@@ -239,6 +241,15 @@ def plan_input_feeds(
                 columns=_columns_list(schema),
             )
         feeds.append(plan_feed(schema, name, columns, shape, dtype, source))
+    unused = [c for c in feature_columns if c not in fed]
+    if unused:  # a setting nothing reads is refused, not ignored
+        them = "them" if len(unused) > 1 else "it"
+        raise FeedError(
+            "{feature_columns} {unused}: no model input reads " + them
+            + (" ({input_map} maps {mapped})" if input_map else "") + f"; drop {them} or map {them}",
+            unused=", ".join(repr(c) for c in unused),
+            mapped=", ".join(f"{k}={v}" for k, v in input_map.items()),
+        )
     return feeds
 
 
