@@ -68,9 +68,9 @@ def influence_settings() -> tuple[Setting, ...]:
     return (
         _job("train", str, (), "Training rows' projections: a file or glob per checkpoint (comma-separated or repeated).", items=True),
         _job("query", str, (), "Query rows' projections: a file or glob per checkpoint, paired with {train} in order.", items=True),
-        _job("top_k", int, 20, "Training rows kept per query and kind."),
+        _job("top_k", int, 20, "Training rows kept per query and kind.", minimum=1),
         _job("score", str, "tracin", "tracin (inner product), cosine or trak.", choices=tuple(SCORES)),
-        _job("damping", float, 0.0, "TRAK's λ: (ΦᵀΦ + λI)⁻¹."),
+        _job("damping", float, 0.0, "TRAK's λ: (ΦᵀΦ + λI)⁻¹.", minimum=0),
         _job("checkpoint_weights", str, (), "One weight per checkpoint (its learning rate), comma-separated; default 1.", items=True),
         _job("kinds", str, (), f"Which rankings to write, comma-separated: {', '.join(KINDS)} (default both).", items=True),
         _job("self_influence", bool, False, "Also write each training row's score against itself."),
@@ -88,6 +88,7 @@ def influence_settings() -> tuple[Setting, ...]:
             1024,
             "Memory per worker for the queries, a block's scores and the top-k; more queries are split "
             "into groups, each a branch of the job.",
+            minimum=1,
         ),
     )
 
@@ -97,7 +98,7 @@ def influence_settings() -> tuple[Setting, ...]:
 INFLUENCE_SHARED = {
     "output": "Output prefix: shards are <output>-SSSSS-of-NNNNN.parquet, one row per (query, kind, rank).",
     "keep_columns": "Key columns of both inputs (comma-separated); default: every integer, string, boolean, "
-    "date or timestamp column.",
+    "date, timestamp or binary column.",
     "read_batch_rows": "Training rows per block read (default: about 32 MiB of projections).",
     "config": "YAML file of options; flags on the command line override it.",
     "debug": "Show tracebacks on errors.",

@@ -27,9 +27,12 @@ from pipeline.options import (
     GradientOptions,
     InfluenceOptions,
     OptionsError,
+    flag_error,
     refuse_options_of,
+    setting_values,
     split_list,
 )
+from pipeline.settings import influence_settings
 from pipeline.outputs import StagedOutputs, _absolute, check_inputs_untouched, check_no_clash, check_pattern_untouched
 from pipeline.reader import IncompleteOutput, output_shards
 from pipeline.runners import check_reachable, is_dry_run, resolve_runner
@@ -54,6 +57,8 @@ from transforms.influence.steps import (
     prepare_queries,
     self_influence_schema,
 )
+from transforms.gradients.errors import SpecError
+from transforms.gradients.settings import by_name, check_settings
 from transforms.io.files import SUFFIX, InputError, check_writable, match_files, open_parquet, read_schemas
 from transforms.io.schema import rejected_schema
 from transforms.io.write import write_parquet
@@ -260,10 +265,11 @@ def plan_job(job: GradientOptions, options: InfluenceOptions) -> InfluencePlan:
     unknown = [k for k in kinds if k not in KINDS]
     if unknown:
         raise OptionsError(f"--kinds: unknown {unknown[0]!r}; choose from {', '.join(KINDS)}")
-    if options.top_k is None or options.top_k < 1:
-        raise OptionsError(f"--top_k must be 1 or more, not {options.top_k}")
-    if options.damping is None or options.damping < 0:
-        raise OptionsError(f"--damping must be 0 or more, not {options.damping}")
+    settings = by_name(influence_settings())
+    try:  # each value against its declaration: --top_k 1 or more, --damping 0 or more, ...
+        check_settings(setting_values(options, settings.values()), settings)
+    except SpecError as err:
+        raise OptionsError(str(flag_error(err))) from None
     score = SCORES[options.score]
     if options.self_influence and not score.has_self_influence:
         raise OptionsError(f"--self_influence needs --score tracin or trak: with {score.name} every row's is 1")
