@@ -145,10 +145,14 @@ def test_console_script_is_installed():
             r"--feature_columns 'y': no model input reads it \(--input_map maps img=img, meta=meta\); drop it or map it",
         ),
         (["--target", "loss", "--loss", "mse"], r"--loss needs --label_column"),
+        (  # a row input is named by the option that chose its column, not as a model input
+            ["--input_map", "img=img,meta=meta", "--target", "loss", "--loss", "mse", "--label_column", "meta"],
+            r"--label_column 'meta': column 'meta' holds shape \(3,\) per row, but the label needs shape \(1,\)",
+        ),
         (["--target", "loss"], r"--target loss needs --loss"),
         (["--loss", "hinge_of_doom", "--label_column", "y"], r"unknown --loss 'hinge_of_doom'"),
         (["--batch_size", "0"], r"--batch_size must be 1 or more, not 0"),
-        (["--input_map", "img=y,meta=meta"], r"model input 'img' takes 4 values per example .*1 scalar columns"),
+        (["--input_map", "img=y,meta=meta"], r"model input 'img' takes 4 values per example \(shape \(2, 2\)\), but one scalar column was given: y"),
         (
             ["--input_map", "img=meta,meta=img"],
             r"column 'meta' holds shape \(3,\) per row, but model input 'img' needs shape \(2, 2\)",

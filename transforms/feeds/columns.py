@@ -43,10 +43,16 @@ class Feed:
     # Token ids read by an embedding: valid in 0..vocabulary-1 (a row holding another is rejected), and the layer.
     vocabulary: int | None = None
     embedding: str | None = None
+    what: str = ""  # how errors name what it fills: "" for "model input 'x'", or e.g. "the label"
 
     @property
     def size(self) -> int:
         return math.prod(self.shape)
+
+    @property
+    def described(self) -> str:
+        """What it fills, as a row's reason says it."""
+        return self.what or f"model input {self.input!r}"
 
 
 class Reasons:
@@ -146,8 +152,12 @@ def check_columns(schema: pa.Schema, columns: Sequence[str], what: str, source: 
         )
 
 
-def plan_feed(schema: pa.Schema, input_name: str, columns: Sequence[str], shape, dtype, source: str) -> Feed:
-    """Check that `columns` can fill a model input of `shape`, and say how."""
+def plan_feed(
+    schema: pa.Schema, input_name: str, columns: Sequence[str], shape, dtype, source: str, what: str | None = None
+) -> Feed:
+    """Check that `columns` can fill a model input of `shape`, and say how. `what` names the input in errors
+    (default: "model input 'x'"; a row input's caller says "the label")."""
+    given, what = what or "", what or f"model input {input_name!r}"
     shape = tuple(int(d) for d in shape)
     check_columns(schema, columns, "feature", source)
     size = math.prod(shape)
@@ -155,22 +165,23 @@ def plan_feed(schema: pa.Schema, input_name: str, columns: Sequence[str], shape,
     for c, kind in kinds.items():
         if kind is None:
             raise FeedError(
-                f"column {c!r} has type {schema.field(c).type}, which cannot feed model input "
-                f"{input_name!r} (numbers, lists of numbers or fixed_shape_tensor are needed)"
+                f"column {c!r} has type {schema.field(c).type}, which cannot feed {what} "
+                "(numbers, lists of numbers or fixed_shape_tensor are needed)"
             )
     if len(columns) > 1 or kinds[columns[0]][0] == SCALARS:
         scalar_like = [c for c in columns if kinds[c][0] != SCALARS]
         if scalar_like:
             raise FeedError(
-                f"model input {input_name!r}: stacked feature columns must be scalar numbers, "
+                f"{what}: stacked feature columns must be scalar numbers, "
                 f"but {', '.join(repr(c) for c in scalar_like)} hold lists"
             )
         if len(columns) != size:
             raise FeedError(
-                f"model input {input_name!r} takes {size} values per example (shape {shape}), "
-                f"but {len(columns)} scalar columns were given: {', '.join(columns)}"
+                f"{what} takes {size} values per example (shape {shape}), but "
+                + (f"{len(columns)} scalar columns were given: " if len(columns) > 1 else "one scalar column was given: ")
+                + ", ".join(columns)
             )
-        return Feed(input_name, tuple(columns), SCALARS, shape, str(np.dtype(dtype)))
+        return Feed(input_name, tuple(columns), SCALARS, shape, str(np.dtype(dtype)), what=given)
     column = columns[0]
     kind, per_row = kinds[column]
     field_type = schema.field(column).type
@@ -179,13 +190,13 @@ def plan_feed(schema: pa.Schema, input_name: str, columns: Sequence[str], shape,
         if per_row != size or (tensor_shape is not None and tuple(tensor_shape) != shape):
             got = f"shape {tuple(tensor_shape)}" if tensor_shape is not None else f"{per_row} values"
             raise FeedError(
-                f"column {column!r} holds {got} per row, but model input {input_name!r} needs shape {shape}"
+                f"column {column!r} holds {got} per row, but {what} needs shape {shape}"
             )
         permutation = getattr(field_type, "permutation", None)
         if permutation is not None and list(permutation) != sorted(permutation):
             raise FeedError(
                 f"column {column!r} is a fixed_shape_tensor with permutation {list(permutation)}; "
-                "write it in row-major order (no permutation) to feed model input " + repr(input_name)
+                "write it in row-major order (no permutation) to feed " + what
             )
     levels, _ = _list_levels(field_type)
     if kind == LIST and len(levels) == len(shape) > 1:
@@ -193,11 +204,10 @@ def plan_feed(schema: pa.Schema, input_name: str, columns: Sequence[str], shape,
         if wrong:
             i, size_, dim = wrong[0]
             raise FeedError(
-                f"column {column!r} holds lists of {size_} at depth {i + 1}, but model input "
-                f"{input_name!r} needs shape {shape}"
+                f"column {column!r} holds lists of {size_} at depth {i + 1}, but {what} needs shape {shape}"
             )
-        return Feed(input_name, (column,), kind, shape, str(np.dtype(dtype)), levels=shape)
-    return Feed(input_name, (column,), kind, shape, str(np.dtype(dtype)))
+        return Feed(input_name, (column,), kind, shape, str(np.dtype(dtype)), levels=shape, what=given)
+    return Feed(input_name, (column,), kind, shape, str(np.dtype(dtype)), what=given)
 
 
 def plan_input_feeds(
@@ -375,7 +385,7 @@ def _leaf(array: pa.Array, n: int, feed: Feed, reasons: Reasons) -> tuple[pa.Arr
         if feed.levels is not None and not pa.types.is_fixed_size_list(t):
             lengths = _to_numpy(pc.list_value_length(array).fill_null(feed.levels[depth]))
             ragged = owners.rows_with(lengths != feed.levels[depth]) & ~null_list
-            sentence = f"column {feed.columns[0]!r} is ragged: model input {feed.input!r} needs shape {feed.shape}"
+            sentence = f"column {feed.columns[0]!r} is ragged: {feed.described} needs shape {feed.shape}"
             reasons.add(ragged, "decode", sentence)
         depth += 1
         if pa.types.is_fixed_size_list(t):
@@ -426,7 +436,7 @@ def decode(feed: Feed, batch: pa.RecordBatch | pa.Table) -> Decoded:
             reasons.add(
                 wrong & (counts == count),
                 "decode",
-                f"column {column!r} has {count} values; model input {feed.input!r} needs "
+                f"column {column!r} has {count} values; {feed.described} needs "
                 f"{feed.size} (shape {feed.shape})",
             )
     if leaf.null_count:

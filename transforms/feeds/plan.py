@@ -20,7 +20,7 @@ from transforms.gradients.errors import SpecError
 from transforms.model import Loaded, ProcessModel, redact
 from transforms.io.schema import OutputLayout, rejected_schema
 from transforms.feeds.row_seeds import RowSeedFeed
-from transforms.feeds.columns import Feed, check_columns, plan_feed, plan_input_feeds
+from transforms.feeds.columns import Feed, FeedError, check_columns, plan_feed, plan_input_feeds
 
 def with_vocabularies(feeds: list[Feed], model: ModelFunction) -> list[Feed]:
     """Feeds of token inputs that an Embedding reads, with its vocabulary: an id outside it rejects the row.
@@ -146,7 +146,10 @@ class JobPlan:
                 )
             check_columns(schema, [column], row_input.name, source)
             dtype = row_input.dtype.as_numpy_dtype
-            extras.append(plan_feed(schema, row_input.name, [column], row_input.shape, dtype, source))
+            try:
+                extras.append(plan_feed(schema, row_input.name, [column], row_input.shape, dtype, source, f"the {row_input.name}"))
+            except FeedError as err:  # named by the setting that chose the column (a row input is no model input)
+                raise FeedError("{%s} {column!r}: {reason}" % row_input.column, column=column, reason=str(err)) from None
         metadata = {
             metadata_key("version"): __version__,
             metadata_key("model_path"): redact(model.path),
