@@ -163,7 +163,14 @@ def mapping_args(config: dict, parser: argparse.ArgumentParser, where: str) -> l
         flag = f"--{key}"
         action = actions.get(flag)
         if action is None:
-            raise OptionsError(f"{where}: unknown option {key!r}")
+            close = _closest(flag, parser)  # named as the file or the keywords name it: no dashes
+            raise OptionsError(f"{where}: unknown option {key!r}" + (f"; did you mean {close[2:]!r}?" if close else ""))
+        if action.type in (int, float) and value is not None and not isinstance(value, (list, dict, bool)):
+            try:  # as the command line would parse it, but naming the file: `batch_size: 64.5` is no integer
+                action.type(str(value))
+            except ValueError:
+                raise OptionsError(f"{where}: {key} takes {'an integer' if action.type is int else 'a number'}, "
+                                   f"not {value!r}") from None
         if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
             if not isinstance(value, bool):
                 raise OptionsError(f"{where}: {key} takes true or false, not {value!r}")
@@ -178,6 +185,13 @@ def mapping_args(config: dict, parser: argparse.ArgumentParser, where: str) -> l
         elif value is not None:
             args.append(f"{flag}={value}")
     return args
+
+
+def _closest(flag: str, parser: argparse.ArgumentParser) -> str | None:
+    """The known flag closest to an unknown one (`--feature_column` -> `--feature_columns`), or None."""
+    known = [s for a in parser._actions for s in a.option_strings if s.startswith("--")]
+    close = difflib.get_close_matches(flag, known, n=1, cutoff=0.7) if flag.startswith("--") else []
+    return close[0] if close else None
 
 
 def _config_path(argv: Sequence[str]) -> str | None:
@@ -263,10 +277,8 @@ def parse(argv: Sequence[str], defaults: Sequence[str] = ()) -> PipelineOptions:
                 "the shell expanded an unquoted glob; quote it, e.g. --input 'data/*.parquet'"
             )
         flag = unknown[0].split("=", 1)[0]
-        known = [s for a in parser._actions for s in a.option_strings if s.startswith("--")]
-        close = difflib.get_close_matches(flag, known, n=1, cutoff=0.7) if flag.startswith("--") else []
-        hint = f"; did you mean {close[0]}?" if close else "; see --help"
-        raise OptionsError(f"unknown option {' '.join(unknown)}{hint}")
+        close = _closest(flag, parser)
+        raise OptionsError(f"unknown option {' '.join(unknown)}" + (f"; did you mean {close}?" if close else "; see --help"))
     options = PipelineOptions(argv)
     check_runner(options)
     return options

@@ -69,7 +69,10 @@ def test_yaml_config_with_command_line_override(tmp_path, job):
 def test_config_errors_name_the_file_and_key(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("batch_sise: 3\n")
-    with pytest.raises(OptionsError, match=r"bad.yaml: unknown option 'batch_sise'"):
+    with pytest.raises(OptionsError, match=r"bad.yaml: unknown option 'batch_sise'; did you mean 'batch_size'\?$"):
+        parse(["--config", str(bad)])
+    bad.write_text("batch_size: 64.5\n")  # argparse's own error would not name the file
+    with pytest.raises(OptionsError, match=r"bad.yaml: batch_size takes an integer, not 64.5$"):
         parse(["--config", str(bad)])
     with pytest.raises(OptionsError, match="unknown option --batch_sise"):
         parse(["--batch_sise", "3"])
@@ -233,7 +236,7 @@ def test_a_boolean_flag_in_a_config_is_given_for_true_whatever_its_name(tmp_path
 def test_run_keyword_arguments_are_checked_like_a_configs_options():
     from pipeline.run import run
 
-    with pytest.raises(OptionsError, match=r"^run\(\): unknown option 'batch_sise'$"):
+    with pytest.raises(OptionsError, match=r"^run\(\): unknown option 'batch_sise'; did you mean 'batch_size'\?$"):
         run(batch_sise=3)
     with pytest.raises(OptionsError, match=r"^run\(\): trust_model_code takes true or false, not 'yes'$"):
         run(trust_model_code="yes")
