@@ -207,6 +207,23 @@ def test_the_summary_names_the_most_frequent_rejection_reasons(tmp_path, capsys)
     assert "has 2 values" in reasons and "NaN or infinity" in reasons.split("; 1 x ")[1]
 
 
+def test_the_default_target_on_a_softmax_classifier_says_why_its_gradients_are_zero(tmp_path, capsys):
+    """The outputs of a softmax sum to 1, so the default `--target sum` differentiates a constant: zeros, correctly,
+    and nothing told the user. A class's score is not flat, and gets no such line."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((3,), name="x"), keras.layers.Dense(4, activation="softmax")])
+    write_parquet(tmp_path / "in/a.parquet", {"id": np.arange(30), "x": np.random.default_rng(0).normal(size=(30, 3))})
+    args = ["--runner=DirectRunner", f"--input={tmp_path}/in", f"--model={save(model, tmp_path)}", "--keep_columns=id"]
+    assert main([*args, f"--output={tmp_path}/out/sum"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].startswith("note: every row's gradient is near zero (the largest norm is "), lines
+    assert "--target sum adds the outputs" in lines[1] and "--target predicted or class" in lines[1]
+    assert main([*args, f"--output={tmp_path}/out/predicted", "--target=predicted"]) == 0
+    assert not [line for line in capsys.readouterr().out.splitlines() if line.startswith("note:")]
+
+
 def test_every_row_rejected_says_why_and_the_paths_are_as_given_and_the_wall_time_is_the_process(tmp_path):
     write_parquet(tmp_path / "in/a.parquet", {"id": np.arange(5), "x": pa.array([[1.0, 2.0]] * 5)})  # 2 values, not 3
     save(_mlp(), tmp_path)

@@ -35,6 +35,7 @@ from pipeline.options import (
 )
 from pipeline.outputs import StagedOutputs, check_inputs_untouched, check_no_clash, check_pattern_untouched
 from pipeline.progress import Progress
+from pipeline.reader import read_summary
 from pipeline.runners import (
     check_reachable,
     is_dry_run,
@@ -89,6 +90,7 @@ class Summary:
     other_reasons: int = 0  # how many more distinct reasons the rejected rows hold
     output: str = ""  # the --output prefix
     demo_seconds: dict[str, float] = dataclasses.field(default_factory=dict)  # of the wall time: the demo's own steps
+    notes: list[str] = dataclasses.field(default_factory=list)  # what the numbers suggest (`flat_note`)
 
     @property
     def rejected_fraction(self) -> float:
@@ -107,6 +109,7 @@ class Summary:
         if self.reasons:
             more = f"; and {self.other_reasons} other reason(s)" if self.other_reasons else ""
             lines.append(f"rejected: {_reason_counts(self.reasons)}{more}")
+        lines += self.notes
         if self.skipped:
             lines.append(f"skipped {len(self.skipped)} empty (0-byte) input file(s): {', '.join(self.skipped[:3])}")
         c = self.counters
@@ -127,6 +130,25 @@ class Summary:
         if self.summary:
             lines.append(f"summary: {self.summary}")
         return "\n".join(lines)
+
+
+# Every row's gradient norm below this: the target hardly moves with the inputs.
+FLAT_NORM = 1e-6
+
+
+def flat_note(aggregates: dict | None, target: str) -> str | None:
+    """A line where every row's gradient is near zero under a target that sums outputs: a softmax's outputs always
+    sum to 1, so `--target sum` of a classifier differentiates a constant (zeros, correctly). None otherwise."""
+    if not aggregates or target not in ("sum", "per_output"):
+        return None
+    norms = [g["top_by_norm"][0]["norm"] for g in aggregates.get("gradients", {}).values() if g.get("top_by_norm")]
+    if not norms or max(norms) >= FLAT_NORM:
+        return None
+    return (
+        f"note: every row's gradient is near zero (the largest norm is {max(norms):.1e}): --target {target} adds the "
+        "outputs, which may not change with the inputs (a softmax's always sum to 1); --target predicted or class "
+        "differentiates one class's score"
+    )
 
 
 def _reason_counts(reasons: list[tuple[str, int]]) -> str:
@@ -362,6 +384,7 @@ def _run_watched(options, job, plan, loaded, inputs, rows_in, prefixes, staged, 
         summary=summary_path(job.output),
         reasons=reasons,
         other_reasons=other_reasons,
+        notes=[n for n in (flat_note(read_summary(job.output) if rows_out else None, job.target),) if n],
     )
 
 
