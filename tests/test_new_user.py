@@ -224,6 +224,26 @@ def test_the_default_target_on_a_softmax_classifier_says_why_its_gradients_are_z
     assert not [line for line in capsys.readouterr().out.splitlines() if line.startswith("note:")]
 
 
+def test_reasons_alike_but_for_their_numbers_count_as_one_in_the_summary(tmp_path, capsys):
+    """Four classes outside the model's, each its own reason in the rejected rows, are one line's worth: not
+    '1 x ... class 5; 1 x ... class 6; 1 x ... class 7; and 2 other reason(s)'."""
+    import keras
+
+    model = keras.Sequential([keras.Input((3,), name="x"), keras.layers.Dense(3)])
+    x = [[1.0, 2.0, 3.0]] * 16
+    x[13:] = [None] * 3
+    classes = [0, 1, 2] * 3 + [5, 6, 7, 8] + [0, 1, 2]
+    write_parquet(tmp_path / "in/a.parquet", {"id": np.arange(16), "x": pa.array(x, pa.list_(pa.float32())), "c": classes[:16]})
+    args = ["--runner=DirectRunner", f"--input={tmp_path}/in", f"--model={save(model, tmp_path)}", "--keep_columns=id"]
+    assert main([*args, f"--output={tmp_path}/out/g", "--target=class", "--class_column=c"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "rows: 16 in, 9 out, 7 rejected", lines
+    assert re.fullmatch(
+        r"rejected: 4 x column 'c' holds class [5-8], outside the model's 3 classes 0\.\.2 \(and 3 more like it with "
+        r"other numbers\); 3 x column 'x' [^;]*null[^;]*", lines[1],
+    ), lines[1]
+
+
 def test_every_row_rejected_says_why_and_the_paths_are_as_given_and_the_wall_time_is_the_process(tmp_path):
     write_parquet(tmp_path / "in/a.parquet", {"id": np.arange(5), "x": pa.array([[1.0, 2.0]] * 5)})  # 2 values, not 3
     save(_mlp(), tmp_path)

@@ -11,6 +11,7 @@ import collections
 import contextlib
 import dataclasses
 import os
+import re
 import time
 from typing import Sequence
 
@@ -156,8 +157,12 @@ def _reason_counts(reasons: list[tuple[str, int]]) -> str:
     return "; ".join(f"{count} x {reason}" for reason, count in reasons)
 
 
+NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:e[-+]?\d+)?")
+
+
 def top_reasons(files: Sequence[str], top: int = 3) -> tuple[list[tuple[str, int]], int]:
-    """The `top` most frequent reasons in rejected-row shards, with their counts, and how many other reasons there are.
+    """The `top` most frequent reasons in rejected-row shards, with their counts, and how many other reasons there are;
+    reasons alike but for their numbers (195 classes outside the model's) count as one, shown by the most frequent.
 
     Reads the `reason` column only, a record batch at a time. Never fails the job: unreadable shards count nothing.
     """
@@ -169,8 +174,16 @@ def top_reasons(files: Sequence[str], top: int = 3) -> tuple[list[tuple[str, int
                     counts[str(item["values"])] += item["counts"]
         except Exception:  # noqa: BLE001  (the summary line is a courtesy; the rows are in the files)
             continue
-    common = counts.most_common(top)
-    return common, len(counts) - len(common)
+    groups: dict[str, collections.Counter] = {}  # reasons alike but for their numbers (a class, a length, a row)
+    for reason, count in counts.items():
+        groups.setdefault(NUMBER.sub("#", reason), collections.Counter())[reason] = count
+    merged = []
+    for alike in groups.values():
+        example, _ = alike.most_common(1)[0]
+        others = len(alike) - 1
+        merged.append((example + (f" (and {others} more like it with other numbers)" if others else ""), sum(alike.values())))
+    merged.sort(key=lambda item: -item[1])
+    return merged[:top], len(merged) - len(merged[:top])
 
 
 def as_given(paths: Sequence[str], prefix: str) -> list[str]:
