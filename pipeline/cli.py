@@ -149,15 +149,14 @@ def _main(argv: Sequence[str] | None, fault, progress_every: float | None) -> in
     print(summary)
     for line in demo_lines:
         print(line)
-    limit = None if influence else job.max_rejected_fraction
-    if limit is not None and not summary.dry_run and summary.rejected_fraction > limit:
-        print(
-            f"beam-gradients: error: {summary.rejected_fraction:.1%} of rows were rejected "
-            f"({summary.rows_rejected} of {summary.rows_in}), above --max_rejected_fraction {limit}; "
-            "the output was written",
-            file=sys.stderr,
-        )
-        return EXIT_TOO_MANY_REJECTED
+    if not influence:
+        from pipeline.jobs.main import TooManyRejected, check_rejected
+
+        try:
+            check_rejected(summary, job.max_rejected_fraction)
+        except TooManyRejected as err:
+            print(f"beam-gradients: error: {flag_error(err)}", file=sys.stderr)
+            return EXIT_TOO_MANY_REJECTED
     return EXIT_OK
 
 

@@ -80,3 +80,66 @@ def test_the_reader_needs_no_pandas(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "pandas", None)  # as if pandas were not installed
     with pytest.raises(ImportError, match="pip install pandas"):
         read_dataframe(str(tmp_path / "x"))
+
+
+def test_the_ptransform_takes_the_command_lines_settings_and_refuses_what_the_command_line_refuses(tmp_path):
+    """The same names as the job's options (keep_columns, or key_columns), comma-separated strings for lists, and
+    the same refusals: a setting nothing reads, a misspelt one (with the closest name), a window it cannot batch in."""
+    from apache_beam.transforms.window import FixedWindows, TimestampedValue
+
+    from transforms.gradients import SpecError
+
+    model, path = _model(tmp_path)
+    x = np.random.default_rng(2).normal(size=(6, 2, 2)).astype(np.float32)
+    schema = pa.schema([("id", pa.int64()), ("x", pa.list_(pa.float32()))])
+    rows = [{"id": i, "x": x[i]} for i in range(6)]
+    with test_pipeline.TestPipeline(runner="FnApiRunner") as p:
+        out = p | beam.Create(rows) | ComputeGradients(path, schema=schema, keep_columns="id", emit="norm")
+        assert_that(out.results | beam.Map(lambda t: tuple(t.column_names)), equal_to([("id", "gradient", "norm__gradient")]))
+    with pytest.raises(SpecError, match=r"^steps is not used with target sum, method gradient, wrt inputs; leave it out"):
+        ComputeGradients(path, schema=schema, key_columns="id", steps=10)
+    with pytest.raises(TypeError, match=r"unexpected setting 'keep_colums'; did you mean 'keep_columns'\?$"):
+        ComputeGradients(path, schema=schema, keep_colums="id")
+    with pytest.raises(TypeError, match=r"input_map takes a dict"):
+        ComputeGradients(path, schema=schema, input_map="x=x")
+    with pytest.raises(SpecError, match=r"^batch_size takes an integer, not 64.5$"):
+        ComputeGradients(path, schema=schema, batch_size=64.5)
+    with pytest.raises(ValueError, match=r"takes the global window only, not FixedWindows"):
+        with beam.Pipeline("DirectRunner") as p:
+            windowed = p | beam.Create(rows) | beam.Map(lambda r: TimestampedValue(r, 5)) | beam.WindowInto(FixedWindows(60))
+            windowed | ComputeGradients(path, schema=schema, key_columns="id")
+
+
+def test_run_raises_after_writing_everything_when_more_rows_are_rejected_than_allowed(tmp_path):
+    from pipeline.jobs.main import TooManyRejected
+
+    _, path = _model(tmp_path)
+    x = [np.ones(4).tolist()] * 8 + [[1.0, 2.0]] * 2  # two rows too short
+    write_parquet(tmp_path / "in/0.parquet", {"id": np.arange(10), "x": pa.array(x, pa.list_(pa.float32()))})
+    args = dict(runner="DirectRunner", input=str(tmp_path / "in"), model=path, keep_columns="id", quiet=True)
+    with pytest.raises(TooManyRejected, match=r"^20.0% of rows were rejected \(2 of 10\), above max_rejected_fraction 0.1;"):
+        run(output=str(tmp_path / "out/g"), max_rejected_fraction=0.1, **args)
+    assert read_arrays(str(tmp_path / "out/g"))["id"].size == 8  # written all the same
+    assert run(output=str(tmp_path / "out/h"), max_rejected_fraction=0.2, **args).rows_rejected == 2
+
+
+def test_the_engine_names_an_array_that_does_not_fit_its_compiled_shapes(tmp_path):
+    from transforms.gradients import GradientEngine, GradientSpec, SpecError, from_keras
+
+    model, _ = _model(tmp_path)
+    engine = GradientEngine(from_keras(model), GradientSpec(), 8)
+    with pytest.raises(SpecError, match=r"^'x' has shape \(5, 2, 2\), not \(8, 2, 2\) \(pad a short batch to batch_size rows"):
+        engine([np.zeros((5, 2, 2), np.float32)])
+    with pytest.raises(SpecError, match=r"^the engine takes a list of arrays"):
+        engine(np.zeros((8, 2, 2), np.float32))
+    np.testing.assert_allclose(engine([np.ones((8, 2, 2), np.float32)])["gradient"], eager_gradients(model, np.ones((8, 2, 2), np.float32)), rtol=1e-5, atol=1e-6)
+
+
+def test_a_batch_failure_rebuilt_by_beam_keeps_one_tag():
+    """Beam re-raises a step's error as type(e)(e.args[0] + " [while running 'step']"): the API user's message
+    read 'beam-gradients failure: beam-gradients failure: ...'."""
+    from transforms import FAILURE_TAG, BatchFailed
+
+    err = BatchFailed("InvalidArgumentError: bad label, in a batch of rows 0-7 of a.parquet")
+    rebuilt = type(err)(err.args[0] + " [while running 'Job/Gradients']", *err.args[1:])
+    assert str(rebuilt) == FAILURE_TAG + "InvalidArgumentError: bad label, in a batch of rows 0-7 of a.parquet [while running 'Job/Gradients']"

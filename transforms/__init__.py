@@ -23,7 +23,8 @@ class BatchFailed(RuntimeError):
     """The model failed on a batch; the message is one line naming the cause, the op and the rows."""
 
     def __init__(self, line: str):
-        super().__init__(FAILURE_TAG + line)
+        # once: Beam re-raises a step's error as type(e)(e.args[0] + " [while running 'step']")
+        super().__init__(line if line.startswith(FAILURE_TAG) else FAILURE_TAG + line)
 
 
 def op_error_line(err: BaseException) -> str:

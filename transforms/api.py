@@ -17,11 +17,14 @@ model is loaded once per process.
 
 from __future__ import annotations
 
+import difflib
+import inspect
 from typing import Sequence
 
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
+from apache_beam.transforms.window import GlobalWindows
 
 from transforms.compute import REJECTED, RESULTS
 from transforms.graph import GradientsGraph
@@ -63,10 +66,13 @@ class ComputeGradients(beam.PTransform):
     """PCollection of dicts, record batches or tables -> tagged outputs `results` and `rejected` (pyarrow Tables).
 
     `schema` is the Arrow schema of the rows (for files: `pyarrow.parquet.read_schema(path)`). The other
-    arguments are the job's options of the same names (see the README's Options table); further gradient
-    settings (`baseline`, `wrt`, `steps`, `samples`, `noise`, `seed`, `k`, ...) pass through to GradientSpec.
+    arguments are the job's options of the same names (docs/options.md; `key_columns` is the command line's
+    `--keep_columns`, and either name is taken); further gradient settings (`baseline`, `wrt`, `steps`,
+    `samples`, `noise`, `seed`, `k`, ...) pass through to GradientSpec, and one that nothing reads is refused, as
+    on the command line. A list may be given as a comma-separated string; `input_map` is a dict.
     The graph is the job's own (transforms/graph.py): a `mean` baseline's first pass runs over the
-    same PCollection, and a `column:<name>` baseline reads that column of each row.
+    same PCollection, and a `column:<name>` baseline reads that column of each row. Rows are batched across
+    elements, so the input must be in the global window (the default).
     """
 
     def __init__(
@@ -74,48 +80,66 @@ class ComputeGradients(beam.PTransform):
         model: str,
         *,
         schema: pa.Schema,
-        feature_columns: Sequence[str] = (),
+        feature_columns: Sequence[str] | str = (),
         input_map: dict[str, str] | None = None,
-        key_columns: Sequence[str] = (),
+        key_columns: Sequence[str] | str = (),
+        keep_columns: Sequence[str] | str = (),
         target: str = "sum",
         method: str = "gradient",
         loss: str | None = None,
         label_column: str | None = None,
         class_column: str | None = None,
         clip_norm: float | None = None,
-        emit: Sequence[str] = (),
+        emit: Sequence[str] | str = (),
         unconnected: str = "zeros",
         batch_size: int = BATCH_SIZE.default,
         trust_model_code: bool = False,
         **spec_options,
     ):
         from transforms.gradients.methods.baselines import baseline_column
-        from transforms.gradients.spec import spec_from_kwargs
+        from transforms.gradients.spec import SETTINGS, spec_from_kwargs
 
         super().__init__()
+        unknown = [name for name in spec_options if name not in SETTINGS or SETTINGS[name].kind != "spec"]
+        if unknown:
+            known = [*inspect.signature(ComputeGradients.__init__).parameters][2:-1]
+            known += [name for name, setting in SETTINGS.items() if setting.kind == "spec"]
+            close = difflib.get_close_matches(unknown[0], known, n=1, cutoff=0.6)
+            raise TypeError(
+                f"ComputeGradients got an unexpected setting {unknown[0]!r}"
+                + (f"; did you mean {close[0]!r}?" if close else f"; it takes: {', '.join(known)}")
+            )
+        if key_columns and keep_columns:
+            raise TypeError("give key_columns or keep_columns (the same setting), not both")
+        if isinstance(input_map, str):
+            raise TypeError(f"input_map takes a dict of model input -> column, not the string {input_map!r}")
+        BATCH_SIZE.check(batch_size)
+        explicit = {"loss": loss, "label_column": label_column, "class_column": class_column, "clip_norm": clip_norm}
         spec = spec_from_kwargs(
             target=target,
             method=method,
             loss=loss,
             clip_norm=clip_norm,
             unconnected=unconnected,
-            emit=tuple(emit),
+            emit=tuple(_names(emit)),
             **spec_options,
         )
+        # as the command line does: a setting given that nothing chosen reads (steps with method gradient)
+        spec.check_used([*spec_options, *(n for n, v in explicit.items() if v is not None), *(["emit"] if emit else [])])
         self.plan, self._loaded = JobPlan.build(
             schema,
             SOURCE,
             ProcessModel(model, trust_model_code),
             spec,
             batch_size,
-            feature_columns=list(feature_columns),
+            feature_columns=_names(feature_columns),
             input_map=input_map or {},
             row_columns={
                 "label_column": label_column,
                 "class_column": class_column,
                 "baseline_column": baseline_column(spec.baseline),
             },
-            key_columns=list(key_columns),
+            key_columns=_names(key_columns or keep_columns),
         )
         if any(isinstance(f, RowSeedFeed) and not f.columns for f in self.plan.extras):
             raise ValueError(
@@ -130,6 +154,12 @@ class ComputeGradients(beam.PTransform):
         return self.plan.layout.schema
 
     def expand(self, rows):
+        if not isinstance(rows.windowing.windowfn, GlobalWindows):
+            raise ValueError(
+                f"ComputeGradients batches rows across elements, so it takes the global window only, not "
+                f"{type(rows.windowing.windowfn).__name__}: apply beam.WindowInto(GlobalWindows()) before it, and "
+                "window its results after"
+            )
         batches = (
             rows
             | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=ROWS_PER_BATCH)
@@ -137,6 +167,13 @@ class ComputeGradients(beam.PTransform):
             | "AsSourceBatches" >> beam.ParDo(_ToSourceBatches(self._schema)).with_output_types(SourceBatch)
         )
         return batches | "Compute" >> GradientsGraph(self.plan)
+
+
+def _names(value: Sequence[str] | str) -> list[str]:
+    """A list setting as names: a comma-separated string is split, as the command line splits it."""
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    return list(value)
 
 
 def _flatten_batches(elements: list):

@@ -49,6 +49,7 @@ from pipeline.runners import (
 from pipeline.staged import RowsUnaccounted, run_staged
 from transforms import METRICS
 from transforms.contract import REJECTED_SUFFIX, report_path, summary_path
+from transforms.errors import SettingError
 from transforms.counters import COUNTERS, MODEL_LOAD_PID
 from transforms.gradients import SpecError
 from transforms.graph import GradientsGraph, Writes
@@ -287,7 +288,27 @@ def run(argv: Sequence[str] = (), fault: Fault | None = None, **options) -> Summ
     ...     runner="DirectRunner", keep_columns=["id"], emit=["norm"])  # doctest: +SKIP
     """
     argv = list(argv) + mapping_args(options, all_options_parser(), "run()")
-    return run_options(parse(argv), argv, fault, started=time.monotonic())
+    parsed = parse(argv)
+    summary = run_options(parsed, argv, fault, started=time.monotonic())
+    check_rejected(summary, parsed.view_as(GradientOptions).max_rejected_fraction)
+    return summary
+
+
+class TooManyRejected(SettingError):
+    """More rows rejected than `max_rejected_fraction` allows; everything was written, and `summary` says what."""
+
+
+def check_rejected(summary: Summary, limit: float | None) -> None:
+    """TooManyRejected where a finished job rejected more than `limit` of its rows (the command line exits 3)."""
+    if limit is None or summary.dry_run or summary.rejected_fraction <= limit:
+        return
+    error = TooManyRejected(
+        "{share} of rows were rejected ({rejected} of {rows}), above {max_rejected_fraction} {limit}; the output was "
+        "written", share=f"{summary.rejected_fraction:.1%}", rejected=summary.rows_rejected, rows=summary.rows_in,
+        limit=limit,
+    )
+    error.summary = summary
+    raise error
 
 
 def run_options(
