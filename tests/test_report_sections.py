@@ -184,6 +184,8 @@ def test_influence_neighbours_and_self_influence_equal_a_brute_force_ranking(job
     assert ranked == [f"id={i}" for i in best]
     rows = _table(page, "self-influence-labels")
     assert [int(r[3]) for r in rows] == labels[best].tolist()
+    assert '<table class="self-influence">' not in page  # the same ranking once, with its labels
+    assert page.count("of their neighbours are drawn, each with its score") == 1
     np.testing.assert_allclose([float(r[1]) for r in rows], selfs[best], rtol=1e-3)
     for tile, i in zip(drawn[-1], best):
         np.testing.assert_array_equal(tile["image"], x[i].astype(np.float64))
@@ -194,6 +196,24 @@ def test_influence_without_inputs_shows_keys_and_scores_only(jobs, tmp_path):
     page = open(write_report(str(tmp / "i/inf"), output=str(tmp_path / "i.html"), top=3)).read()
     assert not charts(page, "influence-inputs") and not charts(page, "self-influence-inputs")
     assert page.count('<table class="influence">') == influence_module.MAX_QUERIES
+    assert "are drawn" not in page and page.count('<table class="self-influence">') == 1
+
+
+def test_influence_over_feature_vectors_claims_no_drawn_inputs(tmp_path):
+    """Inputs given but not images (a vector of 3 features): nothing is drawn, so the page must not say it is."""
+    from tests.projections import write_projections
+
+    rng = np.random.default_rng(4)
+    phi = rng.normal(size=(12, 8))
+    write_projections(tmp_path / "t/p", {"id": np.arange(12)}, phi)
+    write_parquet(tmp_path / "in/a.parquet", {"id": np.arange(12), "x": rng.normal(size=(12, 3)).astype(np.float32)})
+    from pipeline.run import main
+
+    assert main(["influence", "--runner=DirectRunner", "--train", str(tmp_path / "t/*.parquet"), "--query",
+                 str(tmp_path / "t/*.parquet"), "--output", str(tmp_path / "i/inf"), "--top_k", "2"]) == 0
+    page = open(write_report(str(tmp_path / "i/inf"), str(tmp_path / "in/*.parquet"), str(tmp_path / "i.html"))).read()
+    assert page.count('<table class="influence">') == 12  # every query's neighbours, in words
+    assert not charts(page, "influence-inputs") and "are drawn" not in page
 
 
 def test_classes_beyond_the_cap_are_counted_apart(jobs, tmp_path, monkeypatch):

@@ -131,18 +131,22 @@ def influence_section(prefix: str, complete: bool, k: int, input_pattern: str | 
         inputs, note = inputs_or_note(input_pattern, query, wanted, label_column)
     which = (f"the {len(queries)} queries of largest self-influence first" if preferred and set(queries) & set(preferred)
              else f"the first {MAX_QUERIES} queries")
-    body = [f"<p>Training rows that pushed each query's prediction toward (proponents) or away from it (opponents); "
+    body = [f"<p>Training rows of the largest scores (proponents: with projections of each row's loss gradient, a "
+            f"step on them lowers the query's loss) and the most negative (opponents: it raises it); "
             f"{html.escape(which)}, top {min(k, deepest)} of each"
             + (f" (the influence job kept {deepest} of each: its --top_k)" if deepest < k else "") + ".</p>", note]
-    if inputs:
-        body.append(f"<p>The inputs of the first {DRAWN_QUERIES} of these queries and of their neighbours are drawn, each with its score.</p>")
+    drawn = False
     for n, (qid, rows) in enumerate(queries.items()):
         rows.sort(key=lambda r: (r[kind] != "proponent", r[rank]))
         cells = [(r[kind], r[rank], f"{r[score]:.4g}", key_text(_train_key(r, train))) for r in rows]
         body.append(f"<h3>query {html.escape(qid)}</h3>")
         if inputs and n < DRAWN_QUERIES:
-            body.append(_neighbour_figure(qid, query_keys[qid], rows, inputs, query, train, kind, rank, score, k, label_column))
+            made = _neighbour_figure(qid, query_keys[qid], rows, inputs, query, train, kind, rank, score, k, label_column)
+            body.append(made)
+            drawn = drawn or bool(made)
         body.append(table_html(["kind", "rank", "score", "training row"], cells, "influence"))
+    if drawn:  # said only where an input could be drawn (an image, not a vector of features)
+        body.insert(2, f"<p>The inputs of the first {DRAWN_QUERIES} of these queries and of their neighbours are drawn, each with its score.</p>")
     return section("Influence neighbours", "".join(body), "influence")
 
 
@@ -174,12 +178,9 @@ def self_influence_section(prefix: str, complete: bool, top: int, input_pattern:
     ranked = Ranked(_one(entries, SELF_INFLUENCE_KIND, prefix), train, top)
     for table in iter_tables(prefix, require_complete=complete):
         ranked.add(table)
-    made = ranked_section(
-        ranked,
-        "Self-influence",
-        "Each training row's influence on itself: the ranking people use to find mislabeled rows.",
-        "self-influence",
-    )
+    words = ("Each training row's score against itself (with tracin its squared projected gradient norm, with trak its "
+             "leverage, at most 1): rows mislabeled or unlike the others rank high, so it is where to look for them.")
+    made = ranked_section(ranked, "Self-influence", words, "self-influence")
     if not made or not input_pattern or not train:
         return made
     names = [n[len(TRAIN_PREFIX):] for n in train]
@@ -194,7 +195,8 @@ def self_influence_section(prefix: str, complete: bool, top: int, input_pattern:
     if url:
         extra += figure(url, f"the inputs of the {len(rows)} rows of largest self-influence, with their scores"
                         + (f" and {label_column}" if label_column else ""), "self-influence-inputs", [key_text(r["keys"]) for r in rows])
-    if label_column and any(r["label"] is not None for r in rows):
+    if label_column and any(r["label"] is not None for r in rows):  # this table in place of the one without labels
+        made = ranked_section(ranked, "Self-influence", words, "self-influence", table=False)
         cells = [(i + 1, f"{v:.4g}", key_text(k), r["label"]) for i, ((v, k), r) in enumerate(zip(best, rows))]
         extra += table_html(["rank", "self-influence", "row", label_column], cells, "self-influence-labels")
     if not extra:

@@ -99,15 +99,17 @@ def run_section(prefix: str, marker: dict | None, metadata: dict[str, str], summ
     return section("Run", body, "run")
 
 
-def ranked_section(ranked: Ranked, title: str, text: str, name: str, anchor: str | None = None) -> str:
-    """`name` names the figure and the table (their class); `anchor`, the section (`name` where not given)."""
+def ranked_section(ranked: Ranked, title: str, text: str, name: str, anchor: str | None = None, table: bool = True) -> str:
+    """`name` names the figure and the table (their class); `anchor`, the section (`name` where not given); `table`
+    False leaves the top rows' table to the caller (one with more columns)."""
     if not ranked.rows:
         return ""
     body = f"<p>{html.escape(text)}</p><p>{ranked.rows:,} rows; mean {ranked.total / ranked.rows:.4g}; largest {ranked.largest:.4g}.</p>"
     url, drawn = sketch_histogram(ranked.sketch, f"{ranked.shown}: rows per bin", ranked.shown)
     body += figure(url, f"histogram of {ranked.shown} over all {ranked.rows:,} rows ({quantile_text(drawn)})", f"{name}-histogram", drawn)
-    rows = [(i + 1, f"{v:.4g}", key_text(k)) for i, (v, k) in enumerate(ranked.best)]
-    body += table_html(["rank", ranked.shown, "row"], rows, name)
+    if table:
+        rows = [(i + 1, f"{v:.4g}", key_text(k)) for i, (v, k) in enumerate(ranked.best)]
+        body += table_html(["rank", ranked.shown, "row"], rows, name)
     return section(title, body, anchor or name)
 
 
