@@ -76,7 +76,7 @@ class Setting:
         if value is None:
             return
         if not _is(value, self.type, self.items):
-            wanted = f"a list of {TYPE_WORDS[self.type]}" if self.items else TYPE_WORDS[self.type]
+            wanted = f"a list of {PLURAL_WORDS[self.type]}" if self.items else TYPE_WORDS[self.type]
             raise SpecError("{%s} takes %s, not {value!r}" % (self.name, wanted), value=value)
         if self.choices is not None and not self.items and value not in self.choices:
             raise SpecError(
@@ -97,6 +97,7 @@ def job_setting(name: str, type: type, default, help: str, **kw) -> Setting:
 
 
 TYPE_WORDS = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+PLURAL_WORDS = {int: "integers", float: "numbers", str: "strings", bool: "true or false values"}
 
 
 def _is(value, kind: type, items: bool) -> bool:
