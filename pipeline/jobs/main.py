@@ -418,8 +418,17 @@ def _run_watched(options, job, plan, loaded, inputs, rows_in, prefixes, staged, 
         summary=summary_path(job.output),
         reasons=reasons,
         other_reasons=other_reasons,
-        notes=[n for n in (flat_note(read_summary(job.output) if rows_out else None, job.target),) if n],
+        notes=[n for n in (flat_note(_aggregates(job.output) if rows_out else None, job.target),) if n],
     )
+
+
+def _aggregates(prefix: str) -> dict | None:
+    """The job's summary file, for the notes under its summary; None where it cannot be read (a note is a
+    courtesy: it never fails a job that has written everything)."""
+    try:
+        return read_summary(prefix)
+    except Exception:  # noqa: BLE001
+        return None
 
 
 def _every(seconds: float | None) -> dict:
