@@ -64,6 +64,7 @@ class GradientEngine:
         signature += [tf.TensorSpec((batch_size, *r.shape), r.dtype, name=r.name) for r in self.row_inputs]
         signature += [tf.TensorSpec(d.shape, tf.float32, name=d.name) for d in self.dataset_inputs]
         self._signature = signature
+        self._shapes = [tuple(s.shape) for s in signature]  # checked on every call: built once
         # autograph off: the Python loops here run once, at trace time, by design.
         self._fn = tf.function(self._compute, input_signature=signature, jit_compile=spec.jit_compile, autograph=False)
         self._concrete = None  # called directly: skips tf.function's per-call signature lookup
@@ -135,9 +136,7 @@ class GradientEngine:
         if isinstance(inputs, np.ndarray):
             raise SpecError("the engine takes a list of arrays, one per model input; wrap the array: [x]")
         arguments = [*inputs, *extras, *dataset]
-        if len(arguments) != len(self._signature) or any(
-            np.shape(a) != tuple(s.shape) for a, s in zip(arguments, self._signature)
-        ):
+        if len(arguments) != len(self._shapes) or any(np.shape(a) != s for a, s in zip(arguments, self._shapes)):
             raise self._mismatch(arguments)
         with tf.device(self.device) if self.device else contextlib.nullcontext():
             result = self._concrete(*arguments)
@@ -146,13 +145,13 @@ class GradientEngine:
 
     def _mismatch(self, arguments) -> SpecError:
         """Which argument does not fit the compiled signature, in words (a short last batch is the usual one)."""
-        wanted = ", ".join(f"{s.name} {tuple(s.shape)}" for s in self._signature)
+        wanted = ", ".join(f"{s.name} {shape}" for s, shape in zip(self._signature, self._shapes))
         if len(arguments) != len(self._signature):
             n = len(self._signature)
             return SpecError("the engine takes {n} array{s} ({wanted}), not {got}", n=n, s="s" * (n != 1),
                              wanted=wanted, got=len(arguments))
-        for a, s in zip(arguments, self._signature):
-            got, want = np.shape(a), tuple(s.shape)
+        for a, s, want in zip(arguments, self._signature, self._shapes):
+            got = np.shape(a)
             if got != want:
                 short = len(got) == len(want) and got[1:] == want[1:] and got[0] < want[0]
                 hint = " (pad a short batch to {batch_size} rows: the function is compiled for that many)" if short else ""
