@@ -20,7 +20,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentP
 from pipeline.settings import INFLUENCE_SHARED, RUN_IO, RUN_REST, influence_settings
 from transforms.gradients.declared import SETTINGS as ENGINE_SETTINGS
 from transforms.gradients.errors import SpecError
-from transforms.gradients.settings import Setting, by_name, check_settings
+from transforms.gradients.settings import Setting, by_name, check_settings, split_list
 from transforms.job_settings import BATCH_SIZE, COMPUTE_SETTINGS
 
 if TYPE_CHECKING:
@@ -76,14 +76,6 @@ class GradientOptions(PipelineOptions):
 def list_options() -> list[str]:
     """Options that hold a comma-separated list: given more than once, their values add up."""
     return [s.name for s in main_settings() + influence_settings() if s.items]
-
-
-def split_list(value: str | None, strip: bool = True) -> list[str]:
-    """A comma-separated list. Column names keep their spaces (`strip=False`): a column may be named ' x'.
-
-    Planning then matches each name exactly, or with its spaces trimmed where no column has the exact name.
-    """
-    return [v.strip() if strip else v for v in (value or "").split(",") if v.strip()]
 
 
 def parse_map(value: str | None) -> dict[str, str]:

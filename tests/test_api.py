@@ -96,10 +96,14 @@ def test_the_ptransform_takes_the_command_lines_settings_and_refuses_what_the_co
     with test_pipeline.TestPipeline(runner="FnApiRunner") as p:
         out = p | beam.Create(rows) | ComputeGradients(path, schema=schema, keep_columns="id", emit="norm")
         assert_that(out.results | beam.Map(lambda t: tuple(t.column_names)), equal_to([("id", "gradient", "norm__gradient")]))
+    spaced = pa.schema([(" id", pa.int64()), ("id", pa.int64()), ("x", pa.list_(pa.float32()))])
+    assert ComputeGradients(path, schema=spaced, keep_columns=" id").output_schema.names[0] == " id"  # as the CLI keeps it
     with pytest.raises(SpecError, match=r"^steps is not used with target sum, method gradient, wrt inputs; leave it out"):
         ComputeGradients(path, schema=schema, key_columns="id", steps=10)
     with pytest.raises(TypeError, match=r"unexpected setting 'keep_colums'; did you mean 'keep_columns'\?$"):
         ComputeGradients(path, schema=schema, keep_colums="id")
+    with pytest.raises(TypeError, match=r"^ComputeGradients got an unexpected setting 'stpes'; did you mean 'steps'\?$"):
+        ComputeGradients(path, schema=schema, stpes=10)
     with pytest.raises(TypeError, match=r"input_map takes a dict"):
         ComputeGradients(path, schema=schema, input_map="x=x")
     with pytest.raises(SpecError, match=r"^batch_size takes an integer, not 64.5$"):

@@ -17,7 +17,6 @@ model is loaded once per process.
 
 from __future__ import annotations
 
-import difflib
 import inspect
 from typing import Sequence
 
@@ -28,6 +27,7 @@ from apache_beam.transforms.window import GlobalWindows
 
 from transforms.compute import REJECTED, RESULTS
 from transforms.graph import GradientsGraph
+from transforms.gradients.settings import split_list
 from transforms.job_settings import BATCH_SIZE
 from transforms.model import ProcessModel
 from transforms.io.read import SourceBatch
@@ -97,33 +97,26 @@ class ComputeGradients(beam.PTransform):
         **spec_options,
     ):
         from transforms.gradients.methods.baselines import baseline_column
-        from transforms.gradients.spec import SETTINGS, spec_from_kwargs
+        from transforms.gradients.spec import spec_from_kwargs
 
         super().__init__()
-        unknown = [name for name in spec_options if name not in SETTINGS or SETTINGS[name].kind != "spec"]
-        if unknown:
-            known = [*inspect.signature(ComputeGradients.__init__).parameters][2:-1]
-            known += [name for name, setting in SETTINGS.items() if setting.kind == "spec"]
-            close = difflib.get_close_matches(unknown[0], known, n=1, cutoff=0.6)
-            raise TypeError(
-                f"ComputeGradients got an unexpected setting {unknown[0]!r}"
-                + (f"; did you mean {close[0]!r}?" if close else f"; it takes: {', '.join(known)}")
-            )
+        spec = spec_from_kwargs(
+            caller="ComputeGradients",
+            caller_keywords=[*inspect.signature(ComputeGradients.__init__).parameters][2:-1],
+            target=target,
+            method=method,
+            loss=loss,
+            clip_norm=clip_norm,
+            unconnected=unconnected,
+            emit=tuple(split_list(emit)),
+            **spec_options,
+        )
         if key_columns and keep_columns:
             raise TypeError("give key_columns or keep_columns (the same setting), not both")
         if isinstance(input_map, str):
             raise TypeError(f"input_map takes a dict of model input -> column, not the string {input_map!r}")
         BATCH_SIZE.check(batch_size)
         explicit = {"loss": loss, "label_column": label_column, "class_column": class_column, "clip_norm": clip_norm}
-        spec = spec_from_kwargs(
-            target=target,
-            method=method,
-            loss=loss,
-            clip_norm=clip_norm,
-            unconnected=unconnected,
-            emit=tuple(_names(emit)),
-            **spec_options,
-        )
         # as the command line does: a setting given that nothing chosen reads (steps with method gradient)
         spec.check_used([*spec_options, *(n for n, v in explicit.items() if v is not None), *(["emit"] if emit else [])])
         self.plan, self._loaded = JobPlan.build(
@@ -132,14 +125,14 @@ class ComputeGradients(beam.PTransform):
             ProcessModel(model, trust_model_code),
             spec,
             batch_size,
-            feature_columns=_names(feature_columns),
+            feature_columns=split_list(feature_columns, strip=False),
             input_map=input_map or {},
             row_columns={
                 "label_column": label_column,
                 "class_column": class_column,
                 "baseline_column": baseline_column(spec.baseline),
             },
-            key_columns=_names(key_columns or keep_columns),
+            key_columns=split_list(key_columns or keep_columns, strip=False),
         )
         if any(isinstance(f, RowSeedFeed) and not f.columns for f in self.plan.extras):
             raise ValueError(
@@ -167,13 +160,6 @@ class ComputeGradients(beam.PTransform):
             | "AsSourceBatches" >> beam.ParDo(_ToSourceBatches(self._schema)).with_output_types(SourceBatch)
         )
         return batches | "Compute" >> GradientsGraph(self.plan)
-
-
-def _names(value: Sequence[str] | str) -> list[str]:
-    """A list setting as names: a comma-separated string is split, as the command line splits it."""
-    if isinstance(value, str):
-        return [v.strip() for v in value.split(",") if v.strip()]
-    return list(value)
 
 
 def _flatten_batches(elements: list):

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import numbers
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 from transforms.gradients.errors import SpecError
 
@@ -94,6 +94,17 @@ class Setting:
 def job_setting(name: str, type: type, default, help: str, **kw) -> Setting:
     """A setting of a job around the engine (not a spec field)."""
     return Setting(name, type, default, help, kind="job", owner="the job", **kw)
+
+
+def split_list(value: str | Sequence[str] | None, strip: bool = True) -> list[str]:
+    """A list setting's value as its items: a comma-separated string is split, as the command line and a config
+    file give it. Column names keep their spaces (`strip=False`): a column may be named ' x'.
+
+    Planning then matches each name exactly, or with its spaces trimmed where no column has the exact name.
+    """
+    if value is None or isinstance(value, str):
+        return [v.strip() if strip else v for v in (value or "").split(",") if v.strip()]
+    return list(value)
 
 
 TYPE_WORDS = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}

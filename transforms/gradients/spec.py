@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
+from typing import Sequence
 
 from transforms.gradients.choices import EMITS, UNCONNECTED_MODES
 from transforms.gradients.errors import SpecError
@@ -145,9 +147,16 @@ def spec_from_values(values: dict) -> GradientSpec:
     return GradientSpec(**given)
 
 
-def spec_from_kwargs(**kwargs) -> GradientSpec:
-    """The Python API's spec: every keyword must be a declared engine setting (a TypeError names one that is not)."""
-    unknown = [name for name in kwargs if SETTINGS.get(name) is None or SETTINGS[name].kind != "spec"]
+def spec_from_kwargs(*, caller: str = "", caller_keywords: Sequence[str] = (), **kwargs) -> GradientSpec:
+    """The Python API's spec: every keyword must be a declared engine setting. A TypeError names one that is not
+    and the closest name the caller takes: an engine setting or one of its own keywords (`caller_keywords`)."""
+    spec_names = [name for name, setting in SETTINGS.items() if setting.kind == "spec"]
+    unknown = [name for name in kwargs if name not in spec_names]
     if unknown:
-        raise TypeError(f"unexpected setting {unknown[0]!r}; the gradient settings are: {', '.join(SETTINGS)}")
+        known = [*caller_keywords, *spec_names]
+        close = difflib.get_close_matches(unknown[0], known, n=1, cutoff=0.6)
+        raise TypeError(
+            f"{caller + ' got an ' if caller else ''}unexpected setting {unknown[0]!r}"
+            + (f"; did you mean {close[0]!r}?" if close else f"; it takes: {', '.join(known)}")
+        )
     return spec_from_values(kwargs)
