@@ -17,6 +17,7 @@ import time
 from typing import Sequence
 
 import apache_beam as beam
+import numpy as np
 import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.pvalue import AsSingleton
@@ -227,13 +228,18 @@ def check_pairs(train: Side, query: Side) -> None:
             )
 
 
-def plan_groups(queries: int, dims: Sequence[int], top_k: int, kinds: int, budget_mb: int) -> tuple[int, int]:
-    """(query groups, block rows) so a worker holds the queries, a block's scores and the top-k within the budget."""
+def plan_groups(
+    queries: int, dims: Sequence[int], top_k: int, kinds: int, budget_mb: int, feature_bytes: int = 4
+) -> tuple[int, int]:
+    """(query groups, block rows) so a worker holds the queries, a block's scores and the top-k within the budget.
+
+    `feature_bytes`: a feature's size in the score's dtype (8 for TRAK's float64), beside float32 projections."""
     width = sum(dims)
     budget = budget_mb << 20
     block_rows = BLOCK_ROWS
-    block = block_rows * width * 4 * 2  # the block's projections and its features
-    per_query = width * 4 * 2 + block_rows * 4 + kinds * (COMPACT_EVERY + 1) * top_k * KEY_BYTES
+    block = block_rows * width * (4 + feature_bytes)  # the block's projections and its features
+    scores = block_rows * (feature_bytes + (4 if feature_bytes != 4 else 0))  # a query's product, then as float32
+    per_query = width * (4 + feature_bytes) + scores + kinds * (COMPACT_EVERY + 1) * top_k * KEY_BYTES
     room = budget - block
     if room < per_query:
         raise OptionsError(
@@ -297,7 +303,9 @@ def plan_job(job: GradientOptions, options: InfluenceOptions) -> InfluencePlan:
             f"--score trak: --train has {train.rows} rows, fewer than the projection dim {max(train.dims)}, "
             "so ΦᵀΦ is singular; give --damping greater than 0"
         )
-    groups, block_rows = plan_groups(query.rows, query.dims, options.top_k, len(kinds), options.query_memory_mb)
+    groups, block_rows = plan_groups(
+        query.rows, query.dims, options.top_k, len(kinds), options.query_memory_mb, np.dtype(score.dtype).itemsize
+    )
     width_bytes = sum(train.dims) * 4
     buckets = max(1, math.ceil(train.rows * width_bytes / JOIN_BUCKET_BYTES))
     spec = ScoreSpec(score.name, weights, options.top_k, kinds, options.damping, block_rows)

@@ -374,7 +374,8 @@ class ScoreBlocks(beam.DoFn):
         for start in range(0, block.rows, spec.block_rows):
             stop = min(block.rows, start + spec.block_rows)
             train = train_matrix(score, [p[start:stop] for p in block.projections], states(spec, inverse))
-            scores = queries.features @ train.T  # (queries, rows): the only place scores exist
+            # (queries, rows): the only place scores exist, multiplied in the score's dtype and kept as written
+            scores = (queries.features @ train.T).astype(np.float32, copy=False)
             keys = block.keys.slice(start, stop - start)
             for best in self._best.values():
                 best.add_block(scores, keys)

@@ -39,15 +39,16 @@ def _concat(parts: list[np.ndarray]) -> np.ndarray:
 
 
 def query_matrix(score: Score, phis: Sequence[np.ndarray], states: Sequence, weights: Sequence[float]) -> np.ndarray:
-    """(queries, Σk) float32: each checkpoint's query features times its weight, side by side."""
+    """(queries, Σk) in the score's dtype: each checkpoint's query features times its weight, side by side."""
     return _concat(
-        [np.asarray(w * score.query_features(np.asarray(p, np.float32), s), np.float32) for p, s, w in zip(phis, states, weights)]
+        [np.asarray(w * score.query_features(np.asarray(p, np.float32), s), score.dtype) for p, s, w in zip(phis, states, weights)]
     )
 
 
 def train_matrix(score: Score, phis: Sequence[np.ndarray], states: Sequence) -> np.ndarray:
-    """(rows, Σk) float32: each checkpoint's training features side by side (no copy for one float32 checkpoint)."""
-    return _concat([np.asarray(score.train_features(np.asarray(p, np.float32), s), np.float32) for p, s in zip(phis, states)])
+    """(rows, Σk) in the score's dtype: each checkpoint's training features side by side (no copy for one float32
+    checkpoint of a float32 score)."""
+    return _concat([np.asarray(score.train_features(np.asarray(p, np.float32), s), score.dtype) for p, s in zip(phis, states)])
 
 
 def self_influence(score: Score, phis: Sequence[np.ndarray], states: Sequence, weights: Sequence[float]) -> np.ndarray:

@@ -19,6 +19,7 @@ class Score:
     name = ""
     needs_gram = False  # True: the training projections' Gram matrix is accumulated in a first pass
     has_self_influence = True
+    dtype = np.float32  # the features' precision, and the scoring product's
 
     def train_features(self, phi: np.ndarray, state: np.ndarray | None) -> np.ndarray:
         """(rows, k) training projections -> (rows, k) features."""
