@@ -73,8 +73,10 @@ class IntegratedGradients(InputAttribution):
         rows = int(inputs[0].shape[0])
 
         def step(first, size, sums):
-            alpha = tf.repeat(alphas[first : first + size], rows)  # per point, laid out as tile_rows
-            weight = weights[first : first + size]
+            # tf.slice, not alphas[first : first + size]: under XLA that slice came back whole when `first` is
+            # the while loop's tensor (steps over two or more chunks with --jit_compile: a shape error)
+            alpha = tf.repeat(tf.slice(alphas, [first], [size]), rows)  # per point, laid out as tile_rows
+            weight = tf.slice(weights, [first], [size])
             points = [tile_rows(x, size) for x in inputs]
             for i, x, b in zip(self.floating, xs, baselines):
                 path = tile_rows(b, size) + tf.reshape(alpha, (-1,) + (1,) * (len(x.shape) - 1)) * tile_rows(x - b, size)
