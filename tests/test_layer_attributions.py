@@ -6,6 +6,8 @@ GradientTape on the activation, one row at a time. The engine instead splits the
 model by replacing the layer's call; the two must agree.
 """
 
+import dataclasses
+
 import numpy as np
 import keras
 import pytest
@@ -81,6 +83,17 @@ def transformer():
     return model, "emb", lambda a, ids: rest(position(a))
 
 
+def masked_embedding_conv1d():
+    """A common text CNN: Conv1D takes no mask, so the model reads the padding's embeddings (the output does not
+    depend on the mask); its attribution at the padding is part of the whole, not zero."""
+    ids = keras.Input((LENGTH,), dtype="int32", name="tokens")
+    emb = keras.layers.Embedding(VOCAB, WIDTH, mask_zero=True, name="emb")
+    conv = keras.layers.Conv1D(4, 3, padding="same", activation="tanh", name="conv")
+    pool, head = keras.layers.GlobalAveragePooling1D(), keras.layers.Dense(CLASSES, activation="softmax")
+    model = keras.Model(ids, head(pool(conv(emb(ids)))))
+    return model, "emb", lambda a, ids: head(pool(conv(a)))
+
+
 def token_and_float():
     ids = keras.Input((LENGTH,), dtype="int32", name="tokens")
     floats = keras.Input((3,), name="features")
@@ -108,6 +121,7 @@ MODELS = {
     "lstm": recurrent(keras.layers.LSTM),
     "gru": recurrent(keras.layers.GRU),
     "transformer": transformer,
+    "masked_embedding_conv1d": masked_embedding_conv1d,
     "token_and_float": token_and_float,
     "nested": nested,
 }
@@ -175,14 +189,16 @@ def test_layer_attribution_equals_an_eager_tape_on_the_rest_of_the_network(name,
     want, gaps = _reference(model, layer, tail, xs, method)
     mask = _mask(model, xs)
     assert result["mask__" + layer].tolist() == mask.tolist()
-    want = want * mask[:, :, None]  # padding zeroed
     assert np.abs(want).max() > 1e-4
-    assert_close(result[f"gradient__{layer}"], want, rtol=2e-4, atol=2e-6)
+    assert_close(result[f"gradient__{layer}"], want, rtol=2e-4, atol=2e-6)  # the mask marks padding, zeroes nothing
     assert_close(result[f"token_scores__{layer}"], want.sum(-1), rtol=2e-4, atol=5e-6)
-    assert (result[f"token_scores__{layer}"][mask == 0] == 0).all()
+    if name == "masked_embedding_conv1d":  # the model reads its padding: the attribution there is not zero
+        assert np.abs(result[f"token_scores__{layer}"][mask == 0]).max() > 1e-4
+    elif (mask == 0).any():  # a model that honours its mask gives padding zero gradient by itself
+        assert (result[f"token_scores__{layer}"][mask == 0] == 0).all()
     if method == "integrated_gradients":  # completeness at the layer
         assert_close(result["ig_delta"], result[f"gradient__{layer}"].reshape(ROWS, -1).sum(1) - gaps, atol=1e-5)
-        if name != "conv1d":  # the mask-aware models ignore padding, so zeroing it keeps completeness
+        if name != "conv1d":  # the scores add up to f(x) - f(b) (the ReLU and max pooling need more steps)
             assert_close(result[f"token_scores__{layer}"].sum(1), gaps, rtol=0.05, atol=2e-3)
 
 
@@ -212,6 +228,12 @@ def test_pad_token_zeroes_its_positions_without_a_keras_mask():
     assert 0 < mask.sum() < mask.size
     assert result["mask__emb"].tolist() == mask.tolist()
     assert_close(result["gradient__emb"], want * mask[:, :, None], rtol=2e-4, atol=2e-6)
+    # --clip_norm clips what is written: the norm is measured after the padding is zeroed, not before
+    visible = np.linalg.norm((want * mask[:, :, None]).reshape(ROWS, -1), axis=1)
+    clip = float(np.median(visible))
+    clipped = GradientEngine(from_keras(model), dataclasses.replace(spec, clip_norm=clip), batch_size=ROWS)(xs)["gradient__emb"]
+    factor = np.minimum(1.0, clip / visible)[:, None, None]
+    assert_close(clipped, want * mask[:, :, None] * factor, rtol=2e-4, atol=2e-6)
 
 
 def test_smoothgrad_at_a_layer_is_the_mean_gradient_at_noisy_activations_and_ignores_the_batch_size():

@@ -152,3 +152,16 @@ def test_without_a_summary_the_table_is_computed_from_the_output(text_job, tmp_p
     assert_close([v["mean"] for _, v in second.table], [v["mean"] for v in overall], rtol=1e-12)
     # no vocabulary there: tokens are shown by id
     assert {s["text"] for r in second.rows for s in r["spans"]} <= {str(t) for t in range(VOCAB)}
+
+
+def test_padding_the_model_used_is_coloured_with_its_score_and_padding_it_ignored_is_not():
+    """A model that drops the mask (a Conv1D after the embedding) reads its padding: that part of the attribution
+    is shown, inside the padding's dashed border, where a zero one stays uncoloured."""
+    from pipeline.report.text import colour, row_html
+
+    page = row_html("row 0", np.array([0.5, -0.25, 0.0]), np.array([1, 0, 0]), np.array([4, 0, 0]), {4: "good"}, 1.0)
+    spans = page.split("<span")[2:]  # after the row label
+    assert 'title="good (position 0): 0.5"' in spans[0] and colour(0.5, 1.0) in spans[0]
+    assert 'class="token pad"' in spans[1] and "padding the model used): -0.25" in spans[1]
+    assert colour(-0.25, 1.0) in spans[1] and "dashed" in spans[1]
+    assert 'title="padding (position 2)"' in spans[2] and "background" not in spans[2]

@@ -87,17 +87,21 @@ def _token_label(token_id, names: dict[int, str]) -> str:
 
 
 def row_html(label: str, scores: np.ndarray, mask: np.ndarray, ids, names: dict[int, str], scale: float) -> str:
-    """One row: a span per position with its token (escaped), the score in its title; padding marked, uncoloured."""
+    """One row: a span per position with its token (escaped), the score in its title. Padding is marked with a
+    dashed border, uncoloured where its score is zero, coloured where the model used it (a model that drops the
+    mask on the way: its padding holds part of the attribution)."""
     spans = []
     for position, (score, real) in enumerate(zip(scores, mask)):
         token = _token_label(ids[position] if ids is not None else None, names) if ids is not None else f"#{position}"
-        if not real:
+        if not real and score == 0:
             spans.append(f'<span class="token pad" title="padding (position {position})" style="color:#999;'
                          f'border:1px dashed #bbb;padding:0 .2em;margin:1px">{html.escape(token)}</span>')
             continue
+        where = f"position {position}" if real else f"position {position}, padding the model used"
         spans.append(
-            f'<span class="token" title="{html.escape(f"{token} (position {position}): {score:.4g}")}" '
-            f'style="background:{colour(score, scale)};padding:0 .2em;margin:1px">{html.escape(token)}</span>'
+            f'<span class="token{"" if real else " pad"}" title="{html.escape(f"{token} ({where}): {score:.4g}")}" '
+            f'style="background:{colour(score, scale)};{"" if real else "border:1px dashed #bbb;"}padding:0 .2em;'
+            f'margin:1px">{html.escape(token)}</span>'
         )
     total = float(np.abs(scores).sum())
     values = html.escape(json.dumps({"row": label, "abs_sum": total}), quote=True)

@@ -14,9 +14,13 @@ range). Columns, per head:
 - where one integer model input has shape (positions,): `tokens__<layer>`, its ids (the job's token aggregates
   read them).
 
-Padding positions (the Keras mask the layer's output carries, e.g. from an
-`Embedding(mask_zero=True)`, and/or the positions whose token equals `pad_token`)
-get zero attribution in both columns. `ig_delta` is measured before that zeroing.
+Padding positions are the Keras mask the layer's output carries (e.g. from an
+`Embedding(mask_zero=True)`) and the positions whose token equals `pad_token`. The
+mask only marks them: a model that honours it gives them zero gradient by itself, and
+one that drops it on the way (a `Conv1D` after the embedding) does use them, so
+zeroing them would hide part of the attribution (its token scores no longer added up
+to f(x) - f(baseline), while `ig_delta`, measured before, said they did). `pad_token`
+positions are zeroed, as asked, before clipping: `ig_delta` is measured before that.
 """
 
 from __future__ import annotations
@@ -73,7 +77,8 @@ class Layer(Inputs):
                 "{pad_token} needs one integer input of shape %s (the tokens of {layer} %s's positions); "
                 "the model has none or several" % (self.shape[:1], self.layer)
             )
-        self.mask = None  # [batch, positions] float32, 1 for a real position; set by `enter`, at trace time
+        self.mask = None  # [batch, positions] int8, 1 for a real position; set by `enter`, at trace time
+        self.kept = None  # [batch, positions] float32, 0 where the token is pad_token (zeroed); set by `enter`
         self.token_ids = None  # [batch, positions], the token input; set by `enter`
 
     def _token_input(self) -> int | None:
@@ -103,12 +108,13 @@ class Layer(Inputs):
         if self.token_input is not None:
             self.token_ids = points[self.token_input]
         if self.positional:
-            keep = tf.ones(tf.shape(activation)[:2], tf.bool)
-            if mask is not None:
-                keep &= tf.cast(tf.reshape(mask, tf.shape(keep)), tf.bool)
+            real = tf.ones(tf.shape(activation)[:2], tf.bool)
             if self.spec.pad_token is not None:
-                keep &= tf.not_equal(tf.cast(self.token_ids, tf.int64), self.spec.pad_token)
-            self.mask = tf.cast(keep, tf.float32)
+                real &= tf.not_equal(tf.cast(self.token_ids, tf.int64), self.spec.pad_token)
+                self.kept = tf.cast(real, tf.float32)
+            if mask is not None:
+                real &= tf.cast(tf.reshape(mask, tf.shape(real)), tf.bool)
+            self.mask = tf.cast(real, tf.int8)
         return points
 
     def _connected(self, gradient, x, index, head):
@@ -120,14 +126,16 @@ class Layer(Inputs):
     def columns(self, gradients):
         values = {}
         for head, grads in zip(self.target.heads, gradients):
-            (g,) = clip(grads, self.spec.clip_norm, self.spec.clip_per_tensor)
+            (g,) = grads
+            if self.kept is not None:
+                g = g * self.kept[:, :, None]
+            (g,) = clip([g], self.spec.clip_norm, self.spec.clip_per_tensor)  # the norm of what is written
             if self.positional:
-                g = g * self.mask[:, :, None]
                 scores = tf.reduce_sum(g, -1) if self.spec.token_score == "sum" else tf.norm(g, axis=-1)
                 values[_suffix(f"token_scores__{self.layer}", head)] = scores
             values[gradient_name(self.layer, head, True)] = g
         if self.positional:
-            values[f"mask__{self.layer}"] = tf.cast(self.mask, tf.int8)
+            values[f"mask__{self.layer}"] = self.mask
         if self.token_input is not None:
             values[f"tokens__{self.layer}"] = self.token_ids
         return values
