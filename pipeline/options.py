@@ -340,6 +340,8 @@ def check_prefix(prefix: str | None, flag: str, name: str = "gradients", written
             f"{flag} {where} holds {' and '.join(map(repr, wildcards))}, which Beam's file sink reads as "
             "wildcards in the output's file names; give a prefix whose path has no '[', '*' or '?'"
         )
+    if remote and not prefix.endswith("/"):
+        _check_remote_segments(prefix, flag)
     if prefix.endswith("/") or (not remote and (prefix.endswith(os.sep) or os.path.isdir(prefix))):
         folder = prefix.rstrip("/" + os.sep) or prefix
         example = f"{folder}/{name}" if folder != "/" else f"/{name}"
@@ -347,6 +349,23 @@ def check_prefix(prefix: str | None, flag: str, name: str = "gradients", written
             f"{flag} {prefix!r} is a folder, but {flag} takes a prefix of file names "
             f"(<prefix>-SSSSS-of-NNNNN.parquet, <prefix>_SUCCESS, ...); give one inside it, e.g. "
             + (f"{flag} {example}" if flag.startswith("-") else example)
+        )
+
+
+def _check_remote_segments(prefix: str, flag: str) -> None:
+    """An object store's path is a name, not a folder tree: `gs://b/data//g` would name the marker `data//g_SUCCESS`,
+    while Beam's file system joins drop the empty segment and put the shards at `data/g-...`, beside the input
+    `data/*.parquet` that the overlap checks compared against `data//g`. A reviewer saw each rerun read its own
+    earlier output. So a remote prefix has no empty, '.' or '..' segment."""
+    scheme, _, path = prefix.partition("://")
+    segments = path.split("/")
+    odd = list(dict.fromkeys(f"'/{s}/'" if s else "'//'" for s in segments[1:] if s in ("", ".", "..")))
+    if odd:
+        tidy = f"{scheme}://" + "/".join(s for s in segments if s not in ("", "."))
+        hint = f"; give {tidy}" if "'/../'" not in odd else ""
+        raise OptionsError(
+            f"{flag} {prefix!r} holds {' and '.join(odd)}: an object store keeps it in the files' names while "
+            f"Beam's file system may drop it, so the job's files would not all land where its checks look{hint}"
         )
 
 

@@ -154,6 +154,21 @@ def test_checks_hold_where_the_working_folder_holds_a_wildcard(tmp_path, monkeyp
     check_prefix("out/g", "OUTPUT_PREFIX", written=False)  # a report reads such a folder
 
 
+def test_a_remote_prefix_with_an_empty_or_dot_segment_is_refused_before_anything_is_read():
+    """On gs://, `data//g` passed the overlap checks against `data/*.parquet` while Beam's joins wrote the shards
+    at `data/g-...`, inside that glob: each rerun read its earlier output (300, 600, then 900 rows)."""
+    from pipeline.options import GradientOptions, check_values, parse
+
+    job = parse(["--input", "gs://b/data/*.parquet", "--output", "gs://b/data//g", "--model", "m.keras"])
+    with pytest.raises(OptionsError, match=re.escape("--output 'gs://b/data//g' holds '//': ") + ".*; give gs://b/data/g$"):
+        check_values(job.view_as(GradientOptions))
+    with pytest.raises(OptionsError, match=re.escape("--rejected 'gs://b/out/./r' holds '/./'")):
+        check_prefix("gs://b/out/./r", "--rejected")
+    with pytest.raises(OptionsError, match=re.escape("holds '/../'") + ".*look$"):
+        check_prefix("gs://b/out/../g", "--output")
+    check_prefix("gs://b/data/g", "--output")
+
+
 def test_influence_needs_its_inputs_markers_unless_allow_incomplete(tmp_path, capsys):
     rng = np.random.default_rng(0)
     write_projections(tmp_path / "train/p", {"id": np.arange(8)}, rng.normal(size=(8, 4)))
