@@ -42,7 +42,7 @@ WHY = {
     "SIGABRT": "a native abort",
     "SIGTERM": "terminated",
 }
-NOTHING_COMMITTED = "nothing was committed (no _SUCCESS marker), and an earlier output is left as it was"
+NOTHING_COMMITTED = "nothing was committed (this run wrote no _SUCCESS marker), and an earlier output is left as it was"
 
 _supervised_folder: str | None = None  # set in the child the command line's supervisor forked
 
@@ -150,15 +150,17 @@ class WorkerWatch:
             raise WorkerDied(line) from err
         return False
 
-    def committed(self) -> None:
-        """The output is in place: a death from now on lost nothing."""
-        with contextlib.suppress(OSError):
-            open(os.path.join(self.folder, COMMITTED), "w").close()
-
     def close(self) -> None:
         """Remove the folder (the supervisor removes its own)."""
         if not self.supervised:
             shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def mark_committed() -> None:
+    """The output is in place: a death from now on lost nothing (the command line's supervisor reads this)."""
+    if _supervised_folder is not None:
+        with contextlib.suppress(OSError):
+            open(os.path.join(_supervised_folder, COMMITTED), "w").close()
 
 
 def supervised(run) -> int:

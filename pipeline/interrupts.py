@@ -40,17 +40,29 @@ def catching_interrupts():
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
+DEFERRED = (signal.SIGTERM, signal.SIGHUP)  # a scheduler stopping the job: it waits for the block's end
+
+
 @contextlib.contextmanager
 def uninterrupted():
-    """Ctrl-C is ignored inside (the commit: milliseconds of moves that must not stop half-way)."""
+    """Inside (the commit: moves that must not stop half-way), Ctrl-C is ignored and a SIGTERM or SIGHUP waits:
+    it is raised again at the end. A SIGTERM in the middle of a commit used to leave neither the earlier output
+    nor the new one (its marker removed, half its shards moved)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    pending: list[int] = []
+    previous = {signal.SIGINT: signal.signal(signal.SIGINT, signal.SIG_IGN)}
+    for sig in DEFERRED:
+        if signal.getsignal(sig) not in (signal.SIG_IGN, None):  # None: a handler set outside Python, left alone
+            previous[sig] = signal.signal(sig, lambda signum, frame: pending.append(signum))
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for signum in dict.fromkeys(pending):
+            signal.raise_signal(signum)
 
 
 def was_interrupted(err: BaseException) -> bool:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 from typing import Callable
 
-from pipeline.crashes import WorkerDied
+from pipeline.crashes import WorkerDied, mark_committed
 from pipeline.interrupts import uninterrupted
 from pipeline.outputs import StagedOutputs
 
@@ -37,8 +37,9 @@ def run_staged(
             result.wait_until_finish()
         rows = staged.count_rows()
         marker = reconcile(rows)
-        with uninterrupted():  # milliseconds of moves that must not stop half-way
+        with uninterrupted():  # moves that must not stop half-way (a rename is a copy and a delete on an object store)
             placed = staged.commit(marker)
+            mark_committed()
     except BaseException as err:
         if isinstance(err, WorkerDied) and result is not None:  # a job service or cluster would go on with it
             with contextlib.suppress(Exception):

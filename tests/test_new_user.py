@@ -115,6 +115,44 @@ def test_ctrl_c_exits_130_with_one_line_and_leaves_no_staging_no_workers_and_the
     assert not [pid for pid in workers_seen if _alive(pid)]  # no worker outlives the command
 
 
+def test_sigterm_during_the_commit_waits_for_its_end_and_the_new_output_is_whole(demo, tmp_path):
+    """A scheduler's SIGTERM while the files move into place (slowed here to a second a move, as on an object store,
+    where a rename is a copy and a delete) used to stop the moves half-way: the earlier marker gone, half the new
+    shards moved, and a line saying the earlier output was left as it was. Now the commit finishes first."""
+    from pipeline.reader import read_arrays
+
+    out, flag = tmp_path / "out", tmp_path / "moving"
+    common = ["--runner=DirectRunner", f"--input={demo}/data", f"--model={demo}/model.keras", f"--output={out}/g",
+              "--keep_columns=id", "--quiet"]
+    done, _ = _cli(*common, "--num_shards=2")  # an earlier output, of two shards
+    assert done.returncode == 0, done.stderr
+    code = (  # the commit's moves (the main thread's; Beam's sink renames its temp files on a pool) slowed
+        "import sys, threading, time\n"
+        "from apache_beam.io.filesystems import FileSystems\n"
+        "rename = FileSystems.rename\n"
+        "def slow(*args):\n"
+        "    if threading.current_thread() is threading.main_thread():\n"
+        f"        open({str(flag)!r}, 'w').close(); time.sleep(1.0)\n"
+        "    return rename(*args)\n"
+        "FileSystems.rename = staticmethod(slow)\n"
+        "from pipeline.cli import main\n"
+        "sys.exit(main())\n"  # the command line's own process, under its supervisor, as the console script runs
+    )
+    process = subprocess.Popen([sys.executable, "-c", code, *common, "--num_shards=1"], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, env=ENV, cwd=ROOT)
+    deadline = time.monotonic() + 240
+    while not flag.exists():
+        assert time.monotonic() < deadline and process.poll() is None, process.communicate()
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGTERM
+    assert err.strip().splitlines() == ["beam-gradients: stopped by SIGTERM; its output was committed"]
+    assert sorted(n for n in os.listdir(out) if n.endswith(".parquet") and "rejected" not in n) == ["g-00000-of-00001.parquet"]
+    ids = read_arrays(str(out / "g"))["id"]  # complete: its marker lists every shard, each as written
+    assert sorted(ids.tolist()) == list(range(3000))
+
+
 @pytest.mark.parametrize("slash", ["", "/"])
 def test_an_existing_folder_as_output_prefix_is_refused_with_a_valid_prefix_shown(tmp_path, slash):
     folder = tmp_path / "out"

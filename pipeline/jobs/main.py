@@ -396,7 +396,6 @@ def _run_watched(options, job, plan, loaded, inputs, rows_in, prefixes, staged, 
             yield
 
     result, written, placed = run_staged(pipeline, staged, reconcile, running())
-    watch.committed()
     rows_out, rows_rejected = written[OUTPUT], written[REJECTED_OPTION]
     counters, pids = read_counters(result)
     reasons, other_reasons = top_reasons(placed[REJECTED_OPTION]) if rows_rejected else ([], 0)
