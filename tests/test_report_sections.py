@@ -7,7 +7,9 @@ self influence), as the demo runs them. Each figure carries what it drew in
 `data-values`; the tests recompute it from the output files with numpy.
 """
 
+import glob
 import re
+import shutil
 
 import keras
 import numpy as np
@@ -252,3 +254,17 @@ def test_per_class_means_come_from_the_jobs_summary_where_it_grouped_by_the_clas
     for c, drawn in zip(range(CLASSES), means["maps"]):
         np.testing.assert_allclose(drawn, magnitude[out["label"] == c].mean(axis=0), rtol=1e-9)
     assert len(_table(page, "confusion")) == CLASSES
+
+
+def test_a_rerun_without_self_influence_reports_what_its_marker_lists_not_the_old_shard_beside_it(jobs, tmp_path):
+    """The rerun leaves the first run's self-influence shard (no prefix of its own to clean); the report read it
+    from the folder, found no marker for it and refused the page. The complete output's marker has the say."""
+    tmp, _, _ = jobs
+    shutil.copytree(tmp / "i", tmp_path / "i")
+    assert glob.glob(str(tmp_path / "i/inf_self_influence-*.parquet"))
+    assert cli(["influence", "--runner=DirectRunner", "--train", f"{tmp}/p/g-*.parquet", "--query", f"{tmp}/p/g-*.parquet",
+                "--output", str(tmp_path / "i/inf"), "--top_k", "3", "--keep_columns", "id"]) == 0
+    assert glob.glob(str(tmp_path / "i/inf_self_influence-*.parquet"))  # still there, listed by no marker
+    page = open(write_report(str(tmp_path / "i/inf"), output=str(tmp_path / "i.html"), top=3)).read()
+    assert page.count('<table class="influence">') == influence_module.MAX_QUERIES
+    assert "self-influence" not in page and "Self influence" not in page

@@ -69,7 +69,8 @@ def write_report(
         parts.append(run_section(prefix, marker, metadata, "(influence output)", problem))
         label = training_label_column(prefix, complete)
         beside = self_influence or prefix + SELF_INFLUENCE_SUFFIX
-        has_self = bool(output_shards(beside, require_complete=False))
+        # a complete output's marker says whether it has self influence: a rerun without it leaves the old shards
+        has_self = find_marker(beside) is not None if complete else bool(output_shards(beside, require_complete=False))
         first = most_self_influential(beside, complete) if has_self else None
         parts.append(influence_section(prefix, complete, top, input_pattern, label, first))
         if has_self:
