@@ -146,9 +146,7 @@ def _main(argv: Sequence[str] | None, fault, progress_every: float | None) -> in
         notes = "; ".join(getattr(err, "__notes__", ()))
         hint = "" if debug else f" ({notes + '; ' if notes else ''}rerun with --debug for the traceback)"
         return _fail(f"the job failed: {failure_line(err)}{hint}", EXIT_FAILED, debug)
-    print(summary)
-    for line in demo_lines:
-        print(line)
+    _print_lines([str(summary), *demo_lines])
     if not influence:
         from pipeline.jobs.main import TooManyRejected, check_rejected
 
@@ -158,6 +156,17 @@ def _main(argv: Sequence[str] | None, fault, progress_every: float | None) -> in
             print(f"beam-gradients: error: {flag_error(err)}", file=sys.stderr)
             return EXIT_TOO_MANY_REJECTED
     return EXIT_OK
+
+
+def _print_lines(lines: Sequence[str]) -> None:
+    """The summary on stdout. Where its reader has gone (`| head`), the output is committed all the same: the
+    rest is dropped, not a BrokenPipeError's traceback and exit 1 (and the rejected-rows check still runs)."""
+    try:
+        for line in lines:
+            print(line)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's own advice: no second error at exit
 
 
 def _without_step(line: str) -> str:

@@ -360,3 +360,23 @@ def test_input_errors_that_need_no_model_answer_about_as_fast_as_help(tmp_path, 
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and says in lines[0], lines
     assert seconds <= 1.5 * help_seconds + 1.0, (seconds, help_seconds)
+
+
+def test_a_reader_of_stdout_that_goes_away_costs_no_traceback_and_the_rejected_check_still_runs(tmp_path):
+    """`beam-gradients ... | head -0`: the output is committed before the summary is printed; a closed pipe then
+    gave a BrokenPipeError's traceback, exit 1, and skipped the --max_rejected_fraction check."""
+    rows = [[1.0, 2.0, 3.0]] * 10
+    rows[0] = None  # one row of ten rejected
+    write_parquet(tmp_path / "in/a.parquet", {"id": np.arange(10), "x": pa.array(rows, pa.list_(pa.float32()))})
+    args = ["--runner=DirectRunner", f"--input={tmp_path}/in", f"--model={save(_mlp(), tmp_path)}",
+            f"--output={tmp_path}/out/g", "--quiet"]
+    for extra, code in (([], 0), (["--max_rejected_fraction=0.05"], 3)):
+        process = subprocess.Popen([sys.executable, "-m", "pipeline", *args, *extra], stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True, env=ENV, cwd=ROOT)
+        process.stdout.close()  # the reader is gone before the job prints
+        err = process.stderr.read()
+        assert process.wait(timeout=300) == code, err
+        assert "Traceback" not in err and "BrokenPipe" not in err
+        assert (tmp_path / "out/g_SUCCESS").exists()
+        if code == 3:
+            assert err.startswith("beam-gradients: error: 10.0% of rows were rejected (1 of 10), above --max_rejected_fraction")
