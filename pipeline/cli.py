@@ -137,6 +137,8 @@ def _main(argv: Sequence[str] | None, fault, progress_every: float | None) -> in
     except KeyboardInterrupt:
         return _interrupted(debug)
     except WorkerDied as err:  # the local runner's other workers are ended; a job service's job was cancelled
+        if was_interrupted(err):  # a Ctrl-C ends the local workers itself: the watcher may see that first
+            return _interrupted(debug)
         with uninterrupted():
             end_worker_processes()
         return _fail(f"the job failed: {err}", EXIT_WORKER_DIED, debug)
