@@ -340,3 +340,29 @@ def test_a_transformer_encoder_through_the_job_token_scores_equal_an_eager_tape(
     assert_close(scores, attributions.sum(-1), rtol=1e-4, atol=1e-6)
     assert_close(out.column("ig_delta").to_numpy(), attributions.sum((1, 2)) - gaps, rtol=1e-3, atol=1e-6)
     assert out.column(f"tokens__{layer}").combine_chunks().to_numpy_ndarray().tolist() == xs[0].tolist()
+
+
+def test_token_ids_beside_an_integer_padding_mask_are_the_ones_the_embedding_reads():
+    """A BERT-style pair of (positions,) integer inputs: the ids and a 0/1 padding mask. The layer's tokens are the
+    ids, which the Embedding reads; with two candidates there used to be no tokens column and no --pad_token."""
+    ids = keras.Input((LENGTH,), dtype="int32", name="token_ids")
+    padding = keras.Input((LENGTH,), dtype="int32", name="padding_mask")
+    emb = keras.layers.Embedding(VOCAB, WIDTH, name="emb")
+    weights = keras.layers.Reshape((LENGTH, 1))(keras.layers.Rescaling(1.0)(padding))
+    pooled = keras.layers.GlobalAveragePooling1D()(keras.layers.Multiply()([emb(ids), weights]))
+    model = keras.Model([ids, padding], keras.layers.Dense(CLASSES)(pooled))
+    tokens = _tokens()
+    xs = [tokens, (tokens != 0).astype(np.int32)]
+    spec = GradientSpec(wrt="layer", layer="emb", target="predicted", pad_token=0)
+    result = GradientEngine(from_keras(model), spec, batch_size=ROWS)(xs)
+    assert result["tokens__emb"].tolist() == tokens.tolist()
+    assert result["mask__emb"].tolist() == (tokens != 0).astype(np.int8).tolist()
+
+
+def test_pad_token_at_a_layer_with_fewer_positions_than_tokens_says_so():
+    ids = keras.Input((LENGTH,), dtype="int32", name="tokens")
+    conv = keras.layers.Conv1D(4, 3, padding="valid", name="conv")(keras.layers.Embedding(VOCAB, WIDTH)(ids))
+    model = keras.Model(ids, keras.layers.Dense(CLASSES)(keras.layers.GlobalAveragePooling1D()(conv)))
+    with pytest.raises(SpecError, match=r"^pad_token needs the tokens at layer conv's positions; the model's integer "
+                                        r"inputs are tokens \(8,\): a layer that changes the number of positions"):
+        GradientEngine(from_keras(model), GradientSpec(wrt="layer", layer="conv", pad_token=0), batch_size=ROWS)

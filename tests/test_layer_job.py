@@ -96,6 +96,10 @@ def test_bad_layer_and_integer_inputs_fail_in_one_line(tmp_path, capsys):
     assert "--wrt layer --layer <name>" in line and "(its embedding layers: emb)" in line
     line = _cli_error(capsys, *base, "--layer", "emb")
     assert "--layer" in line and "not used" in line
+    # --vocab names token ids; at a layer with no tokens column it named nothing, and was taken without a word
+    pooling = keras.models.load_model(path).layers[2].name  # (6,) features, no positions: no tokens column
+    line = _cli_error(capsys, *base, "--wrt", "layer", "--layer", pooling, "--vocab", tmp_path / "v.txt")
+    assert f"--vocab '{tmp_path / 'v.txt'}' names token ids, but this job writes none" in line
 
 
 def test_token_aggregates_per_id_and_per_group_with_a_vocabulary(tmp_path):

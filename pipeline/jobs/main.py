@@ -22,6 +22,7 @@ from pipeline.crashes import WorkerWatch
 from pipeline.options import (
     DASK_RUNNERS,
     GradientOptions,
+    OptionsError,
     check_required,
     check_values,
     flag_error,
@@ -245,6 +246,11 @@ def _plan_with_model(job, inputs, footers, schemas, ref, input_map, keys, featur
         )
     except SpecError as err:
         raise flag_error(err) from None
+    if job.vocab and not any(c.kind == "tokens" for c in plan.layout.columns):  # it names nothing: said, not ignored
+        raise OptionsError(
+            f"--vocab {job.vocab!r} names token ids, but this job writes none: a tokens__<layer> column needs "
+            "--wrt layer at a layer of positions x features whose tokens one integer model input holds"
+        )
     check_same_columns(inputs.paths, schemas, plan.read_columns, [f.num_rows for f in footers], ref)
     return plan, loaded, inputs, sum(meta.num_rows for meta in footers)
 

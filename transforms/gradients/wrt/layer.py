@@ -11,8 +11,8 @@ range). Columns, per head:
   the attribution reduced over the features axis (`token_score`: `sum`, so that
   integrated gradients' token scores add up to f(x) - f(baseline); or `l2`, the
   norm, for a magnitude), and `mask__<layer>` (int8, 1: a real position, 0: padding);
-- where one integer model input has shape (positions,): `tokens__<layer>`, its ids (the job's token aggregates
-  read them).
+- where one integer model input has shape (positions,) (of several, the one an Embedding reads: ids beside an
+  integer padding mask): `tokens__<layer>`, its ids (the job's token aggregates read them).
 
 Padding positions are the Keras mask the layer's output carries (e.g. from an
 `Embedding(mask_zero=True)`) and the positions whose token equals `pad_token`. The
@@ -32,7 +32,7 @@ from transforms.gradients.ops import clip
 from transforms.gradients.settings import Setting
 from transforms.gradients.outputs import Output, gradient_name
 from transforms.gradients.wrt.inputs import Inputs
-from transforms.gradients.wrt.layer_split import LayerSplit, find_layer
+from transforms.gradients.wrt.layer_split import LayerSplit, embedding_consumers, find_layer
 
 # Baselines that make sense at a layer's activation (the others are built from the input columns).
 LAYER_BASELINES = ("zeros", "value", "token")
@@ -74,19 +74,35 @@ class Layer(Inputs):
         self.token_input = self._token_input()  # the model input (index in the split's inputs) holding the tokens
         if spec.pad_token is not None and self.token_input is None:
             raise SpecError(
-                "{pad_token} needs one integer input of shape %s (the tokens of {layer} %s's positions); "
-                "the model has none or several" % (self.shape[:1], self.layer)
+                "{pad_token} needs the tokens at {layer} %s's positions; %s" % (self.layer, self._why_no_tokens())
             )
         self.mask = None  # [batch, positions] int8, 1 for a real position; set by `enter`, at trace time
         self.kept = None  # [batch, positions] float32, 0 where the token is pad_token (zeroed); set by `enter`
         self.token_ids = None  # [batch, positions], the token input; set by `enter`
 
     def _token_input(self) -> int | None:
-        """The index of the one integer model input of shape (positions,): its tokens sit at the layer's positions."""
+        """The index of the integer model input of shape (positions,) whose tokens sit at the layer's positions:
+        the one such input, or of several (token ids beside an integer padding mask) the one an Embedding reads."""
         if not self.positional:
             return None
         found = [i for i, t in enumerate(self.model.inputs) if t.dtype.is_integer and t.shape == self.shape[:1]]
+        if len(found) > 1:
+            read = embedding_consumers(self.model.full)
+            found = [i for i in found if self.model.inputs[i].name in read]
         return found[0] if len(found) == 1 else None
+
+    def _why_no_tokens(self) -> str:
+        if not self.positional:
+            return f"its output has shape {tuple(self.shape)}, not positions x features"
+        integer = [t for t in self.model.inputs if t.dtype.is_integer]
+        same = [t.name for t in integer if t.shape == self.shape[:1]]
+        if len(same) > 1:
+            return f"the integer inputs {', '.join(same)} all have {len(self.shape) and self.shape[0]} positions, and no one of them alone is read by an Embedding"
+        if integer:
+            return (f"the model's integer inputs are {', '.join(f'{t.name} {tuple(t.shape)}' for t in integer)}: "
+                    "a layer that changes the number of positions (a 'valid' convolution, pooling) has no token "
+                    "at each of its positions")
+        return "the model has no integer input"
 
     def declare(self):
         outputs = []
