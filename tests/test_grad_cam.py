@@ -76,6 +76,25 @@ def test_a_named_layer_and_the_refusals():
         GradientSpec(method="grad_cam", samples=4)
 
 
+def test_the_default_layer_is_the_last_convolution_inside_a_nested_backbone_too():
+    """A backbone sub-model (as keras.applications give): its last convolution, where the top level has none."""
+    rng = np.random.default_rng(3)
+    image = keras.Input((10, 10, 2))
+    inner = keras.layers.Conv2D(3, 3, activation="relu", name="inner_last")
+    backbone = keras.Model(image, inner(keras.layers.Conv2D(4, 3, activation="relu")(image)), name="backbone")
+    outer_in = keras.Input((10, 10, 2))
+    model = keras.Model(outer_in, keras.layers.Dense(3)(keras.layers.GlobalAveragePooling2D()(backbone(outer_in))))
+    x = rng.normal(size=(4, 10, 10, 2)).astype(np.float32)
+    for method in ("grad_cam", "grad_cam_pp"):
+        default = GradientEngine(from_keras(model), GradientSpec(method=method, target="predicted"), 4)([x])
+        named = GradientEngine(from_keras(model), GradientSpec(method=method, target="predicted", layer="inner_last"), 4)([x])
+        assert default["gradient"].max() > 1e-4
+        np.testing.assert_array_equal(default["gradient"], named["gradient"])
+    flat = keras.Sequential([keras.Input((10, 10, 2)), keras.layers.Flatten(), keras.layers.Dense(2)])
+    with pytest.raises(SpecError, match=r"^method grad_cam_pp found no layer with filters"):
+        GradientEngine(from_keras(flat), GradientSpec(method="grad_cam_pp"), 2)
+
+
 def test_grad_cam_through_the_job_agrees_across_batch_sizes_and_processes(tmp_path):
     model, x = _load()
     x = np.concatenate([x, x[::-1] * 0.5])

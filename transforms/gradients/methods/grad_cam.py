@@ -39,20 +39,21 @@ class GradCAM(Method):
                 "this one has %s" % (self.name, ", ".join(f"{t.name} {t.shape}" for t in model.inputs))
             )
         self.input = images[0]
-        self.split = LayerSplit(model, self._layer(model, spec.layer))
+        self.split = LayerSplit(model, self._layer(model, spec.layer, self.name))
         if len(self.split.inputs[0].shape) != 3:
             raise SpecError("{method} %s needs {layer} to output feature maps (height, width, filters); "
                             "{value!r} outputs %s" % (self.name, self.split.inputs[0].shape), value=self.split.layer.name)
 
     @staticmethod
-    def _layer(model, name):
+    def _layer(model, name, method):
+        """The named layer, or the model's last layer with filters (a convolution), in a nested backbone too."""
         if name is not None:
             return find_layer(model, name)
         keras = keras_model(model)
-        found = [layer for layer in (keras.layers if keras is not None else [])[::-1] if hasattr(layer, "filters")]
+        found = list(_with_filters(keras)) if keras is not None else []
         if not found:
-            raise SpecError("{method} grad_cam found no layer with filters (a convolution); name one with {layer}")
-        return found[0]
+            raise SpecError("{method} %s found no layer with filters (a convolution); name one with {layer}" % method)
+        return found[-1]
 
     def attributed_shape(self, shape):
         return tuple(shape[:2])
@@ -75,3 +76,13 @@ class GradCAM(Method):
             cam = tf.nn.relu(tf.reduce_sum(maps * self.weights(gradients, maps), axis=-1))
             cams.append([tf.image.resize(cam[..., None], size, method=RESIZE)[..., 0]])
         return Attribution(cams, forward)
+
+
+def _with_filters(model):
+    """The layers with filters (convolutions) in the order the model calls them, inside sub-models too (a backbone
+    from keras.applications): a sub-model's `layers` are in its graph's order, where a recursive flattening is not."""
+    for layer in model.layers:
+        if hasattr(layer, "filters"):
+            yield layer
+        elif hasattr(layer, "layers"):
+            yield from _with_filters(layer)
