@@ -159,3 +159,13 @@ def test_one_parser_names_the_commands_and_run_is_the_default(capsys):
     with pytest.raises(SystemExit) as done:  # the report's own parser answers its --help
         main(["report", "--help"])
     assert done.value.code == 0 and "usage: beam-gradients report" in capsys.readouterr().out
+
+
+def test_debug_adds_the_traceback_on_every_command_the_report_too(tmp_path, capsys):
+    """docs/troubleshooting.md: `--debug` on any command; the report's parser refused it as unrecognized."""
+    missing = str(tmp_path / "nothing/g")
+    for extra in ([], ["--debug"]):
+        assert main(["report", missing, *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.strip().splitlines()[-1].startswith(f"beam-gradients report: error: {missing}: no output shards")
+        assert ("Traceback (most recent call last)" in err) == bool(extra)

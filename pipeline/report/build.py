@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import os
 import sys
+import traceback
 from typing import Sequence
 
 from pipeline.options import OptionsError, check_prefix
@@ -139,6 +140,7 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--seed", type=int, default=0, help="Seed of the random sample (default 0).")
     parser.add_argument("--influence", help="An influence job's output prefix, to show its neighbours too.")
     parser.add_argument("--self_influence", help="A self-influence output prefix, to show its ranking too.")
+    parser.add_argument("--debug", action="store_true", help="Show the traceback of an error.")
     args = parser.parse_args(argv)
     try:
         check_prefix(args.prefix, "OUTPUT_PREFIX", _prefix_inside(args.prefix), written=False)
@@ -146,6 +148,8 @@ def main(argv: Sequence[str]) -> int:
             args.prefix, args.input, args.output, args.top, args.sample, args.seed, args.influence, args.self_influence
         )
     except (InputError, OptionsError, OSError) as err:
+        if args.debug:
+            traceback.print_exc()
         print(f"beam-gradients report: error: {err}", file=sys.stderr)
         return 2
     try:
