@@ -522,3 +522,13 @@ def test_dataflow_dry_run_builds_every_branch(tmp_path):
     names = {t.unique_name for t in components.transforms.values()}
     expected = {"Gram/Sum", "Group2/Join", "Train0/Join/Group", "Train2/Score", "WriteInfluence", "WriteSelfInfluence"}
     assert expected <= names
+
+
+def test_an_output_prefix_given_for_its_files_says_where_its_shards_are(tmp_path, capsys):
+    rng = np.random.default_rng(1)
+    write_projections(tmp_path / "train/p", {"id": np.arange(4)}, rng.normal(size=(4, 3)).astype(np.float32))
+    assert influence(tmp_path, "--train", tmp_path / "train/p", "--query", tmp_path / "train/p") == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"beam-gradients: error: --train '{tmp_path}/train/p' matches no file (it is an output's prefix: its shards "
+        f"are {tmp_path}/train/p-*.parquet)"
+    ]

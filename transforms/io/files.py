@@ -57,6 +57,8 @@ def match_files(pattern: str, option: str | None = None) -> InputFiles:
     if not found:
         literal = "://" not in given and any(c in given for c in "*?[") and os.path.exists(given)
         hint = " ('[', '*' and '?' are wildcards there: write a literal '[' as '[[]')" if literal else ""
+        if not hint and _is_output_prefix(given):
+            hint = f" (it is an output's prefix: its shards are {given}-*{SUFFIX})"
         raise InputError(where + " matches no file" + hint, option=option, pattern=pattern)
     paths = [path for path, size in found if size]
     empty = [path for path, size in found if not size]
@@ -66,6 +68,16 @@ def match_files(pattern: str, option: str | None = None) -> InputFiles:
             option=option, pattern=pattern, empty=", ".join(empty[:3]),
         )
     return InputFiles(paths, empty)
+
+
+def _is_output_prefix(pattern: str) -> bool:
+    """A job's output prefix given where its files are meant (`--train out/proj`): it has shards."""
+    if any(c in pattern for c in "*?["):
+        return False
+    try:
+        return bool(FileSystems.match([pattern + "-*-of-*" + SUFFIX])[0].metadata_list)
+    except Exception:  # a hint only: no listing, no hint
+        return False
 
 
 def files_pattern(pattern: str) -> str:
