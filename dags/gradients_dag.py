@@ -2,7 +2,8 @@
 
 A run for day D reads `<input_base>/dt=D/*.parquet` and writes `<output_base>/dt=D/gradients-*.parquet`
 (rejected rows as `<output_base>/dt=D/_rejected-*.parquet`: in the partition, where its marker can vouch for
-them, and named with `_` so the dataset readers of Spark, Hive and pyarrow skip them and see one schema).
+them, and named with `_` so the dataset readers of Spark, Hive and pyarrow skip them and see one schema; the
+marker and the summary beside them are not Parquet: docs/scale.md shows how to point such a reader at the shards).
 The job stages its shards and moves them into place only when complete, replacing the earlier run's
 shards of that day, then writes `<output_base>/dt=D/gradients_SUCCESS`: rerunning or clearing a day
 replaces that day's partition instead of adding to it, a failed rerun leaves the earlier one, and

@@ -100,6 +100,12 @@ def test_dag_runs_one_day_into_its_partition_and_a_rerun_replaces_it(tmp_path, a
     assert f"{partition}/gradients: 40 in, 39 out, 1 rejected" in log  # the `complete` task read the marker
     rejected = read_output(tmp_path / f"out/dt={DAY}/_rejected")
     assert rejected.column("id").to_pylist() == [1000 + ROWS + 3]
+    # A partition reader, as docs/scale.md says to open it: the shards of every day, one schema, the day as a column
+    # (the marker and the summary are not Parquet: without exclude_invalid_files pyarrow stops on them)
+    import pyarrow.dataset as ds
+
+    days = ds.dataset(tmp_path / "out", format="parquet", partitioning="hive", exclude_invalid_files=True).to_table()
+    assert days.num_rows == 2 * ROWS - 1 and days.schema.names[-1] == "dt" and "reason" not in days.schema.names
 
     out = by_key(read_output(partition / "gradients"))
     ids = out.column("id").to_pylist()
