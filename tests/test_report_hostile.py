@@ -333,3 +333,13 @@ def test_no_script_runs_in_headless_chromium(hostile_outputs, tmp_path):
         # The DOM is the page's: the same tags and images as written, no element added by a handler.
         assert dom.count("<img") == pages[kind].count("<img") and dom.count("<section") == pages[kind].count("<section")
         assert "<svg" not in dom and "<script" not in dom
+
+
+def test_bidirectional_controls_are_shown_as_code_points_not_obeyed():
+    """Escaping leaves U+202E (right-to-left override) a control: a key holding it turned the rest of its line
+    around on the page. Every such control is shown as its code point."""
+    from pipeline.report.html import page
+
+    text = page("key\u202e", ["<p>id=ab\u202ecd\u2066e\u200ff</p>"])
+    assert not any(0x202A <= ord(c) <= 0x202E or 0x2066 <= ord(c) <= 0x2069 or c in "\u200e\u200f\u061c" for c in text)
+    assert "<p>id=ab\\u202ecd\\u2066e\\u200ff</p>" in text and "<title>key\\u202e</title>" in text

@@ -82,8 +82,14 @@ def key_text(keys: dict) -> str:
 def page(title: str, parts: Sequence[str]) -> str:
     """The whole page: its nav lists the sections (by their title and anchor, never by reading the HTML back)."""
     nav = "".join(f'<a href="#{p.anchor}">{html.escape(p.title)}</a>' for p in parts if isinstance(p, Section))
-    return (
+    text = (
         f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
         f'<meta http-equiv="Content-Security-Policy" content="{html.escape(CSP)}"><title>{html.escape(title)}</title>'
         f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1><nav>{nav}</nav>{''.join(parts)}</body></html>"
     )
+    return text.translate(BIDI_SHOWN)
+
+
+# Unicode's bidirectional controls, shown as their code points: escaped, a key holding U+202E still turned the
+# rest of its line around on the page (a value read backwards). The page's own text has none.
+BIDI_SHOWN = {c: f"\\u{c:04x}" for c in [*range(0x202A, 0x202F), *range(0x2066, 0x206A), 0x200E, 0x200F, 0x061C]}
