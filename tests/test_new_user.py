@@ -380,3 +380,16 @@ def test_a_reader_of_stdout_that_goes_away_costs_no_traceback_and_the_rejected_c
         assert (tmp_path / "out/g_SUCCESS").exists()
         if code == 3:
             assert err.startswith("beam-gradients: error: 10.0% of rows were rejected (1 of 10), above --max_rejected_fraction")
+
+
+def test_rejected_rows_without_a_key_column_get_a_note_saying_how_to_find_them(tmp_path, capsys):
+    rows = [[1.0, 2.0, 3.0]] * 6
+    rows[2] = None
+    write_parquet(tmp_path / "in/a.parquet", {"id": np.arange(6), "x": pa.array(rows, pa.list_(pa.float32()))})
+    args = ["--runner=DirectRunner", f"--input={tmp_path}/in", f"--model={save(_mlp(), tmp_path)}", "--quiet"]
+    note = ("note: the rejected rows carry no key column, so they cannot be told apart: give --keep_columns (an id "
+            "column) to find them in the input")
+    assert main([*args, f"--output={tmp_path}/a/g"]) == 0
+    assert note in capsys.readouterr().out.splitlines()
+    assert main([*args, f"--output={tmp_path}/b/g", "--keep_columns=id"]) == 0
+    assert note not in capsys.readouterr().out

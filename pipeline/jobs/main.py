@@ -154,6 +154,16 @@ def flat_note(aggregates: dict | None, target: str) -> str | None:
     )
 
 
+def keyless_note(rows_rejected: int, keyed: bool) -> str | None:
+    """A line where rejected rows carry no key column: their file and reason alone cannot tell which rows they were."""
+    if not rows_rejected or keyed:
+        return None
+    return (
+        "note: the rejected rows carry no key column, so they cannot be told apart: give --keep_columns (an id "
+        "column) to find them in the input"
+    )
+
+
 def _reason_counts(reasons: list[tuple[str, int]]) -> str:
     """`7 x column 'x' holds a null value; 3 x ...`"""
     return "; ".join(f"{count} x {reason}" for reason, count in reasons)
@@ -423,7 +433,14 @@ def _run_watched(options, job, plan, loaded, inputs, rows_in, prefixes, staged, 
         summary=summary_path(job.output),
         reasons=reasons,
         other_reasons=other_reasons,
-        notes=[n for n in (flat_note(_aggregates(job.output) if rows_out else None, job.target),) if n],
+        notes=[
+            n
+            for n in (
+                flat_note(_aggregates(job.output) if rows_out else None, job.target),
+                keyless_note(rows_rejected, bool(plan.key_columns)),
+            )
+            if n
+        ],
     )
 
 
