@@ -171,22 +171,29 @@ def test_scores_and_top_k_match_brute_force(tmp_path, score, checkpoints):
         )
 
 
+def _trak_scores(tmp_path, train, query, damping, *extra):
+    """The job's TRAK scores of every query against every training row, beside float64 numpy's; and (ΦᵀΦ + λI)⁻¹."""
+    write_projections(tmp_path / "train/p", {"id": np.arange(len(train))}, train)
+    write_projections(tmp_path / "query/p", {"qid": np.arange(len(query))}, query)
+    args = ["--train", tmp_path / "train/*.parquet", "--query", tmp_path / "query/*.parquet", "--score", "trak",
+            "--damping", damping, "--top_k", len(train), "--kinds", "proponent", *extra]
+    assert influence(tmp_path, *args) == 0
+    t, q = train.astype(np.float64), query.astype(np.float64)
+    inverse = np.linalg.inv(t.T @ t + damping * np.eye(t.shape[1]))
+    exact = q @ inverse @ t.T
+    table = read(tmp_path / "out/inf")
+    got = np.full_like(exact, np.nan)
+    got[table.column("qid").to_numpy(), table.column("train__id").to_numpy()] = table.column("score").to_numpy()
+    return got, exact, inverse
+
+
 def test_trak_on_projections_with_a_large_shared_direction_equals_float64_numpy(tmp_path):
     """Rows that share a large offset (as gradients share a mean direction): ΦᵀΦ multiplied in float32 lost the
     small eigenvalues beside it, and the scores were off by 7e-4 of the largest; in float64, by 3e-6."""
     rng = np.random.default_rng(7)
     train = (rng.normal(size=(1000, 16)) + 30).astype(np.float32)
     query = (rng.normal(size=(5, 16)) + 30).astype(np.float32)
-    write_projections(tmp_path / "train/p", {"id": np.arange(1000)}, train)
-    write_projections(tmp_path / "query/p", {"qid": np.arange(5)}, query)
-    args = ["--train", tmp_path / "train/*.parquet", "--query", tmp_path / "query/*.parquet", "--score", "trak",
-            "--damping", 1e-3, "--top_k", 1000, "--kinds", "proponent"]
-    assert influence(tmp_path, *args) == 0
-    t, q = train.astype(np.float64), query.astype(np.float64)
-    exact = q @ np.linalg.inv(t.T @ t + 1e-3 * np.eye(16)) @ t.T
-    table = read(tmp_path / "out/inf")
-    got = np.full_like(exact, np.nan)
-    got[table.column("qid").to_numpy(), table.column("train__id").to_numpy()] = table.column("score").to_numpy()
+    got, exact, _ = _trak_scores(tmp_path, train, query, 1e-3)
     error = np.abs(got - exact).max() / np.abs(exact).max()
     assert error <= 2e-5, error
 
@@ -198,23 +205,13 @@ def test_trak_with_fewer_rows_than_k_and_a_small_damping_equals_float64_numpy(tm
     rng = np.random.default_rng(0)
     train = (rng.normal(size=(40, 64)) + 30).astype(np.float32)
     query = (rng.normal(size=(5, 64)) + 30).astype(np.float32)
-    write_projections(tmp_path / "train/p", {"id": np.arange(40)}, train)
-    write_projections(tmp_path / "query/p", {"qid": np.arange(5)}, query)
-    args = ["--train", tmp_path / "train/*.parquet", "--query", tmp_path / "query/*.parquet", "--score", "trak",
-            "--damping", 1e-3, "--top_k", 40, "--kinds", "proponent", "--self_influence"]
-    assert influence(tmp_path, *args) == 0
-    t, q = train.astype(np.float64), query.astype(np.float64)
-    inverse = np.linalg.inv(t.T @ t + 1e-3 * np.eye(64))
-    exact = q @ inverse @ t.T
-    table = read(tmp_path / "out/inf")
-    got = np.full_like(exact, np.nan)
-    got[table.column("qid").to_numpy(), table.column("train__id").to_numpy()] = table.column("score").to_numpy()
+    got, exact, inverse = _trak_scores(tmp_path, train, query, 1e-3, "--self_influence")
     assert np.abs(got - exact).max() / np.abs(exact).max() <= 1e-5
-    self_exact = np.einsum("ij,jk,ik->i", t, inverse, t)
+    t = train.astype(np.float64)
     self_table = read(tmp_path / "out/inf_self_influence")
-    self_got = np.empty(40)
+    self_got = np.empty(len(train))
     self_got[self_table.column("train__id").to_numpy()] = self_table.column("self_influence").to_numpy()
-    np.testing.assert_allclose(self_got, self_exact, rtol=1e-5)
+    np.testing.assert_allclose(self_got, np.einsum("ij,jk,ik->i", t, inverse, t), rtol=1e-5)
 
 
 def test_ties_are_broken_by_key_on_every_rank(tmp_path):
