@@ -98,6 +98,8 @@ def test_the_ptransform_takes_the_command_lines_settings_and_refuses_what_the_co
         assert_that(out.results | beam.Map(lambda t: tuple(t.column_names)), equal_to([("id", "gradient", "norm__gradient")]))
     spaced = pa.schema([(" id", pa.int64()), ("id", pa.int64()), ("x", pa.list_(pa.float32()))])
     assert ComputeGradients(path, schema=spaced, keep_columns=" id").output_schema.names[0] == " id"  # as the CLI keeps it
+    listed = pa.schema([("id", pa.int64()), ("label", pa.int64()), ("x", pa.list_(pa.float32()))])
+    assert ComputeGradients(path, schema=listed, keep_columns="id, label").output_schema.names[:2] == ["id", "label"]
     with pytest.raises(SpecError, match=r"^steps is not used with target sum, method gradient, wrt inputs; leave it out"):
         ComputeGradients(path, schema=schema, key_columns="id", steps=10)
     with pytest.raises(TypeError, match=r"unexpected setting 'keep_colums'; did you mean 'keep_columns'\?$"):
