@@ -40,7 +40,8 @@ def catching_interrupts():
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
-DEFERRED = (signal.SIGTERM, signal.SIGHUP)  # a scheduler stopping the job: it waits for the block's end
+# A scheduler stopping the job: it waits for the block's end (SIGHUP where the platform has one).
+DEFERRED = tuple(s for s in (signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s is not None)
 
 
 @contextlib.contextmanager

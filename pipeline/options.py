@@ -361,7 +361,7 @@ def _check_remote_segments(prefix: str, flag: str) -> None:
     segments = path.split("/")
     odd = list(dict.fromkeys(f"'/{s}/'" if s else "'//'" for s in segments[1:] if s in ("", ".", "..")))
     if odd:
-        tidy = f"{scheme}://" + "/".join(s for s in segments if s not in ("", "."))
+        tidy = f"{scheme}://{segments[0]}/" + "/".join(s for s in segments[1:] if s not in ("", "."))
         hint = f"; give {tidy}" if "'/../'" not in odd else ""
         raise OptionsError(
             f"{flag} {prefix!r} holds {' and '.join(odd)}: an object store keeps it in the files' names while "

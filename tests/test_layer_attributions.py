@@ -346,13 +346,15 @@ def test_token_ids_beside_an_integer_padding_mask_are_the_ones_the_embedding_rea
     """A BERT-style pair of (positions,) integer inputs: the ids and a 0/1 padding mask. The layer's tokens are the
     ids, which the Embedding reads; with two candidates there used to be no tokens column and no --pad_token."""
     ids = keras.Input((LENGTH,), dtype="int32", name="token_ids")
+    segments = keras.Input((LENGTH,), dtype="int32", name="segment_ids")  # read by an Embedding of its own
     padding = keras.Input((LENGTH,), dtype="int32", name="padding_mask")
     emb = keras.layers.Embedding(VOCAB, WIDTH, name="emb")
+    summed = keras.layers.Add()([emb(ids), keras.layers.Embedding(2, WIDTH, name="segment_emb")(segments)])
     weights = keras.layers.Reshape((LENGTH, 1))(keras.layers.Rescaling(1.0)(padding))
-    pooled = keras.layers.GlobalAveragePooling1D()(keras.layers.Multiply()([emb(ids), weights]))
-    model = keras.Model([ids, padding], keras.layers.Dense(CLASSES)(pooled))
+    pooled = keras.layers.GlobalAveragePooling1D()(keras.layers.Multiply()([summed, weights]))
+    model = keras.Model([ids, segments, padding], keras.layers.Dense(CLASSES)(pooled))
     tokens = _tokens()
-    xs = [tokens, (tokens != 0).astype(np.int32)]
+    xs = [tokens, (np.arange(LENGTH) >= LENGTH // 2).astype(np.int32)[None].repeat(ROWS, 0), (tokens != 0).astype(np.int32)]
     spec = GradientSpec(wrt="layer", layer="emb", target="predicted", pad_token=0)
     result = GradientEngine(from_keras(model), spec, batch_size=ROWS)(xs)
     assert result["tokens__emb"].tolist() == tokens.tolist()

@@ -393,3 +393,5 @@ def test_rejected_rows_without_a_key_column_get_a_note_saying_how_to_find_them(t
     assert note in capsys.readouterr().out.splitlines()
     assert main([*args, f"--output={tmp_path}/b/g", "--keep_columns=id"]) == 0
     assert note not in capsys.readouterr().out
+    assert main([*args, f"--output={tmp_path}/c/g", "--group_column=id"]) == 0  # a group column is kept, but no key
+    assert note in capsys.readouterr().out.splitlines()

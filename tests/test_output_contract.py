@@ -167,6 +167,8 @@ def test_a_remote_prefix_with_an_empty_or_dot_segment_is_refused_before_anything
     with pytest.raises(OptionsError, match=re.escape("holds '/../'") + ".*look$"):
         check_prefix("gs://b/out/../g", "--output")
     check_prefix("gs://b/data/g", "--output")
+    with pytest.raises(OptionsError, match=re.escape("; give hdfs:///user/g")):  # the host left empty, as given
+        check_prefix("hdfs:///user/./g", "--output")
 
 
 def test_influence_needs_its_inputs_markers_unless_allow_incomplete(tmp_path, capsys):

@@ -437,7 +437,7 @@ def _run_watched(options, job, plan, loaded, inputs, rows_in, prefixes, staged, 
             n
             for n in (
                 flat_note(_aggregates(job.output) if rows_out else None, job.target),
-                keyless_note(rows_rejected, bool(plan.key_columns)),
+                keyless_note(rows_rejected, bool(split_list(job.keep_columns))),  # a group column alone is no key
             )
             if n
         ],

@@ -71,7 +71,10 @@ def write_report(
         label = training_label_column(prefix, complete)
         beside = self_influence or prefix + SELF_INFLUENCE_SUFFIX
         # a complete output's marker says whether it has self influence: a rerun without it leaves the old shards
-        has_self = find_marker(beside) is not None if complete else bool(output_shards(beside, require_complete=False))
+        if complete and not self_influence:  # the marker says whether the job wrote self influence
+            has_self = find_marker(beside) is not None
+        else:  # one asked for by name must be there (and is refused below where its marker is missing)
+            has_self = bool(output_shards(beside, require_complete=False))
         first = most_self_influential(beside, complete) if has_self else None
         parts.append(influence_section(prefix, complete, top, input_pattern, label, first))
         if has_self:

@@ -1,7 +1,7 @@
 """`grad_cam`: a convolution layer's feature maps weighted by their mean gradient, summed, ReLU'd, resized to the input.
 
 As xplique 2.0.2's `GradCAM` (Selvaraju et al. 2016): the layer is `layer`, or by default the
-last top-level layer that has `filters`; per feature map k, the weight is the mean over the
+last layer that has `filters`; per feature map k, the weight is the mean over the
 map's positions of d(target)/d(map_k); the map is relu(sum_k weight_k * map_k), resized to the
 input's height and width by `tf.image.resize` (`RESIZE`, the method xplique uses). It is
 written as `gradient` with the input's spatial shape (height, width): no channel axis.

@@ -86,9 +86,10 @@ class Layer(Inputs):
         if not self.positional:
             return None
         found = [i for i, t in enumerate(self.model.inputs) if t.dtype.is_integer and t.shape == self.shape[:1]]
-        if len(found) > 1:
+        if len(found) > 1:  # the one the attributed Embedding reads (ids beside segment ids), else the one any reads
             read = embedding_consumers(self.model.full)
-            found = [i for i in found if self.model.inputs[i].name in read]
+            by_layer = [i for i in found if self.model.layer in read.get(self.model.inputs[i].name, [])]
+            found = by_layer or [i for i in found if self.model.inputs[i].name in read]
         return found[0] if len(found) == 1 else None
 
     def _why_no_tokens(self) -> str:
@@ -97,7 +98,8 @@ class Layer(Inputs):
         integer = [t for t in self.model.inputs if t.dtype.is_integer]
         same = [t.name for t in integer if t.shape == self.shape[:1]]
         if len(same) > 1:
-            return f"the integer inputs {', '.join(same)} all have {len(self.shape) and self.shape[0]} positions, and no one of them alone is read by an Embedding"
+            return (f"the integer inputs {', '.join(same)} all have {self.shape[0]} positions, and which holds the "
+                    "tokens is not known: attribute the Embedding layer that reads the token ids")
         if integer:
             return (f"the model's integer inputs are {', '.join(f'{t.name} {tuple(t.shape)}' for t in integer)}: "
                     "a layer that changes the number of positions (a 'valid' convolution, pooling) has no token "
