@@ -31,7 +31,7 @@ from transforms.gradients.settings import split_list
 from transforms.job_settings import BATCH_SIZE
 from transforms.model import ProcessModel
 from transforms.io.read import SourceBatch
-from transforms.feeds.columns import exact_column
+from transforms.feeds.columns import exact_column, exact_columns, exact_input_map
 from transforms.feeds.plan import JobPlan
 from transforms.feeds.row_seeds import RowSeedFeed
 
@@ -119,9 +119,6 @@ class ComputeGradients(beam.PTransform):
         BATCH_SIZE.check(batch_size)
         explicit = {"loss": loss, "label_column": label_column, "class_column": class_column, "clip_norm": clip_norm}
 
-        def columns(value) -> list[str]:  # as the command line takes them: exactly, else trimmed (`"id, label"`)
-            return [exact_column(schema, name) for name in split_list(value, strip=False)]
-
         # as the command line does: a setting given that nothing chosen reads (steps with method gradient)
         spec.check_used([*spec_options, *(n for n, v in explicit.items() if v is not None), *(["emit"] if emit else [])])
         self.plan, self._loaded = JobPlan.build(
@@ -130,14 +127,15 @@ class ComputeGradients(beam.PTransform):
             ProcessModel(model, trust_model_code),
             spec,
             batch_size,
-            feature_columns=columns(feature_columns),
-            input_map={name: "+".join(columns(value.split("+"))) for name, value in (input_map or {}).items()},
+            # column names as the command line takes them: exactly, else trimmed (`"id, label"`)
+            feature_columns=exact_columns(schema, feature_columns),
+            input_map=exact_input_map(schema, input_map or {}),
             row_columns={
                 "label_column": label_column and exact_column(schema, label_column),
                 "class_column": class_column and exact_column(schema, class_column),
                 "baseline_column": baseline_column(spec.baseline),
             },
-            key_columns=columns(key_columns or keep_columns),
+            key_columns=exact_columns(schema, key_columns or keep_columns),
         )
         if any(isinstance(f, RowSeedFeed) and not f.columns for f in self.plan.extras):
             raise ValueError(

@@ -65,7 +65,7 @@ from transforms.io.files import (
     read_schemas,
 )
 from transforms.feeds.plan import Fault, JobPlan
-from transforms.feeds.columns import check_columns, exact_column
+from transforms.feeds.columns import check_columns, exact_column, exact_columns, exact_input_map
 from transforms.vocabulary import read_vocabulary
 
 OUTPUT, REJECTED_OPTION = "--output", "--rejected"
@@ -218,18 +218,12 @@ def plan_job(job: GradientOptions) -> tuple[JobPlan, object, InputFiles, int]:
     ref = next((i for i, footer in enumerate(footers) if footer.num_rows), 0)  # an empty file may type a column null
     schema = schemas[ref]
 
-    def columns(value: str | None) -> list[str]:
-        return [exact_column(schema, name) for name in split_list(value, strip=False)]
-
-    input_map = {
-        name: "+".join(exact_column(schema, c) for c in value.split("+"))
-        for name, value in parse_map(job.input_map).items()
-    }
-    keys = columns(job.keep_columns)
+    input_map = exact_input_map(schema, parse_map(job.input_map))
+    keys = exact_columns(schema, job.keep_columns)
     if job.group_column:  # kept in the output so the aggregates (and any reader) can group by it
         group = exact_column(schema, job.group_column)
         keys += [group] if group not in keys else []
-    feature_columns = columns(job.feature_columns)
+    feature_columns = exact_columns(schema, job.feature_columns)
     mapped = [c for value in input_map.values() for c in value.split("+")]
     check_columns(schema, feature_columns + mapped, "feature", inputs.paths[ref])  # as planning would, only sooner
     with quiet_native_start(job.debug):

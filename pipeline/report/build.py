@@ -70,8 +70,7 @@ def write_report(
         parts.append(run_section(prefix, marker, metadata, "(influence output)", problem))
         label = training_label_column(prefix, complete)
         beside = self_influence or prefix + SELF_INFLUENCE_SUFFIX
-        # a complete output's marker says whether it has self influence: a rerun without it leaves the old shards
-        if complete and not self_influence:  # the marker says whether the job wrote self influence
+        if complete and not self_influence:  # its marker says: a rerun without self influence leaves the old shards
             has_self = find_marker(beside) is not None
         else:  # one asked for by name must be there (and is refused below where its marker is missing)
             has_self = bool(output_shards(beside, require_complete=False))

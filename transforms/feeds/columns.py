@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from transforms.errors import SettingError
+from transforms.gradients.settings import split_list
 from transforms.io.arrow import is_list, storage
 
 TENSOR = "tensor"  # fixed_shape_tensor or (nested) fixed_size_list: one zero-copy view
@@ -140,6 +141,16 @@ def _columns_list(schema: pa.Schema) -> str:
 def exact_column(schema: pa.Schema, name: str) -> str:
     """`name` as the file spells it: exactly, else with surrounding spaces trimmed (`a, b` lists)."""
     return name if name in schema.names else name.strip()
+
+
+def exact_columns(schema: pa.Schema, value: str | Sequence[str] | None) -> list[str]:
+    """A list of column names (a comma-separated string, or a list) as the file spells each: `exact_column`."""
+    return [exact_column(schema, name) for name in split_list(value, strip=False)]
+
+
+def exact_input_map(schema: pa.Schema, mapping: dict[str, str]) -> dict[str, str]:
+    """model input -> its column, or scalar columns joined with '+', each as the file spells it."""
+    return {name: "+".join(exact_columns(schema, value.split("+"))) for name, value in mapping.items()}
 
 
 def check_columns(schema: pa.Schema, columns: Sequence[str], what: str, source: str) -> None:
