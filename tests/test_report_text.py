@@ -165,3 +165,6 @@ def test_padding_the_model_used_is_coloured_with_its_score_and_padding_it_ignore
     assert 'class="token pad"' in spans[1] and "padding the model used): -0.25" in spans[1]
     assert colour(-0.25, 1.0) in spans[1] and "dashed" in spans[1]
     assert 'title="padding (position 2)"' in spans[2] and "background" not in spans[2]
+    from pipeline.report.text import legend_html
+
+    assert "dashed: padding, coloured where the model used it)" in legend_html(1.0)  # not "no attribution"

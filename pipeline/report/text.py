@@ -115,7 +115,7 @@ def legend_html(scale: float) -> str:
     steps = np.linspace(-scale, scale, 9)
     cells = "".join(f'<span style="background:{colour(v, scale)};padding:0 .6em;margin:0">{v:.3g}</span>' for v in steps)
     return (f'<p class="token-legend">token score (blue below 0, red above; clipped at ±{scale:.3g}; '
-            f'dashed: padding, no attribution): {cells}</p>')
+            f'dashed: padding, coloured where the model used it): {cells}</p>')
 
 
 class _RowPicks:
