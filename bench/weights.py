@@ -32,6 +32,8 @@ The job itself (the CLI, DirectRunner, Parquet to Parquet, each a fresh process,
   and of the whole process, each job's time over the input-gradient job's, peak RSS (--times 1,3: flat?);
   then pyarrow's writer alone writing the kronecker job's output again as the job's sink does (best of 3, in
   this process), its time over the input-gradient job's: the part of a projection job that is writing its bytes
+  (the sink: pyarrow's own file for a local path); then the same beside a thread running Python, through the
+  sink and through a Python file, whose every write waits for the GIL (the sink's way before 2026-12-07)
   resnet50: keras.applications.ResNet50(weights=None) at 64x64x3 (25.6M parameters), projection k=2048
             countsketch, factored and kronecker, --weight_memory_mb 2048, --resnet_rows rows: rows/s and peak RSS,
             and how far each peak is above the input-gradient job's on the same rows (the budget's part)
@@ -60,7 +62,9 @@ At the end, a table of issue 20's goals: each measured value, met or not.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import threading
 import time
 import traceback
 from typing import NamedTuple
@@ -286,13 +290,37 @@ def job(work, name, model, source, kind, rows, extra=()):
     return job_seconds(text), run.wall, run.rss_mib
 
 
-def writer_alone(work, name, kind, rows):
+def writer_alone(work, name, kind, rows, beside_python=False, through_python=False):
     """Seconds pyarrow's Parquet writer alone takes to write a job's output again, as the job's sink writes it
-    (`write_groups`), in this process: how much of the job's time is the writing of its bytes."""
+    (`write_groups`), in this process: how much of the job's time is the writing of its bytes.
+
+    `beside_python`: while a thread of pure Python runs, as the job's own thread does between engine calls;
+    `through_python`: through a Python file, as the sink wrote local files before 2026-12-07 (each write takes
+    the GIL)."""
     groups, target = job_groups(work, name, kind, rows), os.path.join(work, "writer-alone.parquet")
-    best = min(write_groups(target, groups) for _ in range(3))
+    with python_running() if beside_python else contextlib.nullcontext():
+        best = min(write_groups(target, groups, through_python) for _ in range(3))
     os.remove(target)
     return best
+
+
+@contextlib.contextmanager
+def python_running():
+    """A thread running Python bytecode (holding the GIL but at each switch interval) for the block's time."""
+    stop = threading.Event()
+
+    def spin():
+        count = 0
+        while not stop.is_set():
+            count += 1
+
+    thread = threading.Thread(target=spin, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 def job_groups(work, name, kind, rows):
@@ -306,18 +334,25 @@ def job_groups(work, name, kind, rows):
     return [f.read_row_group(i) for f in opened for i in range(f.num_row_groups)]
 
 
-def write_groups(path, groups):
-    """Seconds to write `groups` to `path` as the job's sink does: `parquet_writer` through a Python file, one
-    `write_table` per row group."""
-    from transforms.io.write import parquet_writer
+def write_groups(path, groups, through_python=False):
+    """Seconds to write `groups` to `path` as the job's sink does (`ParquetSink`: its file, its writer's thread,
+    one table a row group), or through a Python file."""
+    from transforms.io.write import ParquetSink, parquet_writer
 
-    with open(path, "wb") as handle:
-        start = time.perf_counter()
-        writer = parquet_writer(handle, groups[0].schema)
-        for group in groups:
-            writer.write_table(group)
-        writer.close()
+    start = time.perf_counter()
+    if through_python:
+        with open(path, "wb") as handle:
+            writer = parquet_writer(handle, groups[0].schema)
+            for group in groups:
+                writer.write_table(group)
+            writer.close()
         return time.perf_counter() - start
+    sink = ParquetSink(path, groups[0].schema, 0)
+    handle = sink.open(path)
+    for group in groups:
+        sink.write_record(handle, group)
+    sink.close(handle)
+    return time.perf_counter() - start
 
 
 def resnet(work, rows, batch, kind):
@@ -443,6 +478,12 @@ def main():
                     if seconds:
                         table.append(["writer alone (kronecker's output)", f"{rows / seconds:,.0f}", "",
                                       f"{seconds / limit:.2f}", ""])
+                    for label, through in (("the sink's file", False), ("a Python file", True)):
+                        seconds = attempt(f"{name} writer beside Python", lambda: writer_alone(
+                            args.work, name, "kronecker", rows, beside_python=True, through_python=through))
+                        if seconds:
+                            table.append([f"writer alone beside a Python thread, through {label}",
+                                          f"{rows / seconds:,.0f}", "", f"{seconds / limit:.2f}", ""])
                 print(f"\n{name}: the job (CLI, DirectRunner), {rows:,} rows, {machine()}\n")
                 header = ["job", "rows/s of job time", "rows/s whole process", "x input-gradient job", "peak RSS MiB"]
                 print(markdown(header, table), flush=True)
