@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import glob
+import json
+import os
 import re
 
 import numpy as np
@@ -10,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.outputs import read_marker
+from pipeline.outputs import read_marker, shard_entries
 from pipeline.run import main
 from tests.projections import write_projections
 from transforms.influence.topk import TopK, block_top_k
@@ -528,4 +530,24 @@ def test_an_output_prefix_given_for_its_files_says_where_its_shards_are(tmp_path
     assert capsys.readouterr().err.strip().splitlines() == [
         f"beam-gradients: error: --train '{tmp_path}/train/p' matches no file (it is an output's prefix: its shards "
         f"are {tmp_path}/train/p-*.parquet)"
+    ]
+
+
+def test_a_pattern_that_also_takes_the_rejected_rows_says_so_and_which_pattern_takes_the_shards(tmp_path, capsys):
+    """`--train 'out/p*.parquet'` matches the main job's `p_rejected-...` shard too: the error names that file as
+    rejected rows and gives the pattern of the projections' shards, not 'no column weight_projection'."""
+    rng = np.random.default_rng(1)
+    shards = write_projections(tmp_path / "train/p", {"id": np.arange(4)}, rng.normal(size=(4, 3)).astype(np.float32),
+                               marker=False)
+    rejected = tmp_path / "train/p_rejected-00000-of-00001.parquet"
+    pq.write_table(pa.table({"id": [9], "stage": ["decode"], "reason": ["column 'x' holds NaN"],
+                             "source_file": ["d.parquet"]}), rejected)
+    entries = shard_entries([*map(str, shards), str(rejected)])  # the marker the main job writes: both outputs
+    outputs = {"--output": [os.path.basename(s) for s in shards], "--rejected": [rejected.name]}
+    (tmp_path / "train/p_SUCCESS").write_text(json.dumps({"rows_in": 5, "outputs": outputs, "shards": entries}))
+    pattern = tmp_path / "train/p*.parquet"
+    assert influence(tmp_path, "--train", pattern, "--query", tmp_path / "train/p-*.parquet") == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"beam-gradients: error: {rejected} holds the rows a job rejected (its columns stage, reason, source_file), "
+        f"not projections; match only the projections' shards: {tmp_path}/train/p-*.parquet"
     ]

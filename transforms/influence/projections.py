@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from transforms.contract import metadata_key
-from transforms.io.files import InputError
+from transforms.contract import REJECTED_COLUMNS, REJECTED_SUFFIX, metadata_key
+from transforms.io.files import SUFFIX, InputError
 
 PROJECTION = "weight_projection"
 MODEL_SHA256 = metadata_key("model_sha256").encode()
@@ -46,6 +47,11 @@ class ProjectionMeta:
         rerun = "write it with the main job's {wrt} weights {weight_output} projection"
         metadata = schema.metadata or {}
         if PROJECTION not in schema.names:
+            if set(REJECTED_COLUMNS) <= set(schema.names):  # a pattern wide enough to take the rejected rows too
+                raise InputError(
+                    "{path} holds the rows a job rejected (its columns {columns}), not projections; match only the "
+                    "projections' shards{hint}", path=path, columns=", ".join(REJECTED_COLUMNS), hint=_shards_hint(path)
+                )
             raise InputError("{path} has no column {column!r}; " + rerun, path=path, column=PROJECTION)
         try:
             weights = json.loads(metadata[WEIGHTS])
@@ -154,3 +160,9 @@ def first_difference(a: pa.Table, b: pa.Table) -> tuple[str, bool] | None:
 
 def _anti_join(a: pa.Table, b: pa.Table) -> pa.Table:
     return a.join(b, a.column_names, join_type="left anti", use_threads=False)
+
+
+def _shards_hint(path: str) -> str:
+    """`: out/proj-*.parquet` for a rejected-rows shard `out/proj_rejected-00000-of-00001.parquet`; else nothing."""
+    found = re.fullmatch(r"(.*)" + re.escape(REJECTED_SUFFIX) + r"-\d+-of-\d+" + re.escape(SUFFIX), path)
+    return f": {found[1]}-*{SUFFIX}" if found else ""
