@@ -268,3 +268,22 @@ def test_a_rerun_without_self_influence_reports_what_its_marker_lists_not_the_ol
     page = open(write_report(str(tmp_path / "i/inf"), output=str(tmp_path / "i.html"), top=3)).read()
     assert page.count('<table class="influence">') == influence_module.MAX_QUERIES
     assert "self-influence" not in page and "Self influence" not in page
+
+
+def test_a_long_key_is_shown_cut_with_its_length_and_two_that_share_their_start_stay_two_queries(tmp_path):
+    """A 5,000-character key (a document's text kept as its key) is cut to KEY_SHOWN characters wherever the page
+    shows it; queries are still told apart by every character, so two keys alike in that much stay two."""
+    from pipeline.report.html import KEY_SHOWN
+    from pipeline.run import main
+    from tests.projections import write_projections
+
+    rng = np.random.default_rng(4)
+    keys = ["d" * 5000 + "-a", "d" * 5000 + "-b"] + [f"row{i}" for i in range(10)]
+    write_projections(tmp_path / "t/p", {"doc": keys}, rng.normal(size=(12, 8)))
+    assert main(["influence", "--runner=DirectRunner", "--train", str(tmp_path / "t/*.parquet"), "--query",
+                 str(tmp_path / "t/*.parquet"), "--output", str(tmp_path / "i/inf"), "--top_k", "2"]) == 0
+    page = open(write_report(str(tmp_path / "i/inf"), output=str(tmp_path / "i.html"))).read()
+    assert "d" * (KEY_SHOWN + 1) not in page
+    assert page.count(f"<h3>query doc={'d' * KEY_SHOWN}… (5,002 characters)</h3>") == 2
+    assert page.count('<table class="influence">') == 12  # every query its own table: none merged with another
+    assert "<h3>query doc=row3</h3>" in page

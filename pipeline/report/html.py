@@ -75,8 +75,19 @@ def figure(url: str, caption: str, chart: str, values=None) -> str:
     )
 
 
+# Characters of a key's value a page shows: a 5,000-character key (a document's text kept as its key) filled
+# screens of its table and pushed the scores out of sight.
+KEY_SHOWN = 80
+
+
 def key_text(keys: dict) -> str:
-    return ", ".join(f"{k}={v}" for k, v in keys.items()) or "(no key columns kept)"
+    """A row's keys as the page shows them: each value cut to KEY_SHOWN characters, saying how long it was. Only
+    for showing: rows are matched by `passes.key_id`, which keeps every character."""
+    return ", ".join(f"{k}={_shown(str(v))}" for k, v in keys.items()) or "(no key columns kept)"
+
+
+def _shown(value: str) -> str:
+    return value if len(value) <= KEY_SHOWN else f"{value[:KEY_SHOWN]}… ({len(value):,} characters)"
 
 
 def page(title: str, parts: Sequence[str]) -> str:

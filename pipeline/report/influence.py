@@ -104,7 +104,7 @@ def influence_section(prefix: str, complete: bool, k: int, input_pattern: str | 
     entries = _declared(prefix, complete)
     train, query = columns_of_kind(entries, TRAIN_KEY), columns_of_kind(entries, KEY)
     rank, kind, score = (_one(entries, c, prefix) for c in (RANK, INFLUENCE_KIND, SCORE))
-    preferred = {key_text({n: keys.get(n) for n in query}): i for i, keys in enumerate((first or [])[:MAX_QUERIES])}
+    preferred = {key_id(keys, query): i for i, keys in enumerate((first or [])[:MAX_QUERIES])}  # by every character
     queries: dict[str, list] = {}
     query_keys: dict[str, dict] = {}
     others = 0  # queries kept that are not preferred: at most MAX_QUERIES
@@ -113,7 +113,7 @@ def influence_section(prefix: str, complete: bool, k: int, input_pattern: str | 
         for row in table.to_pylist():
             deepest = max(deepest, row[rank])
             keys = {n: row[n] for n in query}
-            qid = key_text(keys)
+            qid = key_id(keys, query)
             if qid not in query_keys:
                 if qid not in preferred and others >= MAX_QUERIES:
                     continue
@@ -139,9 +139,9 @@ def influence_section(prefix: str, complete: bool, k: int, input_pattern: str | 
     for n, (qid, rows) in enumerate(queries.items()):
         rows.sort(key=lambda r: (r[kind] != "proponent", r[rank]))
         cells = [(r[kind], r[rank], f"{r[score]:.4g}", key_text(_train_key(r, train))) for r in rows]
-        body.append(f"<h3>query {html.escape(qid)}</h3>")
+        body.append(f"<h3>query {html.escape(key_text(query_keys[qid]))}</h3>")
         if inputs and n < DRAWN_QUERIES:
-            made = _neighbour_figure(qid, query_keys[qid], rows, inputs, query, train, kind, rank, score, k, label_column)
+            made = _neighbour_figure(query_keys[qid], rows, inputs, query, train, kind, rank, score, k, label_column)
             body.append(made)
             drawn = drawn or bool(made)
         body.append(table_html(["kind", "rank", "score", "training row"], cells, "influence"))
@@ -150,8 +150,9 @@ def influence_section(prefix: str, complete: bool, k: int, input_pattern: str | 
     return section("Influence neighbours", "".join(body), "influence")
 
 
-def _neighbour_figure(qid, keys, rows, inputs, query, train, kind, rank, score, k, label_column) -> str:
+def _neighbour_figure(keys, rows, inputs, query, train, kind, rank, score, k, label_column) -> str:
     """The query's input, then its proponents on one line and its opponents on the next, each with its score."""
+    qid = key_text(keys)
     found = inputs.get(key_id(keys, query), {})
     tiles = {"proponent": [], "opponent": []}
     for r in rows:
