@@ -105,13 +105,13 @@ def quiet_native_start(debug: bool):
 
 @contextlib.contextmanager
 def local_worker_output(options):
-    """Without --debug, the DirectRunner's worker processes write their stderr to a log file, not the terminal.
+    """Without --debug, the worker processes this process starts write their stderr to a log file, not the terminal.
 
     Beam's SDK workers print every failed bundle's whole stack to stderr
     themselves (not through logging), and they inherit ours; the job's one
     line says what failed. The log is kept, and named, only when the job fails.
     """
-    if options.view_as(GradientOptions).debug or not is_local(options):
+    if options.view_as(GradientOptions).debug or not starts_workers_here(options):
         yield
         return
     with stderr_to_log("beam-gradients-workers-"):
@@ -121,6 +121,16 @@ def local_worker_output(options):
 def is_local(options) -> bool:
     """The DirectRunner (in-process or multi-process): workers on this machine."""
     return runner_name(options) in ("", "directrunner", "direct")
+
+
+def starts_workers_here(options) -> bool:
+    """Worker processes this process starts, which inherit its stderr: the DirectRunner's, and those of the local
+    Dask cluster DaskRunner makes without --dask_client_address (each printed TensorFlow's start-up lines)."""
+    if runner_name(options) in DASK_RUNNERS:
+        from pipeline.dask_runner import DaskOptions
+
+        return not options.view_as(DaskOptions).address
+    return is_local(options)
 
 
 def is_dry_run(options) -> bool:

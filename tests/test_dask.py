@@ -250,3 +250,22 @@ def test_an_address_where_no_scheduler_answers_is_one_line_within_seconds(tmp_pa
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and f"--dask_client_address 127.0.0.1:{port}: no Dask scheduler answers" in lines[0], lines
     assert took < 20, took  # not a speed claim: Dask's own connect timeout alone is 30 s
+
+
+def test_a_local_dask_cluster_keeps_its_workers_start_up_lines_off_the_terminal(tmp_path):
+    """Without --dask_client_address the runner starts its own worker processes, which inherit the job's stderr:
+    each printed TensorFlow's C++ start-up lines (absl, oneDNN) there. They go to the workers' log, as the
+    DirectRunner's do, and the terminal shows the job's own lines only."""
+    model_path, model = _model_and_data(tmp_path, files=1, rows=40, width=4, hidden=8, row_group=20)
+    env = dict(os.environ, PATH=os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")]))
+    ran = subprocess.run([sys.executable, "-m", "pipeline", "--runner=DaskRunner", *_job(tmp_path, model_path, "g")],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert ran.returncode == 0, ran.stderr
+    assert "rows: 40 in, 38 out, 2 rejected" in ran.stdout
+    assert ran.stderr.strip() == ""  # absl's "before InitializeLog" and oneDNN's notice appeared once per worker
+    x = pq.read_table(tmp_path / "in/part-0.parquet").column("x").to_pylist()
+    good = [i for i in range(40) if i not in (3, 7)]
+    out = by_key(read_output(tmp_path / "g"))
+    assert out.column("id").to_pylist() == good
+    assert_close(tensor_column(out, "gradient"), eager_gradients(model, np.array([x[i] for i in good], np.float32)),
+                 rtol=1e-5)
