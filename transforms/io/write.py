@@ -21,7 +21,9 @@ CODEC = "snappy"  # each page's compression (pyarrow's default)
 # Values encoded at a time, between checks of a page's size (pyarrow's default: 1,024). On rows of 2,048 float32
 # the writer alone took 0.32 s against 0.41 s for 20,000 rows (best of 10 interleaved); pages stay near 1 MiB.
 WRITE_BATCH = 65_536
-# Bytes a remote file's writes gather in before each goes through Python (see `ParquetSink.open`).
+# Bytes a remote file's writes gather in before each goes through Python (see `ParquetSink.open`): held per
+# open remote shard, beside the filesystem's own upload buffer (GCS: 16 MiB too). 4 MiB took 5.2 s in the
+# measurement there.
 REMOTE_BUFFER = 16 << 20
 
 
@@ -66,7 +68,8 @@ class ParquetSink(FileBasedSink):
         remote one (Beam's filesystems, Python objects) through a buffer of REMOTE_BUFFER bytes, since every write
         to a Python file takes the GIL. Each page of a projection (1 MiB) waited for it while the job's thread ran
         Python: the writer alone beside a thread of pure Python took 13.7 s for 800 MB through a Python file,
-        3.1 s through the buffer and 1.8 s through pyarrow's file, against 2.0 s alone (docs/fast-weights.md)."""
+        3.1 s through the buffer and 1.8 s through pyarrow's file, against 2.0 s alone (a one-off script; the bench's
+        rows: docs/fast-weights.md)."""
         if FileSystems.get_scheme(temp_path) is None:  # a local path, created as Beam's local filesystem does
             os.makedirs(os.path.dirname(temp_path) or ".", exist_ok=True)
             file = pa.OSFile(temp_path, "wb")
@@ -108,10 +111,14 @@ class _Open:
     def close(self) -> None:
         self._wait_until(0)
         self._thread.shutdown()
-        self.writer.close()
-        if self.stream is not None and not self.stream.closed:
-            self.stream.close()
-        self.file.close()
+        try:
+            self.writer.close()
+            if self.stream is not None and not self.stream.closed:
+                self.stream.close()
+            self.file.close()
+        except BaseException:
+            self._abandon()  # what is left open is closed, not left to the garbage collector
+            raise
 
     def _wait_until(self, pending: int) -> None:
         """Wait for the oldest writes until `pending` are left; a failed one abandons the file and raises."""
