@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import re
 import time
 from typing import Sequence
 
@@ -60,7 +59,7 @@ from transforms.influence.steps import (
 )
 from transforms.gradients.errors import SpecError
 from transforms.gradients.settings import by_name, check_settings
-from transforms.io.files import SUFFIX, InputError, check_writable, match_files, open_parquet, read_schemas
+from transforms.io.files import SHARD_NAME, InputError, check_writable, match_files, open_parquet, read_schemas
 from transforms.io.schema import rejected_schema
 from transforms.io.write import write_parquet
 from transforms.influence.projections import ProjectionMeta, default_keys, duplicate_key, first_difference
@@ -129,7 +128,6 @@ class InfluencePlan:
 
 FLAGS = {name: f"--{name}" for name in ("train", "query", "damping")}  # the settings the Beam steps' errors name
 OPTION_OF = {INFLUENCE: "--output", SELF_INFLUENCE: "--self_influence_output", REJECTED: f"--output (its {REJECTED_SUFFIX} rows)"}
-SHARD_NAME = re.compile(r"^(?P<prefix>.+)-\d{5}-of-\d{5}" + re.escape(SUFFIX) + "$")
 
 
 def influence_outputs(job: GradientOptions, options: InfluenceOptions) -> dict[str, str]:

@@ -152,7 +152,7 @@ def influence_section(prefix: str, complete: bool, k: int, input_pattern: str | 
 
 def _neighbour_figure(keys, rows, inputs, query, train, kind, rank, score, k, label_column) -> str:
     """The query's input, then its proponents on one line and its opponents on the next, each with its score."""
-    qid = key_text(keys)
+    shown_query = key_text(keys)
     found = inputs.get(key_id(keys, query), {})
     tiles = {"proponent": [], "opponent": []}
     for r in rows:
@@ -162,14 +162,14 @@ def _neighbour_figure(keys, rows, inputs, query, train, kind, rank, score, k, la
         tiles.setdefault(r[kind], []).append({"image": other.get("image"), "caption": caption})
     width = max(1, k, *(len(t) for t in tiles.values()))
     pad = lambda t: t + [{"image": None, "caption": ""}] * (width - len(t))
-    first = [{"image": found.get("image"), "caption": f"query {qid}\n{_label_text(label_column, found)[2:]}".rstrip(), "edge": "#d62728"}]
+    first = [{"image": found.get("image"), "caption": f"query {shown_query}\n{_label_text(label_column, found)[2:]}".rstrip(), "edge": "#d62728"}]
     line = first + pad(tiles["proponent"]) + [{"image": None, "caption": ""}] + pad(tiles["opponent"])
-    url = strip(line, f"query {qid}: proponents (top line), opponents (bottom line)", columns=width + 1)
+    url = strip(line, f"query {shown_query}: proponents (top line), opponents (bottom line)", columns=width + 1)
     if url is None:
         return ""
     shown = [key_text(_train_key(r, train)) for r in rows]
-    return figure(url, f"query {qid}: its input (red), its proponents and opponents with their scores", "influence-inputs",
-                  {"query": qid, "rows": shown})
+    return figure(url, f"query {shown_query}: its input (red), its proponents and opponents with their scores", "influence-inputs",
+                  {"query": shown_query, "rows": shown})
 
 
 def self_influence_section(prefix: str, complete: bool, top: int, input_pattern: str | None = None,

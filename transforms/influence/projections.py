@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import re
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from transforms.contract import REJECTED_COLUMNS, REJECTED_SUFFIX, metadata_key
-from transforms.io.files import SUFFIX, InputError
+from transforms.io.files import SHARD_NAME, SUFFIX, InputError
 
 PROJECTION = "weight_projection"
 MODEL_SHA256 = metadata_key("model_sha256").encode()
@@ -164,5 +163,7 @@ def _anti_join(a: pa.Table, b: pa.Table) -> pa.Table:
 
 def _shards_hint(path: str) -> str:
     """`: out/proj-*.parquet` for a rejected-rows shard `out/proj_rejected-00000-of-00001.parquet`; else nothing."""
-    found = re.fullmatch(r"(.*)" + re.escape(REJECTED_SUFFIX) + r"-\d+-of-\d+" + re.escape(SUFFIX), path)
-    return f": {found[1]}-*{SUFFIX}" if found else ""
+    found = SHARD_NAME.match(path)
+    if not found or not found["prefix"].endswith(REJECTED_SUFFIX):
+        return ""
+    return f": {found['prefix'][: -len(REJECTED_SUFFIX)]}-*{SUFFIX}"

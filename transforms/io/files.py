@@ -10,6 +10,7 @@ import concurrent.futures
 import dataclasses
 import glob
 import os
+import re
 import uuid
 from typing import Sequence
 
@@ -22,6 +23,8 @@ from transforms.errors import SettingError, setting
 
 SHARD_TEMPLATE = "-SSSSS-of-NNNNN"
 SUFFIX = ".parquet"
+# A shard's name or path as SHARD_TEMPLATE makes it, and the prefix it was written under.
+SHARD_NAME = re.compile(r"^(?P<prefix>.+)-\d{5}-of-\d{5}" + re.escape(SUFFIX) + "$")
 
 
 class InputError(SettingError):

@@ -112,10 +112,8 @@ class _Open:
         self._wait_until(0)
         self._thread.shutdown()
         try:
-            self.writer.close()
-            if self.stream is not None and not self.stream.closed:
-                self.stream.close()
-            self.file.close()
+            for part in self._parts():
+                part.close()
         except BaseException:
             self._abandon()  # what is left open is closed, not left to the garbage collector
             raise
@@ -133,7 +131,10 @@ class _Open:
         """After a failed write: no queued table is written, the thread ends and the file is closed as it is."""
         self._thread.shutdown(cancel_futures=True)
         self._pending.clear()
-        for part in (self.writer, self.stream, self.file):
-            if part is not None:
-                with contextlib.suppress(Exception):
-                    part.close()
+        for part in self._parts():
+            with contextlib.suppress(Exception):
+                part.close()
+
+    def _parts(self) -> list:
+        """What close closes, in order: the writer, then the buffer, then the file, each flushing into the next."""
+        return [part for part in (self.writer, self.stream, self.file) if part is not None]
